@@ -1,0 +1,69 @@
+// check: what in a tree can't be carried, found through /proc without stopping a task.
+#include <algorithm>
+#include <set>
+
+#include "engine/context.h"
+
+namespace kleap {
+
+std::vector<Problem> CheckTaskState(pid_t pid) {
+  std::vector<Problem> out;
+  auto st = ReadStatus(pid);
+  if (!st) {
+    out.push_back({pid, "task", "", st.error().ToString()});
+    return out;
+  }
+  if (st->GetInt("Seccomp").value_or(0) != 0)
+    out.push_back({pid, "task", "seccomp", "seccomp filters are not supported yet"});
+  auto tids = ListThreads(pid);
+  if (tids)
+    for (pid_t tid : *tids) {
+      auto ts = ReadStatus(pid, tid);
+      if (!ts) continue;
+      int64_t tracer = ts->GetInt("TracerPid").value_or(0);
+      if (tracer != 0 && tracer != getpid())
+        out.push_back({pid, "thread " + std::to_string(tid), "traced by pid " + std::to_string(tracer),
+                       "a task under ptrace can't be seized"});
+    }
+  auto cwd = ReadLink(ProcPath(pid, "cwd"));
+  if (cwd && cwd->size() > 10 && cwd->compare(cwd->size() - 10, 10, " (deleted)") == 0)
+    out.push_back({pid, "cwd", *cwd, "the working directory was deleted"});
+  auto ns = CheckNamespaces(pid);
+  out.insert(out.end(), ns.begin(), ns.end());
+  return out;
+}
+
+// Sessions and process groups must have their leaders inside the tree.
+std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
+  std::vector<Problem> out;
+  std::set<pid_t> pids;
+  for (auto& t : tasks) pids.insert(t.pid);
+  for (auto& t : tasks) {
+    if (!pids.count(t.sid))
+      out.push_back({t.pid, "task", "session " + std::to_string(t.sid),
+                     "the session leader is outside the tree; start the tree in a session of its own (setsid)"});
+    else if (!pids.count(t.pgid))
+      out.push_back({t.pid, "task", "process group " + std::to_string(t.pgid), "the process group leader is outside the tree"});
+  }
+  return out;
+}
+
+Result<CheckReport> CheckTree(pid_t root) {
+  CheckReport rep;
+  auto tasks = KLEAP_TRY(WalkTree(root));
+  for (auto& t : tasks) {
+    rep.pids.push_back(t.pid);
+    rep.threads += t.tids.size();
+    auto a = CheckTaskState(t.pid);
+    auto b = CheckFds(t.pid);
+    auto c = CheckMappings(t.pid);
+    rep.problems.insert(rep.problems.end(), a.begin(), a.end());
+    rep.problems.insert(rep.problems.end(), b.begin(), b.end());
+    rep.problems.insert(rep.problems.end(), c.begin(), c.end());
+  }
+  auto shape = CheckTreeShape(tasks);
+  rep.problems.insert(rep.problems.end(), shape.begin(), shape.end());
+  return rep;
+}
+
+}  // namespace kleap

@@ -1,0 +1,109 @@
+// State that dump and restore carry across the per-resource modules.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/base/unique_fd.h"
+#include "engine/images/core.pb.h"
+#include "engine/images/files.pb.h"
+#include "engine/images/image_set.h"
+#include "engine/images/mm.pb.h"
+#include "engine/images/pagemap.pb.h"
+#include "engine/images/pstree.pb.h"
+#include "engine/task.h"
+
+namespace kleap {
+
+// ---- dump ----
+
+struct DumpContext {
+  ImageWriter* images = nullptr;
+  SeizedTree* tree = nullptr;
+  // Open file descriptions seen so far, to find the ones tasks share (kcmp).
+  struct SeenFile {
+    pid_t pid;
+    int fd;
+    uint64_t id;
+    dev_t dev;
+    ino_t ino;
+  };
+  std::vector<SeenFile> seen_files;
+  img::FileTable files;
+  uint64_t next_file_id = 1;
+  img::ShmemTable shmem;
+  uint64_t page_bytes = 0;
+};
+
+// Image names, one place.
+std::string CoreImage(pid_t pid);
+std::string MmImage(pid_t pid);
+std::string PagemapImage(pid_t pid);
+std::string PagesImage(pid_t pid);
+std::string FdTableImage(pid_t pid);
+std::string ShmemImage(uint64_t id);
+std::string GhostImage(uint64_t id);
+inline constexpr char kPsTreeImage[] = "pstree.img";
+inline constexpr char kFilesImage[] = "files.img";
+inline constexpr char kShmemTableImage[] = "shmem.img";
+
+// Per-resource dump steps (each file holds the matching restore side too).
+Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core);
+Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core);
+Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm);
+Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* fds);
+Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id, bool fifo,
+                          const std::string& fifo_path);
+
+// Check-side classification, shared by check and dump.
+std::vector<Problem> CheckFds(pid_t pid);
+std::vector<Problem> CheckMappings(pid_t pid);
+std::vector<Problem> CheckTaskState(pid_t pid);
+
+// ---- restore ----
+
+// Everything read from a set, validated, keyed by pid.
+struct RestorePlan {
+  img::PsTree pstree;
+  std::map<pid_t, img::TaskCore> cores;
+  std::map<pid_t, img::MmImage> mms;
+  std::map<pid_t, img::Pagemap> pagemaps;
+  std::map<pid_t, img::FdTable> fdtables;
+  img::FileTable files;
+  img::ShmemTable shmem;
+};
+
+// Files the restore controller opens once, before any task exists. Tasks inherit
+// them by fork and dup them into place.
+struct OpenFiles {
+  std::map<uint64_t, UniqueFd> by_id;       // FileObject id -> fd in the controller
+  std::map<uint64_t, UniqueFd> pipes;       // pipe id -> read end (holder)
+  std::map<uint64_t, UniqueFd> pipe_writes; // pipe id -> write end (holder)
+};
+
+Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out);
+Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out);
+Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, const OpenFiles& files);
+// In a new task, before ptrace takes over: put every fd of its table in place and close
+// everything else below `keep_from`.
+Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int keep_from);
+
+// Helper fds a task opens for its mappings (files, shmem objects, exe), at high numbers.
+struct MmHelpers {
+  std::map<size_t, int> vma_fd;  // index in MmImage.vmas -> fd
+  int exe_fd = -1;
+};
+
+Result<RestorePlan> LoadPlan(ImageReader& images);
+Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan);
+Result<void> CheckPidsFree(const RestorePlan& plan);
+// Checks that every file the set maps or opens is the one that was dumped.
+Result<void> CheckFileIdentities(const RestorePlan& plan);
+Result<img::FileIdentity> IdentifyFile(const std::string& path, const struct stat& st);
+
+}  // namespace kleap

@@ -1,0 +1,149 @@
+// Per-task and per-thread core state: registers (general, FPU/SSE/AVX xstate, fs/gs
+// base), GDT TLS slots, rseq registration, clear_child_tid, comm, and the task's
+// personality, umask, cwd, root and rlimits.
+#include <linux/prctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <cstring>
+
+#include "engine/base/log.h"
+#include "engine/context.h"
+#include "engine/core.h"
+#include "engine/remote_mem.h"
+#include "engine/signal.h"
+
+namespace kleap {
+namespace {
+
+constexpr int kRseqFlagUnregister = 1;
+
+void RegsToImage(const Regs& r, img::GpRegs* g) {
+  g->set_r15(r.r15); g->set_r14(r.r14); g->set_r13(r.r13); g->set_r12(r.r12);
+  g->set_rbp(r.rbp); g->set_rbx(r.rbx); g->set_r11(r.r11); g->set_r10(r.r10);
+  g->set_r9(r.r9); g->set_r8(r.r8); g->set_rax(r.rax); g->set_rcx(r.rcx);
+  g->set_rdx(r.rdx); g->set_rsi(r.rsi); g->set_rdi(r.rdi); g->set_orig_rax(r.orig_rax);
+  g->set_rip(r.rip); g->set_cs(r.cs); g->set_eflags(r.eflags); g->set_rsp(r.rsp);
+  g->set_ss(r.ss); g->set_fs_base(r.fs_base); g->set_gs_base(r.gs_base); g->set_ds(r.ds);
+  g->set_es(r.es); g->set_fs(r.fs); g->set_gs(r.gs);
+}
+
+}  // namespace
+
+Regs RegsFromImage(const img::GpRegs& g) {
+  Regs r{};
+  r.r15 = g.r15(); r.r14 = g.r14(); r.r13 = g.r13(); r.r12 = g.r12();
+  r.rbp = g.rbp(); r.rbx = g.rbx(); r.r11 = g.r11(); r.r10 = g.r10();
+  r.r9 = g.r9(); r.r8 = g.r8(); r.rax = g.rax(); r.rcx = g.rcx();
+  r.rdx = g.rdx(); r.rsi = g.rsi(); r.rdi = g.rdi(); r.orig_rax = g.orig_rax();
+  r.rip = g.rip(); r.cs = g.cs(); r.eflags = g.eflags(); r.rsp = g.rsp();
+  r.ss = g.ss(); r.fs_base = g.fs_base(); r.gs_base = g.gs_base(); r.ds = g.ds();
+  r.es = g.es(); r.fs = g.fs(); r.gs = g.gs();
+  return r;
+}
+
+Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core) {
+  pid_t pid = task.pid;
+  core->set_pid(pid);
+  core->set_arch(uint32_t(task.arch));
+  core->set_comm(task.comm);
+  auto pers = KLEAP_TRY(ReadFileToString(ProcPath(pid, "personality")));
+  core->set_personality(uint32_t(std::stoul(pers, nullptr, 16)));
+  auto status = KLEAP_TRY_CTX(ReadStatus(pid), "task " << pid);
+  core->set_umask(uint32_t(std::stoul(KLEAP_TRY(status.Get("Umask")), nullptr, 8)));
+  core->set_cwd(KLEAP_TRY(ReadLink(ProcPath(pid, "cwd"))));
+  core->set_root(KLEAP_TRY(ReadLink(ProcPath(pid, "root"))));
+  for (int res = 0; res < RLIM_NLIMITS; ++res) {
+    rlimit lim;
+    if (prlimit(pid, __rlimit_resource(res), nullptr, &lim) < 0) return ErrnoError() << "task " << pid << ": read rlimit " << res;
+    img::Rlimit* l = core->add_rlimits();
+    l->set_resource(uint32_t(res));
+    l->set_cur(lim.rlim_cur);
+    l->set_max(lim.rlim_max);
+  }
+  KLEAP_TRY(DumpCredsOf(ctx.tree->Thread(pid), task, core->mutable_creds()));
+
+  for (pid_t tid : task.tids) {
+    RemoteSyscalls& rs = ctx.tree->Thread(tid);
+    img::ThreadCore* th = core->add_threads();
+    th->set_tid(tid);
+    ArchKind arch = ArchFromCs(rs.saved_regs().cs);
+    th->set_arch(uint32_t(arch));
+    RegsToImage(rs.saved_regs(), th->mutable_regs());
+    th->set_xstate(KLEAP_TRY(pt::GetXstate(tid)));
+    for (int e = kGdtTlsMin; e < kGdtTlsMin + kGdtTlsEntries; ++e) {
+      UserDesc d = KLEAP_TRY(pt::GetThreadArea(tid, e));
+      img::TlsEntry* t = th->add_tls();
+      t->set_entry_number(uint32_t(e));
+      t->set_base_addr(d.base_addr);
+      t->set_limit(d.limit);
+      t->set_flags(d.flags);
+    }
+    RseqConfig rseq = KLEAP_TRY(pt::GetRseq(tid));
+    if (rseq.rseq_abi_pointer) {
+      th->mutable_rseq()->set_abi_pointer(rseq.rseq_abi_pointer);
+      th->mutable_rseq()->set_abi_size(rseq.rseq_abi_size);
+      th->mutable_rseq()->set_flags(rseq.flags);
+      th->mutable_rseq()->set_signature(rseq.signature);
+    }
+    // Only the thread knows where it asked the kernel to clear its tid on exit.
+    auto mem = KLEAP_TRY(StackScratch::Borrow(tid, rs.saved_regs(), 16));
+    KLEAP_TRY_CTX(WithArch(arch, [&](auto a) {
+                    return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TID_ADDRESS, mem.at().addr());
+                  }),
+                  "thread " << tid << ": PR_GET_TID_ADDRESS");
+    uint64_t tid_addr = KLEAP_TRY(ReadRemoteValue<uint64_t>(tid, mem.at()));
+    th->set_clear_child_tid(arch == ArchKind::kX86 ? uint32_t(tid_addr) : tid_addr);
+    auto comm = ReadFileToString(ProcPath(pid, "task/" + std::to_string(tid) + "/comm"));
+    th->set_comm(comm ? std::string(Trim(*comm)) : task.comm);
+  }
+  return Ok();
+}
+
+Result<void> UnregisterRseq(RemoteSyscalls& rs, pid_t tid) {
+  RseqConfig c = KLEAP_TRY(pt::GetRseq(tid));
+  if (!c.rseq_abi_pointer) return Ok();
+  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kRseq, c.rseq_abi_pointer, c.rseq_abi_size, kRseqFlagUnregister, c.signature),
+                "thread " << tid << ": unregister the restorer's rseq");
+  return Ok();
+}
+
+Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch, const img::ThreadCore& th) {
+  pid_t tid = th.tid();
+  constexpr ArchKind k64 = ArchKind::kX86_64;
+  if (th.has_rseq())
+    KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kRseq, th.rseq().abi_pointer(), th.rseq().abi_size(), 0, th.rseq().signature()),
+                  "thread " << tid << ": register rseq at " << Hex(th.rseq().abi_pointer()));
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kSetTidAddress, th.clear_child_tid()), "thread " << tid << ": set_tid_address");
+  for (auto& t : th.tls()) {
+    if (t.entry_number() < kGdtTlsMin || t.entry_number() >= kGdtTlsMin + kGdtTlsEntries)
+      return Err(EINVAL) << "core image: thread " << tid << ": bad TLS entry " << t.entry_number();
+    KLEAP_TRY(pt::SetThreadArea(tid, UserDesc{t.entry_number(), t.base_addr(), t.limit(), t.flags()}));
+  }
+  auto comm = WriteStringToFile(ProcPath(pid, "task/" + std::to_string(tid) + "/comm"), th.comm());
+  if (!comm) KLOG(kWarning) << "thread " << tid << ": set comm: " << comm.error().ToString() << ", ignoring";
+  (void)scratch;
+  return Ok();
+}
+
+Result<void> SetFinalRegisters(RemoteSyscalls& rs, const img::ThreadCore& th) {
+  if (!th.has_regs()) return Err(EINVAL) << "core image: thread " << th.tid() << " has no registers";
+  ArchKind arch = ArchKind(th.arch());
+  Regs regs = NormalizeInterruptedSyscall(RegsFromImage(th.regs()), arch, /*same_task=*/false);
+  if (ArchFromCs(regs.cs) != arch) return Err(EINVAL) << "core image: thread " << th.tid() << ": cs " << Hex(regs.cs) << " contradicts its arch";
+  KLEAP_TRY(pt::SetXstate(th.tid(), th.xstate()));
+  rs.SetFinalState(regs, th.blocked());
+  return Ok();
+}
+
+Result<void> RestoreRlimits(pid_t pid, const img::TaskCore& core) {
+  for (auto& l : core.rlimits()) {
+    if (l.resource() >= RLIM_NLIMITS) return Err(EINVAL) << "core image of task " << pid << ": bad rlimit " << l.resource();
+    rlimit lim{l.cur(), l.max()};
+    if (prlimit(pid, __rlimit_resource(l.resource()), &lim, nullptr) < 0)
+      return ErrnoError() << "task " << pid << ": set rlimit " << l.resource() << " to " << l.cur() << "/" << l.max();
+  }
+  return Ok();
+}
+
+}  // namespace kleap

@@ -1,0 +1,134 @@
+// dump: freeze and seize a tree, write its images, commit the set, then kill the tree
+// or let it run on. Until the commit nothing about the tree has changed: a failure
+// resumes every task with its registers and signal mask as they were.
+#include <signal.h>
+#include <sys/utsname.h>
+#include <time.h>
+
+#include <chrono>
+
+#include "engine/base/log.h"
+#include "engine/context.h"
+
+namespace kleap {
+
+std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks);
+
+std::string CoreImage(pid_t pid) { return "core-" + std::to_string(pid) + ".img"; }
+std::string MmImage(pid_t pid) { return "mm-" + std::to_string(pid) + ".img"; }
+std::string PagemapImage(pid_t pid) { return "pagemap-" + std::to_string(pid) + ".img"; }
+std::string PagesImage(pid_t pid) { return "pages-" + std::to_string(pid) + ".img"; }
+std::string FdTableImage(pid_t pid) { return "fdtable-" + std::to_string(pid) + ".img"; }
+std::string ShmemImage(uint64_t id) { return "shmem-" + std::to_string(id) + ".img"; }
+std::string GhostImage(uint64_t id) { return "ghost-" + std::to_string(id) + ".img"; }
+
+namespace {
+
+// Every thread gets a syscall instruction of its own mode, from its task's vDSO.
+Result<void> FindGadgets(SeizedTree& tree, const TaskInfo& t) {
+  auto maps = KLEAP_TRY_CTX(ReadMaps(t.pid), "task " << t.pid);
+  auto vdso = std::find_if(maps.begin(), maps.end(), [](auto& m) { return m.path == "[vdso]"; });
+  if (vdso == maps.end()) return Err(ENOTSUP) << "task " << t.pid << ": no vDSO to run syscalls from";
+  std::map<ArchKind, RemotePtr> found;
+  for (pid_t tid : t.tids) {
+    RemoteSyscalls& rs = tree.Thread(tid);
+    ArchKind a = ArchFromCs(rs.saved_regs().cs);
+    if (!found.count(a)) found[a] = KLEAP_TRY(FindGadget(t.pid, vdso->start, vdso->end, a));
+    rs.SetGadget(a, found[a]);
+    // Whatever happens next, the thread goes back with its interrupted syscall restarted
+    // as the kernel would have done.
+    rs.SetFinalState(NormalizeInterruptedSyscall(rs.saved_regs(), a, /*same_task=*/true), rs.saved_sigmask());
+  }
+  return Ok();
+}
+
+Result<void> Refuse(const std::vector<Problem>& problems) {
+  if (problems.empty()) return Ok();
+  Error e(ENOTSUP);
+  e << problems[0].ToString();
+  if (problems.size() > 1) e << " (and " << problems.size() - 1 << " more problems; see kleap check)";
+  return e;
+}
+
+std::string BootId() {
+  auto s = ReadFileToString("/proc/sys/kernel/random/boot_id");
+  return s ? std::string(Trim(*s)) : std::string();
+}
+
+}  // namespace
+
+Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
+  auto t0 = std::chrono::steady_clock::now();
+  DumpStats stats;
+  auto tree = KLEAP_TRY(SeizedTree::Seize(opts.root));
+  stats.freeze_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::vector<Problem> problems = CheckTreeShape(tree->tasks());
+  for (auto& t : tree->tasks()) {
+    {
+      auto* list = &problems;
+      auto a = CheckTaskState(t.pid), b = CheckFds(t.pid), c = CheckMappings(t.pid);
+      list->insert(list->end(), a.begin(), a.end());
+      list->insert(list->end(), b.begin(), b.end());
+      list->insert(list->end(), c.begin(), c.end());
+    }
+  }
+  KLEAP_TRY(Refuse(problems));
+  for (auto& t : tree->tasks()) KLEAP_TRY(FindGadgets(*tree, t));
+
+  DumpContext ctx;
+  ctx.images = &images;
+  ctx.tree = tree.get();
+  img::PsTree pstree;
+  pstree.set_root_pid(opts.root);
+  for (auto& t : tree->tasks()) {
+    img::PsTask* ps = pstree.add_tasks();
+    ps->set_pid(t.pid);
+    ps->set_ppid(t.ppid);
+    ps->set_pgid(t.pgid);
+    ps->set_sid(t.sid);
+    for (pid_t tid : t.tids) ps->add_tids(tid);
+    ps->set_arch(uint32_t(t.arch));
+    ps->set_comm(t.comm);
+
+    img::TaskCore core;
+    KLEAP_TRY(DumpCore(ctx, t, &core));
+    KLEAP_TRY(DumpSignals(ctx, t, &core));
+    img::MmImage mm;
+    KLEAP_TRY(DumpMm(ctx, t, &mm));
+    img::FdTable fds;
+    KLEAP_TRY(DumpFds(ctx, t, &fds));
+    KLEAP_TRY(images.WriteMessage(CoreImage(t.pid), core));
+    KLEAP_TRY(images.WriteMessage(MmImage(t.pid), mm));
+    KLEAP_TRY(images.WriteMessage(FdTableImage(t.pid), fds));
+    stats.tasks++;
+    stats.threads += t.tids.size();
+  }
+  KLEAP_TRY(images.WriteMessage(kFilesImage, ctx.files));
+  KLEAP_TRY(images.WriteMessage(kShmemTableImage, ctx.shmem));
+  KLEAP_TRY(images.WriteMessage(kPsTreeImage, pstree));
+
+  img::Inventory inv;
+  inv.set_format_version(kImageFormatVersion);
+  utsname u;
+  uname(&u);
+  inv.set_kernel_release(u.release);
+  inv.set_arch(u.machine);
+  inv.set_tool_version(KLEAP_VERSION);
+  inv.set_root_pid(opts.root);
+  timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  inv.set_created_unix_ns(uint64_t(now.tv_sec) * 1000000000ull + uint64_t(now.tv_nsec));
+  inv.set_boot_id(BootId());
+  KLEAP_TRY(images.Commit(inv));
+
+  if (opts.leave_running)
+    tree->ResumeAll();
+  else
+    tree->KillAll();
+  stats.page_bytes = ctx.page_bytes;
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return stats;
+}
+
+}  // namespace kleap

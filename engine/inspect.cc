@@ -1,0 +1,116 @@
+// inspect and validate: a set decoded for people, and checked for the restorer.
+#include <google/protobuf/text_format.h>
+#include <google/protobuf/util/json_util.h>
+
+#include <set>
+#include <sstream>
+
+#include "engine/context.h"
+
+namespace kleap {
+namespace {
+
+bool IsRawBlob(const std::string& name) {
+  return name.rfind("pages-", 0) == 0 || name.rfind("shmem-", 0) == 0 || name.rfind("ghost-", 0) == 0;
+}
+
+std::unique_ptr<google::protobuf::Message> MessageFor(const std::string& name) {
+  auto starts = [&](const char* p) { return name.rfind(p, 0) == 0; };
+  if (name == kPsTreeImage) return std::make_unique<img::PsTree>();
+  if (name == kFilesImage) return std::make_unique<img::FileTable>();
+  if (name == kShmemTableImage) return std::make_unique<img::ShmemTable>();
+  if (starts("core-")) return std::make_unique<img::TaskCore>();
+  if (starts("mm-")) return std::make_unique<img::MmImage>();
+  if (starts("pagemap-")) return std::make_unique<img::Pagemap>();
+  if (starts("fdtable-")) return std::make_unique<img::FdTable>();
+  return nullptr;
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+}  // namespace
+
+Result<std::string> InspectImages(ImageReader& images, bool json) {
+  const img::Inventory& inv = images.inventory();
+  std::ostringstream os;
+  if (json) {
+    os << "{\"inventory\":" << ToJson(inv) << ",\"images\":{";
+  } else {
+    os << "image set " << images.Describe() << "\n"
+       << "  format version " << inv.format_version() << ", kleap " << inv.tool_version() << "\n"
+       << "  dumped on " << inv.kernel_release() << " (" << inv.arch() << "), boot " << inv.boot_id() << "\n"
+       << "  root pid " << inv.root_pid() << ", " << inv.images_size() << " images\n";
+  }
+  bool first = true;
+  for (auto& e : inv.images()) {
+    if (IsRawBlob(e.name())) {
+      if (!json) os << "\n== " << e.name() << ": raw, " << e.size() << " bytes\n";
+      continue;
+    }
+    auto msg = MessageFor(e.name());
+    if (!msg) return Err(EINVAL) << "image " << e.name() << ": unknown kind";
+    KLEAP_TRY(images.ReadMessage(e.name(), msg.get()));
+    if (json) {
+      os << (first ? "" : ",") << "\"" << e.name() << "\":" << ToJson(*msg);
+      first = false;
+    } else {
+      if (auto* core = dynamic_cast<img::TaskCore*>(msg.get()))
+        for (auto& th : *core->mutable_threads()) th.set_xstate("<" + std::to_string(th.xstate().size()) + " bytes>");
+      if (auto* mm = dynamic_cast<img::MmImage*>(msg.get())) {
+        mm->set_vdso("<" + std::to_string(mm->vdso().size()) + " bytes>");
+        mm->set_auxv("<" + std::to_string(mm->auxv().size()) + " bytes>");
+      }
+      std::string text;
+      google::protobuf::TextFormat::PrintToString(*msg, &text);
+      os << "\n== " << e.name() << "\n" << text;
+    }
+  }
+  if (json) os << "}}\n";
+  return os.str();
+}
+
+Result<void> ValidateImages(ImageReader& images) {
+  const img::Inventory& inv = images.inventory();
+  for (auto& e : inv.images()) {
+    if (!IsRawBlob(e.name()) && !MessageFor(e.name())) return Err(EINVAL) << "image " << e.name() << ": unknown kind";
+    KLEAP_TRY(images.VerifyImage(e.name()));
+  }
+  std::set<std::string> listed;
+  for (auto& e : inv.images()) listed.insert(e.name());
+  for (auto& name : KLEAP_TRY(images.ListStored()))
+    if (!listed.count(name) && name != kInventoryName)
+      return Err(EINVAL) << "image " << name << " is in the set but not in its inventory";
+  RestorePlan plan = KLEAP_TRY(LoadPlan(images));
+  if (inv.root_pid() != plan.pstree.root_pid() || plan.pstree.tasks(0).pid() != plan.pstree.root_pid())
+    return Err(EINVAL) << "pstree.img: root pid " << plan.pstree.root_pid() << " disagrees with the inventory's " << inv.root_pid();
+  for (auto& [pid, pm] : plan.pagemaps) {
+    const img::MmImage& mm = plan.mms.at(pid);
+    uint64_t bytes = 0;
+    int v = 0;
+    for (auto& r : pm.runs()) {
+      while (v < mm.vmas_size() && mm.vmas(v).end() <= r.vaddr()) ++v;
+      if (v == mm.vmas_size() || r.vaddr() < mm.vmas(v).start() || r.vaddr() + r.nr_pages() * 4096 > mm.vmas(v).end())
+        return Err(EINVAL) << PagemapImage(pid) << ": page run at " << Hex(r.vaddr()) << " lies outside every mapping";
+      bytes += r.nr_pages() * 4096;
+    }
+    const img::ImageEntry* blob = images.Find(pm.blob());
+    if (!blob) return Err(EINVAL) << PagemapImage(pid) << ": its blob " << pm.blob() << " is missing";
+    if (blob->size() != bytes)
+      return Err(EINVAL) << pm.blob() << ": " << blob->size() << " bytes, its page runs need " << bytes;
+  }
+  for (auto& f : plan.files.files())
+    if (f.has_reg() && f.reg().deleted() && !images.Find(f.reg().ghost_blob()))
+      return Err(EINVAL) << "files.img: deleted file " << f.reg().path() << " has no content image";
+  // Restorable here and now: the files it maps are the ones dumped, and its PIDs are free.
+  KLEAP_TRY(CheckFileIdentities(plan));
+  KLEAP_TRY(CheckPidsFree(plan));
+  return Ok();
+}
+
+}  // namespace kleap

@@ -1,0 +1,232 @@
+// kleap: the engine's command line.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/base/log.h"
+#include "engine/engine.h"
+#include "engine/images/image_set.h"
+
+namespace kleap {
+namespace {
+
+constexpr int kExitOk = 0, kExitFail = 1, kExitUsage = 2;
+
+const char kUsage[] =
+    "Usage: kleap COMMAND [OPTIONS]\n"
+    "Checkpoint and restore Linux process trees.\n"
+    "\n"
+    "Commands:\n"
+    "  check --tree PID [--json]             report what in the tree can't be carried\n"
+    "  dump --tree PID --images DIR [--leave-running] [--stats]\n"
+    "                                         freeze the tree and write its images\n"
+    "  restore --images DIR [--detach] [--stats]\n"
+    "                                         rebuild the tree with the same PIDs and resume it\n"
+    "  inspect DIR [--json]                  decode an image set\n"
+    "  validate DIR                          check that a set is whole and restorable\n"
+    "\n"
+    "Options:\n"
+    "  --tree PID        the root of the tree\n"
+    "  --images DIR      the image set (dump: an empty or new directory)\n"
+    "  --leave-running   dump: let the tree run on afterwards instead of killing it\n"
+    "  --detach          restore: print the root PID and return once the tree runs\n"
+    "  --vdso-proxy      restore: use vDSO trampolines even when the kernel's vDSO is the same\n"
+    "  --stats           dump/restore: print one JSON line of timings on stdout\n"
+    "  --json            machine-readable output\n"
+    "  -v, --verbose     debug logging\n"
+    "  -h, --help        this help\n"
+    "      --version     print the version\n"
+    "\n"
+    "Exit status: 0 success, 1 failure (or problems found by check), 2 usage error.\n"
+    "See kleap(1).\n";
+
+struct Args {
+  std::string command;
+  std::vector<std::string> positional;
+  pid_t tree = 0;
+  std::string images;
+  bool json = false, leave_running = false, detach = false, vdso_proxy = false, stats = false;
+};
+
+int Usage(const std::string& msg) {
+  std::fprintf(stderr, "kleap: %s\nTry 'kleap --help'.\n", msg.c_str());
+  return kExitUsage;
+}
+
+std::string JsonEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (c == '\n') out += "\\n";
+    else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else out += c;
+  }
+  return out;
+}
+
+long MaxRssKib() {
+  rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+int Fail(const Error& e, const char* what) {
+  KLOG(kError) << what << ": " << e.ToString();
+  return kExitFail;
+}
+
+int RunCheck(const Args& a) {
+  auto rep = CheckTree(a.tree);
+  if (!rep) return Fail(rep.error(), "check failed");
+  if (a.json) {
+    std::ostringstream os;
+    os << "{\"root\":" << a.tree << ",\"tasks\":[";
+    for (size_t i = 0; i < rep->pids.size(); ++i) os << (i ? "," : "") << rep->pids[i];
+    os << "],\"threads\":" << rep->threads << ",\"dumpable\":" << (rep->problems.empty() ? "true" : "false")
+       << ",\"problems\":[";
+    for (size_t i = 0; i < rep->problems.size(); ++i) {
+      auto& p = rep->problems[i];
+      os << (i ? "," : "") << "{\"pid\":" << p.pid << ",\"object\":\"" << JsonEscape(p.object) << "\",\"what\":\""
+         << JsonEscape(p.what) << "\",\"reason\":\"" << JsonEscape(p.reason) << "\"}";
+    }
+    os << "]}\n";
+    std::fputs(os.str().c_str(), stdout);
+  } else {
+    for (auto& p : rep->problems) std::printf("%s\n", p.ToString().c_str());
+    std::printf("%zu tasks, %zu threads: %s\n", rep->pids.size(), rep->threads,
+                rep->problems.empty() ? "everything can be carried"
+                                      : (std::to_string(rep->problems.size()) + " problems").c_str());
+  }
+  return rep->problems.empty() ? kExitOk : kExitFail;
+}
+
+int RunDump(const Args& a) {
+  auto w = CreateDirImageSet(a.images);
+  if (!w) return Fail(w.error(), "dump failed");
+  auto st = DumpTree({a.tree, a.leave_running}, **w);
+  if (!st) return Fail(st.error(), "dump failed");
+  if (a.stats)
+    std::printf("{\"op\":\"dump\",\"seconds\":%.6f,\"freeze_seconds\":%.6f,\"bytes\":%llu,\"tasks\":%zu,\"threads\":%zu,\"max_rss_kib\":%ld}\n",
+                st->seconds, st->freeze_seconds, (unsigned long long)st->page_bytes, st->tasks, st->threads, MaxRssKib());
+  else
+    KLOG(kInfo) << "dumped " << st->tasks << " tasks, " << st->threads << " threads, " << (st->page_bytes >> 20)
+                << " MiB of memory into " << a.images << (a.leave_running ? "; the tree runs on" : "");
+  return kExitOk;
+}
+
+int RunRestore(const Args& a) {
+  auto r = OpenDirImageSet(a.images);
+  if (!r) return Fail(r.error(), "restore failed");
+  RestoreOptions opts;
+  opts.detach = a.detach;
+  opts.force_vdso_proxy = a.vdso_proxy;
+  if (a.detach) {
+    auto res = RestoreTree(opts, **r);
+    if (!res) return Fail(res.error(), "restore failed");
+    std::printf("%d\n", res->root);
+    if (a.stats)
+      std::printf("{\"op\":\"restore\",\"seconds\":%.6f,\"bytes\":%llu,\"max_rss_kib\":%ld}\n", res->seconds,
+                  (unsigned long long)res->page_bytes, MaxRssKib());
+    std::fflush(stdout);
+    return kExitOk;
+  }
+  auto res = RestoreTree(opts, **r);
+  if (!res) return Fail(res.error(), "restore failed");
+  if (a.stats)
+    std::printf("{\"op\":\"restore\",\"seconds\":%.6f,\"bytes\":%llu,\"max_rss_kib\":%ld}\n", res->seconds,
+                (unsigned long long)res->page_bytes, MaxRssKib());
+  return res->exit_status;
+}
+
+int RunInspect(const Args& a) {
+  if (a.positional.size() != 1) return Usage("inspect takes one image directory");
+  auto r = OpenDirImageSet(a.positional[0]);
+  if (!r) return Fail(r.error(), "inspect failed");
+  auto text = InspectImages(**r, a.json);
+  if (!text) return Fail(text.error(), "inspect failed");
+  std::fputs(text->c_str(), stdout);
+  return kExitOk;
+}
+
+int RunValidate(const Args& a) {
+  if (a.positional.size() != 1) return Usage("validate takes one image directory");
+  auto r = OpenDirImageSet(a.positional[0]);
+  if (!r) return Fail(r.error(), "invalid image set");
+  auto v = ValidateImages(**r);
+  if (!v) return Fail(v.error(), "invalid image set");
+  std::printf("%s: whole, consistent and restorable (%d images)\n", a.positional[0].c_str(), (*r)->inventory().images_size());
+  return kExitOk;
+}
+
+int Main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string s = argv[i];
+    auto need = [&](const char* opt) -> const char* {
+      if (i + 1 >= argc) return nullptr;
+      (void)opt;
+      return argv[++i];
+    };
+    if (s == "-h" || s == "--help") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    } else if (s == "--version") {
+      std::printf("kleap %s\n", KLEAP_VERSION);
+      return kExitOk;
+    } else if (s == "--tree") {
+      const char* v = need("--tree");
+      if (!v) return Usage("--tree needs a PID");
+      char* end;
+      long pid = strtol(v, &end, 10);
+      if (*end || pid <= 0) return Usage(std::string("--tree: not a PID: ") + v);
+      a.tree = pid_t(pid);
+    } else if (s == "--images") {
+      const char* v = need("--images");
+      if (!v) return Usage("--images needs a directory");
+      a.images = v;
+    } else if (s == "--json") {
+      a.json = true;
+    } else if (s == "--leave-running") {
+      a.leave_running = true;
+    } else if (s == "--detach" || s == "-d") {
+      a.detach = true;
+    } else if (s == "--vdso-proxy") {
+      a.vdso_proxy = true;
+    } else if (s == "--stats") {
+      a.stats = true;
+    } else if (s == "-v" || s == "--verbose") {
+      SetLogLevel(LogLevel::kDebug);
+    } else if (s.size() > 1 && s[0] == '-') {
+      return Usage("unknown option " + s);
+    } else if (a.command.empty()) {
+      a.command = s;
+    } else {
+      a.positional.push_back(s);
+    }
+  }
+  if (a.command.empty()) return Usage("no command");
+  if (a.command == "check" || a.command == "dump") {
+    if (!a.tree) return Usage(a.command + " needs --tree PID");
+  }
+  if ((a.command == "dump" || a.command == "restore") && a.images.empty()) return Usage(a.command + " needs --images DIR");
+  if (a.command == "check") return RunCheck(a);
+  if (a.command == "dump") return RunDump(a);
+  if (a.command == "restore") return RunRestore(a);
+  if (a.command == "inspect") return RunInspect(a);
+  if (a.command == "validate") return RunValidate(a);
+  return Usage("unknown command " + a.command);
+}
+
+}  // namespace
+}  // namespace kleap
+
+int main(int argc, char** argv) { return kleap::Main(argc, argv); }

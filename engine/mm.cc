@@ -1,0 +1,436 @@
+// Memory: every VMA of a task with its protections and backing, the pages that only
+// the task holds (anonymous memory and copied-on-write file pages) as raw page-aligned
+// blobs, shared anonymous memory once per shmem object, and the mm fields that
+// prctl(PR_SET_MM_MAP) sets. The vDSO is in vdso.cc.
+#include "engine/mm.h"
+
+#include <fcntl.h>
+#include <linux/prctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "engine/base/log.h"
+
+namespace kleap {
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kPmPresent = 1ull << 63, kPmSwapped = 1ull << 62, kPmFileOrShared = 1ull << 61;
+constexpr size_t kCopyChunk = 1u << 20;
+constexpr size_t kRestoreWindow = 64u << 20;
+
+bool EndsWith(const std::string& s, const char* suf) {
+  size_t n = strlen(suf);
+  return s.size() >= n && s.compare(s.size() - n, n, suf) == 0;
+}
+
+uint32_t ProtOf(const MapsEntry& m) {
+  return (m.read ? PROT_READ : 0) | (m.write ? PROT_WRITE : 0) | (m.exec ? PROT_EXEC : 0);
+}
+
+}  // namespace
+
+VmaClass ClassifyVma(const MapsEntry& m) {
+  VmaClass c;
+  const std::string& p = m.path;
+  if (p == "[vdso]") {
+    c.kind = img::Vma::VDSO;
+  } else if (p == "[vvar]" || p == "[vvar_vclock]") {
+    c.kind = img::Vma::VVAR;
+  } else if (p == "[vsyscall]") {
+    c.skip = true;  // a fixed kernel page, not a VMA of the task
+  } else if (p.empty() || p == "[heap]" || p == "[stack]" || p.rfind("[anon:", 0) == 0) {
+    c.kind = img::Vma::ANON_PRIVATE;
+    if (m.shared) c.reason = "a shared anonymous mapping without a shmem file";
+  } else if (p.rfind("/dev/zero", 0) == 0 && m.shared) {
+    c.kind = img::Vma::ANON_SHARED;
+  } else if (p.rfind("/SYSV", 0) == 0) {
+    c.reason = "SysV shared memory is not supported yet";
+  } else if (p.rfind("/memfd:", 0) == 0) {
+    c.reason = "memfd mappings are not supported yet";
+  } else if (p[0] == '[') {
+    c.reason = "special mapping " + p + " is not supported";
+  } else if (EndsWith(p, " (deleted)")) {
+    c.reason = "the mapped file was deleted or replaced since it was mapped";
+  } else if (p[0] == '/') {
+    c.kind = m.shared ? img::Vma::FILE_SHARED : img::Vma::FILE_PRIVATE;
+    if (m.path.rfind("/dev/", 0) == 0) c.reason = "device mappings are not supported";
+  } else {
+    c.reason = "unknown mapping";
+  }
+  return c;
+}
+
+std::vector<Problem> CheckMappings(pid_t pid) {
+  std::vector<Problem> out;
+  auto maps = ReadMaps(pid);
+  if (!maps) {
+    out.push_back({pid, "task", "", "read maps: " + maps.error().ToString()});
+    return out;
+  }
+  for (auto& m : *maps) {
+    VmaClass c = ClassifyVma(m);
+    if (!c.reason.empty())
+      out.push_back({pid, "mapping " + Hex(m.start) + "-" + Hex(m.end), m.path.empty() ? "anonymous" : m.path, c.reason});
+  }
+  return out;
+}
+
+namespace {
+
+// Copies [vaddr, vaddr+len) of a task into a blob, through a buffer that stays in cache.
+Result<void> CopyOut(pid_t pid, uint64_t vaddr, uint64_t len, bool readable, BlobWriter* blob,
+                     std::vector<uint8_t>& buf) {
+  while (len) {
+    size_t n = size_t(std::min<uint64_t>(len, buf.size()));
+    if (readable)
+      KLEAP_TRY(ReadRemote(pid, RemotePtr(vaddr), buf.data(), n));
+    else
+      KLEAP_TRY(ReadRemoteForce(pid, RemotePtr(vaddr), buf.data(), n));
+    KLEAP_TRY(blob->Write(buf.data(), n));
+    vaddr += n;
+    len -= n;
+  }
+  return Ok();
+}
+
+// Finds the pages of a VMA that only the task holds, from /proc/PID/pagemap.
+Result<void> DumpVmaPages(pid_t pid, int pagemap_fd, const MapsEntry& m, bool file_backed,
+                          BlobWriter* blob, img::Pagemap* pm, std::vector<uint8_t>& buf,
+                          uint64_t* bytes) {
+  constexpr size_t kBatch = 8192;
+  std::vector<uint64_t> ents(kBatch);
+  uint64_t run_start = 0, run_pages = 0;
+  auto flush = [&]() -> Result<void> {
+    if (!run_pages) return Ok();
+    img::PageRun* r = pm->add_runs();
+    r->set_vaddr(run_start);
+    r->set_nr_pages(run_pages);
+    KLEAP_TRY(CopyOut(pid, run_start, run_pages * kPage, m.read, blob, buf));
+    *bytes += run_pages * kPage;
+    run_pages = 0;
+    return Ok();
+  };
+  for (uint64_t a = m.start; a < m.end;) {
+    size_t n = size_t(std::min<uint64_t>(kBatch, (m.end - a) / kPage));
+    ssize_t got = pread(pagemap_fd, ents.data(), n * 8, off_t(a / kPage * 8));
+    if (got != ssize_t(n * 8)) return ErrnoError() << "read pagemap of pid " << pid << " at " << Hex(a);
+    for (size_t i = 0; i < n; ++i, a += kPage) {
+      uint64_t e = ents[i];
+      bool want = (e & (kPmPresent | kPmSwapped)) && !(file_backed && (e & kPmFileOrShared));
+      if (want && run_pages && run_start + run_pages * kPage == a) {
+        ++run_pages;
+      } else if (want) {
+        KLEAP_TRY(flush());
+        run_start = a;
+        run_pages = 1;
+      } else if (run_pages) {
+        KLEAP_TRY(flush());
+      }
+    }
+  }
+  return flush();
+}
+
+// Dumps a shared anonymous (shmem) object once, through /proc/PID/map_files, so pages
+// that other tasks touched are included and nothing is faulted in.
+Result<void> DumpShmem(DumpContext& ctx, pid_t pid, const MapsEntry& m) {
+  for (auto& o : ctx.shmem.objects())
+    if (o.id() == m.inode) return Ok();
+  char range[64];
+  snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start, (unsigned long)m.end);
+  std::string path = ProcPath(pid, range);
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError() << "open " << path;
+  struct stat st;
+  if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << path;
+  img::ShmemObject* o = ctx.shmem.add_objects();
+  o->set_id(m.inode);
+  o->set_size(uint64_t(st.st_size));
+  o->set_blob(ShmemImage(m.inode));
+  auto blob = KLEAP_TRY(ctx.images->CreateBlob(o->blob()));
+  std::vector<uint8_t> buf(kCopyChunk);
+  off_t off = 0;
+  for (;;) {
+    off_t data = lseek(fd.get(), off, SEEK_DATA);
+    if (data < 0) break;  // ENXIO: no more data
+    off_t hole = lseek(fd.get(), data, SEEK_HOLE);
+    if (hole < 0) hole = st.st_size;
+    data &= ~off_t(kPage - 1);
+    hole = (hole + off_t(kPage) - 1) & ~off_t(kPage - 1);
+    img::PageRun* r = o->add_runs();
+    r->set_vaddr(uint64_t(data));
+    r->set_nr_pages(uint64_t(hole - data) / kPage);
+    for (off_t p = data; p < hole;) {
+      size_t n = size_t(std::min<off_t>(off_t(buf.size()), hole - p));
+      ssize_t got = pread(fd.get(), buf.data(), n, p);
+      if (got != ssize_t(n)) return ErrnoError() << "read shared memory " << path;
+      KLEAP_TRY(blob->Write(buf.data(), n));
+      p += off_t(n);
+      ctx.page_bytes += n;
+    }
+    off = hole;
+    if (off >= st.st_size) break;
+  }
+  return blob->Close();
+}
+
+}  // namespace
+
+Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
+  pid_t pid = task.pid;
+  RemoteSyscalls& rs = ctx.tree->Thread(pid);
+  mm->set_pid(pid);
+  mm->set_arch(uint32_t(task.arch));
+  auto maps = KLEAP_TRY_CTX(ReadSmaps(pid), "task " << pid);
+  auto st = KLEAP_TRY_CTX(ReadStat(pid), "task " << pid);
+  mm->set_start_code(st.start_code);
+  mm->set_end_code(st.end_code);
+  mm->set_start_data(st.start_data);
+  mm->set_end_data(st.end_data);
+  mm->set_start_brk(st.start_brk);
+  mm->set_start_stack(st.start_stack);
+  mm->set_arg_start(st.arg_start);
+  mm->set_arg_end(st.arg_end);
+  mm->set_env_start(st.env_start);
+  mm->set_env_end(st.env_end);
+  // Only the task knows its current brk: ask it.
+  uint64_t brk = KLEAP_TRY_CTX(
+      WithArch(task.arch, [&](auto a) { return rs.Call(a.kKind, decltype(a)::kBrk, 0); }), "task " << pid << ": brk");
+  mm->set_brk(brk);
+  mm->set_auxv(KLEAP_TRY(ReadFileToString(ProcPath(pid, "auxv"))));
+  std::string exe = KLEAP_TRY(ReadLink(ProcPath(pid, "exe")));
+  mm->set_exe_path(exe);
+  struct stat est;
+  if (stat(ProcPath(pid, "exe").c_str(), &est) < 0) return ErrnoError() << "stat exe of task " << pid;
+  *mm->mutable_exe() = KLEAP_TRY(IdentifyFile(ProcPath(pid, "exe"), est));
+
+  std::string pm_path = ProcPath(pid, "pagemap");
+  UniqueFd pagemap(open(pm_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!pagemap) return ErrnoError() << "open " << pm_path;
+  img::Pagemap pm;
+  pm.set_pid(pid);
+  pm.set_blob(PagesImage(pid));
+  auto blob = KLEAP_TRY(ctx.images->CreateBlob(PagesImage(pid)));
+  std::vector<uint8_t> buf(kCopyChunk);
+  std::map<std::pair<uint64_t, uint64_t>, img::FileIdentity> ident_cache;
+
+  for (auto& m : maps) {
+    VmaClass c = ClassifyVma(m);
+    if (c.skip) continue;
+    std::string where = "task " + std::to_string(pid) + " mapping " + Hex(m.start) + "-" + Hex(m.end) + " " + m.path;
+    if (!c.reason.empty()) return Err(ENOTSUP) << where << ": " << c.reason;
+    img::Vma* v = mm->add_vmas();
+    v->set_start(m.start);
+    v->set_end(m.end);
+    v->set_prot(ProtOf(m));
+    v->set_kind(c.kind);
+    v->set_pgoff(m.offset);
+    v->set_growsdown(m.HasFlag("gd"));
+    for (auto& f : m.vm_flags) v->add_vm_flags(f);
+    if (!m.path.empty() && m.path[0] == '[') v->set_name(m.path);
+    switch (c.kind) {
+      case img::Vma::VDSO: {
+        std::string bytes(m.size(), '\0');
+        KLEAP_TRY_CTX(ReadRemote(pid, RemotePtr(m.start), bytes.data(), bytes.size()), where);
+        mm->set_vdso(bytes);
+        break;
+      }
+      case img::Vma::VVAR:
+        break;
+      case img::Vma::ANON_SHARED:
+        v->set_shmem_id(m.inode);
+        v->set_path(m.path);
+        KLEAP_TRY_CTX(DumpShmem(ctx, pid, m), where);
+        break;
+      case img::Vma::FILE_PRIVATE:
+      case img::Vma::FILE_SHARED: {
+        v->set_path(m.path);
+        char range[64];
+        snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start, (unsigned long)m.end);
+        struct stat fst, pst;
+        if (stat(ProcPath(pid, range).c_str(), &fst) < 0) return ErrnoError() << where << ": stat";
+        if (stat(m.path.c_str(), &pst) < 0 || pst.st_ino != fst.st_ino || pst.st_dev != fst.st_dev)
+          return Err(ESTALE) << where << ": the file at this path is no longer the mapped one";
+        auto key = std::make_pair(uint64_t(fst.st_dev), uint64_t(fst.st_ino));
+        auto it = ident_cache.find(key);
+        if (it == ident_cache.end())
+          it = ident_cache.emplace(key, KLEAP_TRY_CTX(IdentifyFile(m.path, fst), where)).first;
+        *v->mutable_file() = it->second;
+        if (c.kind == img::Vma::FILE_PRIVATE)
+          KLEAP_TRY_CTX(DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf, &ctx.page_bytes), where);
+        break;
+      }
+      case img::Vma::ANON_PRIVATE:
+        KLEAP_TRY_CTX(DumpVmaPages(pid, pagemap.get(), m, false, blob.get(), &pm, buf, &ctx.page_bytes), where);
+        break;
+      default:
+        break;
+    }
+  }
+  KLEAP_TRY(blob->Close());
+  return ctx.images->WriteMessage(PagemapImage(pid), pm);
+}
+
+// ---- restore ----
+
+Result<uint64_t> PickScratch(const img::MmImage& mm) {
+  auto ours = KLEAP_TRY(ReadMaps(getpid()));
+  auto busy = [&](uint64_t a) {
+    for (auto& v : mm.vmas())
+      if (a < v.end() && a + kScratchSize > v.start()) return true;
+    for (auto& m : ours)
+      if (a < m.end && a + kScratchSize > m.start) return true;
+    return false;
+  };
+  // Low addresses first: most layouts leave room just above mmap_min_addr.
+  for (uint64_t a = 0x100000; a < 0xff000000ull; a += 0x100000)
+    if (!busy(a)) return a;
+  return Err(ENOMEM) << "no free page below 4 GiB for the restorer in task " << mm.pid();
+}
+
+namespace {
+
+struct PrctlMmMap {
+  uint64_t start_code, end_code, start_data, end_data, start_brk, brk, start_stack;
+  uint64_t arg_start, arg_end, env_start, env_end;
+  uint64_t auxv;
+  uint32_t auxv_size;
+  uint32_t exe_fd;
+};
+static_assert(sizeof(PrctlMmMap) == 104);
+
+void ApplyMadvise(RemoteSyscalls& rs, const img::Vma& v) {
+  struct {
+    const char* flag;
+    int advice;
+  } static const kAdvice[] = {{"dc", MADV_DONTFORK}, {"wf", MADV_WIPEONFORK}, {"hg", MADV_HUGEPAGE},
+                              {"nh", MADV_NOHUGEPAGE}, {"dd", MADV_DONTDUMP}};
+  for (auto& a : kAdvice)
+    if (std::find(v.vm_flags().begin(), v.vm_flags().end(), a.flag) != v.vm_flags().end()) {
+      auto r = rs.Call(ArchKind::kX86_64, X64Arch::kMadvise, v.start(), v.end() - v.start(), uint64_t(a.advice));
+      if (!r) KLOG(kDebug) << "madvise " << a.flag << ": " << r.error().ToString() << ", ignoring";
+    }
+}
+
+// Writes the dumped pages into the task, straight from the blob's mapped windows.
+class PageWriter {
+ public:
+  PageWriter(pid_t pid, BlobReader* blob) : pid_(pid), blob_(blob) {}
+  Result<void> Write(uint64_t vaddr, uint64_t blob_off, uint64_t len) {
+    while (len) {
+      if (blob_off < win_off_ || blob_off >= win_off_ + win_len_) {
+        win_off_ = blob_off;
+        win_len_ = size_t(std::min<uint64_t>(kRestoreWindow, blob_->size() - blob_off));
+        win_ = KLEAP_TRY(blob_->Map(win_off_, win_len_));
+      }
+      size_t n = size_t(std::min<uint64_t>(len, win_off_ + win_len_ - blob_off));
+      KLEAP_TRY(WriteRemote(pid_, RemotePtr(vaddr), win_ + (blob_off - win_off_), n));
+      vaddr += n;
+      blob_off += n;
+      len -= n;
+    }
+    return Ok();
+  }
+
+ private:
+  pid_t pid_;
+  BlobReader* blob_;
+  const uint8_t* win_ = nullptr;
+  uint64_t win_off_ = 0;
+  size_t win_len_ = 0;
+};
+
+}  // namespace
+
+Result<void> RestoreMm(MmRestore& r) {
+  const img::MmImage& mm = *r.mm;
+  RemoteSyscalls& rs = *r.rs;
+  constexpr ArchKind k64 = ArchKind::kX86_64;
+  std::string who = "task " + std::to_string(r.pid);
+
+  // Nothing of the restorer's own layout stays but the scratch page.
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, 0, r.scratch), who << ": unmap the restorer");
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, r.scratch + kScratchSize, X64Arch::kTaskSize - r.scratch - kScratchSize),
+                who << ": unmap the restorer");
+  KLEAP_TRY(RestoreVdso(r));
+
+  auto blob = KLEAP_TRY(r.images->OpenBlob(r.pagemap->blob()));
+  PageWriter writer(r.pid, blob.get());
+  uint64_t blob_off = 0;
+  int run = 0;
+  const auto& runs = r.pagemap->runs();
+  for (int i = 0; i < mm.vmas_size(); ++i) {
+    const img::Vma& v = mm.vmas(i);
+    if (v.kind() == img::Vma::VDSO || v.kind() == img::Vma::VVAR) continue;
+    std::string where = who + " mapping " + Hex(v.start()) + "-" + Hex(v.end());
+    uint64_t len = v.end() - v.start();
+    // Runs that fall in this VMA (runs are in VMA order).
+    int first = run;
+    while (run < runs.size() && runs[run].vaddr() >= v.start() && runs[run].vaddr() < v.end()) ++run;
+    bool has_pages = run > first;
+    uint32_t prot = v.prot() | (has_pages ? PROT_READ | PROT_WRITE : 0);
+    uint64_t flags = MAP_FIXED, fd = ~uint64_t(0), off = 0;
+    switch (v.kind()) {
+      case img::Vma::ANON_PRIVATE:
+        flags |= MAP_PRIVATE | MAP_ANONYMOUS | (v.growsdown() ? MAP_GROWSDOWN : 0);
+        break;
+      case img::Vma::ANON_SHARED:
+      case img::Vma::FILE_SHARED:
+      case img::Vma::FILE_PRIVATE: {
+        auto it = r.helpers->vma_fd.find(size_t(i));
+        if (it == r.helpers->vma_fd.end()) return Err(EINVAL) << where << ": no file opened for it";
+        flags |= v.kind() == img::Vma::FILE_PRIVATE ? MAP_PRIVATE : MAP_SHARED;
+        fd = uint64_t(it->second);
+        off = v.pgoff();
+        break;
+      }
+      default:
+        return Err(EINVAL) << where << ": unknown kind " << int(v.kind());
+    }
+    uint64_t got = KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMmap, v.start(), len, prot, flags, fd, off), where << ": mmap");
+    if (got != v.start()) return Err(EFAULT) << where << ": mapped at " << Hex(got);
+    for (int k = first; k < run; ++k) {
+      uint64_t n = runs[k].nr_pages() * kPage;
+      if (runs[k].vaddr() + n > v.end()) return Err(EINVAL) << where << ": page run " << Hex(runs[k].vaddr()) << " overflows the mapping";
+      KLEAP_TRY_CTX(writer.Write(runs[k].vaddr(), blob_off, n), where);
+      blob_off += n;
+      r.page_bytes += n;
+    }
+    if (prot != v.prot())
+      KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMprotect, v.start(), len, v.prot()), where << ": mprotect");
+    ApplyMadvise(rs, v);
+  }
+  if (run != runs.size()) return Err(EINVAL) << who << ": page run at " << Hex(runs[run].vaddr()) << " lies outside every mapping";
+  if (blob_off != blob->size()) return Err(EINVAL) << who << ": " << r.pagemap->blob() << " holds " << blob->size() << " bytes, the runs " << blob_off;
+
+  // The mm fields: code/data/brk/stack/args/env, auxv and /proc/PID/exe.
+  PrctlMmMap map{};
+  map.start_code = mm.start_code();
+  map.end_code = mm.end_code();
+  map.start_data = mm.start_data();
+  map.end_data = mm.end_data();
+  map.start_brk = mm.start_brk();
+  map.brk = mm.brk();
+  map.start_stack = mm.start_stack();
+  map.arg_start = mm.arg_start();
+  map.arg_end = mm.arg_end();
+  map.env_start = mm.env_start();
+  map.env_end = mm.env_end();
+  const uint64_t map_at = r.scratch + kScratchData, auxv_at = map_at + 128;
+  if (mm.auxv().size() > kScratchSize - 128 - kScratchData) return Err(EINVAL) << who << ": auxv of " << mm.auxv().size() << " bytes is too large";
+  map.auxv = auxv_at;
+  map.auxv_size = uint32_t(mm.auxv().size());
+  map.exe_fd = uint32_t(r.helpers->exe_fd);
+  KLEAP_TRY(WriteRemote(r.pid, RemotePtr(auxv_at), mm.auxv().data(), mm.auxv().size()));
+  KLEAP_TRY(WriteRemote(r.pid, RemotePtr(map_at), &map, sizeof map));
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_MM, PR_SET_MM_MAP, map_at, sizeof map), who << ": prctl(PR_SET_MM_MAP)");
+  return Ok();
+}
+
+}  // namespace kleap

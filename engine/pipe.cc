@@ -1,0 +1,89 @@
+// Pipes and FIFOs: the data buffered in them, their size, and ends shared between tasks.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "engine/base/log.h"
+#include "engine/context.h"
+
+namespace kleap {
+
+// Copies what is buffered in a pipe without consuming it: tee() into a pipe of our own.
+Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id, bool fifo,
+                          const std::string& fifo_path) {
+  for (auto& p : ctx.files.pipes())
+    if (p.id() == pipe_id) return Ok();
+  // A fresh read end on the same pipe; O_NONBLOCK so that a FIFO open never waits.
+  std::string path = ProcPath(pid, "fd/" + std::to_string(fd));
+  UniqueFd rd(open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (!rd) return ErrnoError() << "open a read end of " << (fifo ? fifo_path : "pipe:[" + std::to_string(pipe_id) + "]");
+  int size = fcntl(rd.get(), F_GETPIPE_SZ);
+  if (size < 0) return ErrnoError() << "get the size of pipe " << pipe_id;
+  int tmp[2];
+  if (pipe2(tmp, O_CLOEXEC | O_NONBLOCK) < 0) return ErrnoError() << "pipe";
+  UniqueFd tr(tmp[0]), tw(tmp[1]);
+  if (fcntl(tw.get(), F_SETPIPE_SZ, size) < 0) return ErrnoError() << "size a copy pipe to " << size;
+  std::string data;
+  ssize_t n = tee(rd.get(), tw.get(), size_t(size), SPLICE_F_NONBLOCK);
+  if (n < 0 && errno != EAGAIN) return ErrnoError() << "copy the data of pipe " << pipe_id;
+  if (n > 0) {
+    data.resize(size_t(n));
+    if (read(tr.get(), data.data(), size_t(n)) != n) return ErrnoError() << "read the copy of pipe " << pipe_id;
+  }
+  img::Pipe* p = ctx.files.add_pipes();
+  p->set_id(pipe_id);
+  p->set_size(uint32_t(size));
+  p->set_data(data);
+  p->set_fifo(fifo);
+  if (fifo) p->set_fifo_path(fifo_path);
+  return Ok();
+}
+
+Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out) {
+  for (auto& p : plan.files.pipes()) {
+    if (p.data().size() > p.size())
+      return Err(EINVAL) << "files.img: pipe " << p.id() << " holds " << p.data().size() << " bytes but its size is " << p.size();
+    UniqueFd rd, wr;
+    if (p.fifo()) {
+      // O_RDWR holds both ends open, so neither side's open blocks.
+      UniqueFd both(open(p.fifo_path().c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+      if (!both) return ErrnoError() << "open FIFO " << p.fifo_path();
+      struct stat st;
+      if (fstat(both.get(), &st) < 0 || !S_ISFIFO(st.st_mode)) return Err(ESTALE) << p.fifo_path() << " is no longer a FIFO";
+      std::string self = "/proc/self/fd/" + std::to_string(both.get());
+      rd.reset(open(self.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+      wr.reset(open(self.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
+      if (!rd || !wr) return ErrnoError() << "open the ends of FIFO " << p.fifo_path();
+    } else {
+      int fds[2];
+      if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) return ErrnoError() << "pipe";
+      rd.reset(fds[0]);
+      wr.reset(fds[1]);
+    }
+    if (fcntl(wr.get(), F_SETPIPE_SZ, int(p.size())) < 0)
+      return ErrnoError() << "resize pipe " << p.id() << " to " << p.size();
+    if (!p.data().empty() && write(wr.get(), p.data().data(), p.data().size()) != ssize_t(p.data().size()))
+      return ErrnoError() << "refill pipe " << p.id() << " with " << p.data().size() << " bytes";
+    out->pipes[p.id()] = std::move(rd);
+    out->pipe_writes[p.id()] = std::move(wr);
+  }
+  return Ok();
+}
+
+Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, const OpenFiles& files) {
+  bool write_end = (end.flags() & O_ACCMODE) == O_WRONLY;
+  auto& holders = write_end ? files.pipe_writes : files.pipes;
+  auto it = holders.find(end.pipe_id());
+  if (it == holders.end()) return Err(EINVAL) << "files.img: pipe end of unknown pipe " << end.pipe_id();
+  // Each end is a description of its own: reopen through /proc, which also gives
+  // FIFOs and pipes the access mode asked for.
+  std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
+  UniqueFd fd(open(self.c_str(), (write_end ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC));
+  if (!fd) return ErrnoError() << "reopen pipe " << end.pipe_id();
+  int fl = int(end.flags()) & (O_NONBLOCK | O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME);
+  if (fcntl(fd.get(), F_SETFL, fl) < 0) return ErrnoError() << "set flags of pipe " << end.pipe_id();
+  return fd;
+}
+
+}  // namespace kleap

@@ -1,0 +1,163 @@
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <deque>
+#include <set>
+#include <sstream>
+
+#include "engine/base/log.h"
+#include "engine/ptrace/tracee.h"
+#include "engine/task.h"
+
+namespace kleap {
+
+std::string Hex(uint64_t v) {
+  std::ostringstream os;
+  os << "0x" << std::hex << v;
+  return os.str();
+}
+
+std::string Problem::ToString() const {
+  std::ostringstream os;
+  os << "pid " << pid << " " << object;
+  if (!what.empty()) os << ": " << what;
+  os << ": " << reason;
+  return os.str();
+}
+
+namespace {
+
+Result<TaskInfo> ReadTaskInfo(pid_t pid) {
+  TaskInfo t;
+  auto st = KLEAP_TRY_CTX(ReadStat(pid), "task " << pid);
+  t.pid = pid;
+  t.ppid = st.ppid;
+  t.pgid = st.pgrp;
+  t.sid = st.session;
+  t.comm = st.comm;
+  if (st.state == 'Z') return Err(ENOTSUP) << "task " << pid << " (" << st.comm << ") is a zombie; zombies are not supported yet";
+  t.tids = KLEAP_TRY_CTX(ListThreads(pid), "task " << pid);
+  // Leader first.
+  std::stable_partition(t.tids.begin(), t.tids.end(), [&](pid_t x) { return x == pid; });
+  t.arch = ReadElfClass(ProcPath(pid, "exe").c_str()) == ElfClass::k32 ? ArchKind::kX86 : ArchKind::kX86_64;
+  return t;
+}
+
+Result<std::vector<pid_t>> ChildrenOf(const TaskInfo& t) {
+  std::set<pid_t> kids;
+  for (pid_t tid : t.tids) {
+    auto c = ListChildren(t.pid, tid);
+    if (!c) return std::move(c).error().Context("task " + std::to_string(t.pid));
+    kids.insert(c->begin(), c->end());
+  }
+  return std::vector<pid_t>(kids.begin(), kids.end());
+}
+
+}  // namespace
+
+Result<std::vector<TaskInfo>> WalkTree(pid_t root) {
+  std::vector<TaskInfo> out;
+  std::deque<pid_t> queue{root};
+  while (!queue.empty()) {
+    pid_t pid = queue.front();
+    queue.pop_front();
+    TaskInfo t = KLEAP_TRY(ReadTaskInfo(pid));
+    if (pid == root) t.ppid = 0;
+    for (pid_t c : KLEAP_TRY(ChildrenOf(t))) queue.push_back(c);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+Result<std::unique_ptr<SeizedTree>> SeizedTree::Seize(pid_t root) {
+  std::unique_ptr<SeizedTree> tree(new SeizedTree);
+  std::deque<std::pair<pid_t, pid_t>> queue{{root, 0}};
+  while (!queue.empty()) {
+    auto [pid, ppid] = queue.front();
+    queue.pop_front();
+    KLEAP_TRY(tree->SeizeTask(pid, ppid));
+    // The task can't fork any more: its children are final.
+    for (pid_t c : KLEAP_TRY(ChildrenOf(tree->tasks_.back()))) queue.push_back({c, pid});
+  }
+  return tree;
+}
+
+Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
+  TaskInfo t = KLEAP_TRY(ReadTaskInfo(pid));
+  t.ppid = ppid;
+  t.tids.clear();
+  // Threads may be created until every thread is stopped: loop until the list is stable.
+  std::set<pid_t> seized;
+  for (;;) {
+    auto tids = KLEAP_TRY_CTX(ListThreads(pid), "task " << pid);
+    bool added = false;
+    for (pid_t tid : tids) {
+      if (seized.count(tid)) continue;
+      auto r = pt::SeizeAndStop(tid, /*exit_kill=*/false);
+      if (!r) {
+        if (errno == ESRCH && access(ProcPath(pid, "task/" + std::to_string(tid)).c_str(), F_OK) != 0) continue;
+        return std::move(r).error().Context("freeze task " + std::to_string(pid) + " (" + t.comm + ")");
+      }
+      seized.insert(tid);
+      seized_order_.push_back(tid);
+      auto rs = RemoteSyscalls::Create(tid);
+      if (!rs) return std::move(rs).error().Context("task " + std::to_string(pid));
+      threads_[tid] = std::make_unique<RemoteSyscalls>(std::move(*rs));
+      added = true;
+    }
+    if (!added) break;
+  }
+  t.tids.assign(seized.begin(), seized.end());
+  std::stable_partition(t.tids.begin(), t.tids.end(), [&](pid_t x) { return x == pid; });
+  if (t.tids.empty() || t.tids[0] != pid)
+    return Err(ESRCH) << "task " << pid << " (" << t.comm << "): its leader thread is gone";
+  // The width the leader runs in right now.
+  t.arch = ArchFromCs(threads_[pid]->saved_regs().cs);
+  tasks_.push_back(std::move(t));
+  return Ok();
+}
+
+void SeizedTree::KillAll() {
+  for (auto& t : tasks_) kill(t.pid, SIGKILL);
+  for (auto& [tid, rs] : threads_) rs->Disarm();
+  // Reap the ptrace side of each thread so that they can go away.
+  for (pid_t tid : seized_order_) {
+    int st;
+    while (waitpid(tid, &st, __WALL) > 0 && !WIFEXITED(st) && !WIFSIGNALED(st)) {
+    }
+  }
+  threads_.clear();
+  tasks_.clear();
+  done_ = true;
+}
+
+void SeizedTree::ResumeAll() {
+  if (done_) return;
+  threads_.clear();  // the destructors put registers and masks back
+  for (pid_t tid : seized_order_) {
+    auto r = pt::Detach(tid);
+    if (!r) KLOG(kWarning) << r.error().ToString() << ", ignoring";
+  }
+  done_ = true;
+}
+
+SeizedTree::~SeizedTree() { ResumeAll(); }
+
+std::vector<Problem> CheckNamespaces(pid_t pid) {
+  std::vector<Problem> out;
+  static const char* kNs[] = {"mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"};
+  for (const char* ns : kNs) {
+    struct stat mine, theirs;
+    std::string self = std::string("/proc/self/ns/") + ns;
+    if (stat(self.c_str(), &mine) < 0) continue;
+    if (stat(ProcPath(pid, std::string("ns/") + ns).c_str(), &theirs) < 0) continue;
+    if (mine.st_ino != theirs.st_ino || mine.st_dev != theirs.st_dev)
+      out.push_back({pid, "task", std::string(ns) + " namespace",
+                     "the task is in another " + std::string(ns) + " namespace than kleap; namespaces are not carried yet"});
+  }
+  return out;
+}
+
+}  // namespace kleap

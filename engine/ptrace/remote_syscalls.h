@@ -1,0 +1,74 @@
+// RemoteSyscalls: runs syscalls inside a stopped tracee thread, the way the thread
+// itself would make them. RAII: the thread's registers and signal mask are saved on
+// creation and put back on destruction, so a failed dump leaves the task as it was.
+//
+// Each call points the thread at a syscall instruction (a "gadget": `syscall` for
+// x86_64, `int $0x80` for ia32) already present in its address space, and runs it with
+// PTRACE_SYSCALL between the entry and exit stops. All signals stay blocked while the
+// thread runs for us, so nothing is delivered onto the borrowed registers.
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <cstdint>
+#include <optional>
+
+#include "engine/base/arch.h"
+#include "engine/base/result.h"
+#include "engine/ptrace/tracee.h"
+
+namespace kleap {
+
+class RemoteSyscalls {
+ public:
+  // The thread must be in a ptrace stop.
+  static Result<RemoteSyscalls> Create(pid_t tid);
+  RemoteSyscalls(RemoteSyscalls&& o) noexcept;
+  RemoteSyscalls& operator=(RemoteSyscalls&&) = delete;
+  ~RemoteSyscalls();
+
+  pid_t tid() const { return tid_; }
+  const Regs& saved_regs() const { return saved_; }
+  uint64_t saved_sigmask() const { return saved_mask_; }
+
+  // Where the syscall instruction for each mode lives in the tracee.
+  void SetGadget(ArchKind arch, RemotePtr insn) { gadget_[size_t(arch)] = insn; }
+  bool HasGadget(ArchKind arch) const { return gadget_[size_t(arch)].addr() != 0; }
+
+  // Runs one syscall in the given mode. A -errno return becomes an Error.
+  Result<uint64_t> Call(ArchKind arch, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
+                        uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);
+
+  // On destruction, write these registers and this mask instead of the saved ones.
+  void SetFinalState(const Regs& regs, uint64_t sigmask) {
+    final_regs_ = regs;
+    final_mask_ = sigmask;
+  }
+  // On destruction, leave the registers and mask as they are.
+  void Disarm() { armed_ = false; }
+
+ private:
+  RemoteSyscalls(pid_t tid, const Regs& saved, uint64_t mask)
+      : tid_(tid), saved_(saved), saved_mask_(mask) {}
+
+  pid_t tid_;
+  Regs saved_;
+  uint64_t saved_mask_;
+  std::array<RemotePtr, 2> gadget_{};
+  std::optional<Regs> final_regs_;
+  uint64_t final_mask_ = 0;
+  bool armed_ = true;
+  bool mask_blocked_ = false;
+};
+
+// Undoes what an interrupted syscall left in the registers, as the kernel would have on
+// the way back to user space: a restartable syscall is rewound to run again. `same_task`
+// is false when the registers go to a new task on restore, where the kernel's
+// restart_block is gone and such a syscall returns EINTR instead.
+Regs NormalizeInterruptedSyscall(const Regs& regs, ArchKind arch, bool same_task);
+
+// Finds a syscall instruction of the given mode in [start, end) of a task's memory.
+Result<RemotePtr> FindGadget(pid_t pid, uint64_t start, uint64_t end, ArchKind arch);
+
+}  // namespace kleap

@@ -1,0 +1,549 @@
+// Restore: rebuild a dumped tree with the same PIDs and TIDs.
+//
+// 1. collect: read every image into a RestorePlan, check checksums, that every PID is
+//    free and that every mapped or opened file is the one that was dumped.
+// 2. open: the controller (this process) opens every file object and fills the shared
+//    memory objects, so that tasks inherit them by fork.
+// 3. fork: each task is created by its parent with clone3(set_tid), makes its session,
+//    process group, threads and fds itself, then parks.
+// 4. rebuild: the controller seizes every thread and, through injected syscalls from a
+//    scratch page, replaces the address space, signals, TLS, rseq and credentials, and
+//    sets the final registers.
+// 5. resume: every thread is detached at once.
+// A failure at any step kills every task created (PTRACE_O_EXITKILL covers the
+// controller's own death), so no half-restored process is ever left running.
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "engine/base/log.h"
+#include "engine/context.h"
+#include "engine/core.h"
+#include "engine/mm.h"
+#include "engine/signal.h"
+
+extern "C" void kleap_park(void);
+extern "C" char kleap_park_gadget[];
+extern "C" long kleap_clone_thread(struct clone_args* args, size_t size);
+
+namespace kleap {
+namespace {
+
+constexpr int kCloseRange = 436;
+
+// ---- collect ----
+
+Result<void> ValidatePlan(const RestorePlan& plan) {
+  std::set<pid_t> pids, tids;
+  for (auto& t : plan.pstree.tasks()) {
+    if (t.pid() <= 0 || !pids.insert(t.pid()).second) return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
+    if (t.ppid() != 0 && !pids.count(t.ppid()))
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << " comes before its parent " << t.ppid();
+    if (t.tids_size() == 0 || t.tids(0) != t.pid()) return Err(EINVAL) << "pstree.img: task " << t.pid() << ": leader is not the first thread";
+    for (int tid : t.tids())
+      if (tid <= 0 || !tids.insert(tid).second) return Err(EINVAL) << "pstree.img: bad or repeated tid " << tid;
+    if (t.arch() > uint32_t(ArchKind::kX86)) return Err(EINVAL) << "pstree.img: task " << t.pid() << ": unknown arch " << t.arch();
+    auto& core = plan.cores.at(t.pid());
+    if (core.threads_size() != t.tids_size()) return Err(EINVAL) << CoreImage(t.pid()) << ": " << core.threads_size() << " threads, pstree says " << t.tids_size();
+    for (int i = 0; i < core.threads_size(); ++i) {
+      if (core.threads(i).tid() != t.tids(i)) return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << i << " is " << core.threads(i).tid() << ", pstree says " << t.tids(i);
+      if (core.threads(i).arch() > uint32_t(ArchKind::kX86)) return Err(EINVAL) << CoreImage(t.pid()) << ": bad arch";
+    }
+    if (pids.count(t.sid()) == 0 && t.sid() != t.pid())
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in session " << t.sid() << ", whose leader is not in the set";
+    if (pids.count(t.pgid()) == 0 && t.pgid() != t.pid()) {
+      bool later = false;
+      for (auto& o : plan.pstree.tasks()) later |= o.pid() == t.pgid();
+      if (!later) return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in process group " << t.pgid() << ", whose leader is not in the set";
+    }
+    auto& mm = plan.mms.at(t.pid());
+    uint64_t prev_end = 0;
+    for (auto& v : mm.vmas()) {
+      if (v.start() >= v.end() || v.start() % 4096 || v.end() % 4096 || v.start() < prev_end || v.end() > X64Arch::kTaskSize)
+        return Err(EINVAL) << MmImage(t.pid()) << ": bad mapping " << Hex(v.start()) << "-" << Hex(v.end());
+      prev_end = v.end();
+    }
+  }
+  std::set<uint64_t> file_ids;
+  for (auto& f : plan.files.files()) file_ids.insert(f.id());
+  for (auto& [pid, table] : plan.fdtables)
+    for (auto& e : table.fds()) {
+      if (e.fd() < 0 || e.fd() > (1 << 20)) return Err(EINVAL) << FdTableImage(pid) << ": bad fd " << e.fd();
+      if (!file_ids.count(e.file_id())) return Err(EINVAL) << FdTableImage(pid) << ": fd " << e.fd() << " points at unknown file " << e.file_id();
+    }
+  return Ok();
+}
+
+}  // namespace
+
+Result<RestorePlan> LoadPlan(ImageReader& images) {
+  RestorePlan plan;
+  KLEAP_TRY(images.ReadMessage(kPsTreeImage, &plan.pstree));
+  if (plan.pstree.tasks_size() == 0) return Err(EINVAL) << "pstree.img: no tasks";
+  for (auto& t : plan.pstree.tasks()) {
+    pid_t pid = t.pid();
+    KLEAP_TRY(images.ReadMessage(CoreImage(pid), &plan.cores[pid]));
+    KLEAP_TRY(images.ReadMessage(MmImage(pid), &plan.mms[pid]));
+    KLEAP_TRY(images.ReadMessage(PagemapImage(pid), &plan.pagemaps[pid]));
+    KLEAP_TRY(images.ReadMessage(FdTableImage(pid), &plan.fdtables[pid]));
+  }
+  KLEAP_TRY(images.ReadMessage(kFilesImage, &plan.files));
+  KLEAP_TRY(images.ReadMessage(kShmemTableImage, &plan.shmem));
+  KLEAP_TRY(ValidatePlan(plan));
+  return plan;
+}
+
+Result<void> CheckFileIdentities(const RestorePlan& plan) {
+  std::map<std::string, img::FileIdentity> cache;
+  auto check = [&](const std::string& path, const img::FileIdentity& want, const std::string& who) -> Result<void> {
+    auto it = cache.find(path);
+    if (it == cache.end()) {
+      struct stat st;
+      if (stat(path.c_str(), &st) < 0) return ErrnoError() << who << ": mapped file " << path;
+      it = cache.emplace(path, KLEAP_TRY(IdentifyFile(path, st))).first;
+    }
+    const img::FileIdentity& have = it->second;
+    const char* what = have.ino() != want.ino() || have.dev() != want.dev() ? "it is another file (inode)"
+                       : have.size() != want.size()                         ? "its size changed"
+                       : have.mtime_ns() != want.mtime_ns()                 ? "its modification time changed"
+                       : have.build_id() != want.build_id()                 ? "its ELF build-id changed"
+                                                                            : nullptr;
+    if (what) return Err(ESTALE) << who << ": file " << path << " has changed since the dump: " << what;
+    return Ok();
+  };
+  for (auto& [pid, mm] : plan.mms) {
+    for (auto& v : mm.vmas())
+      if (v.kind() == img::Vma::FILE_PRIVATE || v.kind() == img::Vma::FILE_SHARED)
+        KLEAP_TRY(check(v.path(), v.file(), "task " + std::to_string(pid) + " mapping " + Hex(v.start())));
+    KLEAP_TRY(check(mm.exe_path(), mm.exe(), "task " + std::to_string(pid) + " executable"));
+  }
+  return Ok();
+}
+
+Result<void> CheckPidsFree(const RestorePlan& plan) {
+  for (auto& t : plan.pstree.tasks())
+    for (int tid : t.tids()) {
+      if (access(("/proc/" + std::to_string(tid)).c_str(), F_OK) == 0 ||
+          access(("/proc/" + std::to_string(t.pid()) + "/task/" + std::to_string(tid)).c_str(), F_OK) == 0) {
+        auto comm = ReadFileToString("/proc/" + std::to_string(tid) + "/comm");
+        return Err(EEXIST) << "pid " << tid << " is taken" << (comm ? " by " + std::string(Trim(*comm)) : std::string())
+                           << "; task " << t.pid() << " (" << t.comm() << ") needs it";
+      }
+    }
+  return Ok();
+}
+
+Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan) {
+  for (auto& [pid, pm] : plan.pagemaps) KLEAP_TRY(images.VerifyImage(pm.blob()));
+  for (auto& o : plan.shmem.objects()) KLEAP_TRY(images.VerifyImage(o.blob()));
+  return Ok();
+}
+
+namespace {
+
+// ---- open ----
+
+struct ShmemMapping {
+  uint64_t addr = 0, size = 0;
+};
+
+Result<std::map<uint64_t, ShmemMapping>> CreateShmem(ImageReader& images, const RestorePlan& plan) {
+  std::map<uint64_t, ShmemMapping> out;
+  for (auto& o : plan.shmem.objects()) {
+    if (o.size() == 0 || o.size() % 4096 || o.size() > (1ull << 40)) return Err(EINVAL) << "shmem.img: object " << o.id() << " has bad size " << o.size();
+    void* p = mmap(nullptr, o.size(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return ErrnoError() << "create shared memory of " << o.size() << " bytes";
+    out[o.id()] = {uint64_t(p), o.size()};
+    auto blob = KLEAP_TRY(images.OpenBlob(o.blob()));
+    uint64_t off = 0;
+    for (auto& r : o.runs()) {
+      uint64_t n = r.nr_pages() * 4096;
+      if (r.vaddr() > o.size() || n > o.size() - r.vaddr() || off + n > blob->size())
+        return Err(EINVAL) << "shmem.img: object " << o.id() << ": run at " << r.vaddr() << " out of range";
+      KLEAP_TRY(blob->ReadAt(off, static_cast<char*>(p) + r.vaddr(), n));
+      off += n;
+    }
+  }
+  return out;
+}
+
+// ---- fork ----
+
+struct Slot {
+  std::atomic<int> state;  // 0 nothing, 1 created, 2 parked, -1 failed
+  pid_t pid;
+  char error[400];
+};
+struct SharedState {
+  std::atomic<int> go_pgid;
+  std::atomic<int> abort;
+  Slot slots[1];
+};
+
+struct TaskPlan {
+  const img::PsTask* ps;
+  const img::TaskCore* core;
+  const img::MmImage* mm;
+  const img::FdTable* fds;
+  int keep_from = 0;  // first fd number above the task's own
+  MmHelpers helpers;
+  uint64_t scratch = 0;
+  std::vector<size_t> children;
+};
+
+// Helper fds take fixed numbers just above the task's own, in mapping order, so the
+// task (which opens them) and the controller (which maps them) agree without talking.
+void AssignHelperFds(TaskPlan& t) {
+  int next = t.keep_from;
+  for (int i = 0; i < t.mm->vmas_size(); ++i) {
+    auto k = t.mm->vmas(i).kind();
+    if (k == img::Vma::ANON_SHARED || k == img::Vma::FILE_PRIVATE || k == img::Vma::FILE_SHARED)
+      t.helpers.vma_fd[size_t(i)] = next++;
+  }
+  t.helpers.exe_fd = next++;
+}
+
+struct Forker {
+  const RestorePlan& plan;
+  const OpenFiles& files;
+  const std::map<uint64_t, ShmemMapping>& shmem;
+  std::vector<TaskPlan>& tasks;
+  SharedState* shared;
+
+  [[noreturn]] void Fail(size_t i, const Error& e) {
+    std::string s = e.ToString();
+    snprintf(shared->slots[i].error, sizeof shared->slots[i].error, "%s", s.c_str());
+    shared->slots[i].state.store(-1);
+    _exit(1);
+  }
+
+  static pid_t Clone3(pid_t want, int exit_signal) {
+    clone_args args{};
+    pid_t tid = want;
+    args.exit_signal = uint64_t(exit_signal);
+    args.set_tid = uint64_t(&tid);
+    args.set_tid_size = 1;
+    return pid_t(syscall(SYS_clone3, &args, sizeof args));
+  }
+
+  Result<void> SpawnThreads(const TaskPlan& t) {
+    for (int i = 1; i < t.ps->tids_size(); ++i) {
+      size_t stack_size = 16384;
+      void* stack = mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (stack == MAP_FAILED) return ErrnoError() << "thread stack";
+      clone_args args{};
+      pid_t tid = t.ps->tids(i);
+      args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
+      args.stack = uint64_t(stack);
+      args.stack_size = stack_size;
+      args.set_tid = uint64_t(&tid);
+      args.set_tid_size = 1;
+      long r = kleap_clone_thread(&args, sizeof args);
+      if (r < 0) {
+        errno = int(-r);
+        return ErrnoError() << "create thread " << tid << (errno == EEXIST ? " (tid taken)" : "");
+      }
+    }
+    return Ok();
+  }
+
+  // Opens the files the task's mappings need, at the numbers AssignHelperFds chose.
+  Result<void> OpenHelpers(const TaskPlan& t) {
+    // Nothing of the controller's stays above the task's own fds.
+    syscall(kCloseRange, t.keep_from, ~0u, 0);
+    auto place = [&](int fd, int want, const std::string& what) -> Result<void> {
+      if (fd < 0) return ErrnoError() << "open " << what;
+      if (fd != want) {
+        if (dup3(fd, want, O_CLOEXEC) < 0) return ErrnoError() << "place " << what;
+        close(fd);
+      }
+      return Ok();
+    };
+    for (auto& [i, want] : t.helpers.vma_fd) {
+      const img::Vma& v = t.mm->vmas(int(i));
+      if (v.kind() == img::Vma::ANON_SHARED) {
+        auto it = shmem.find(v.shmem_id());
+        if (it == shmem.end()) return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown shared memory " << v.shmem_id();
+        char path[96];
+        snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)it->second.addr,
+                 (unsigned long)(it->second.addr + it->second.size));
+        KLEAP_TRY(place(open(path, O_RDWR | O_CLOEXEC), want, path));
+      } else {
+        bool may_write = v.kind() == img::Vma::FILE_SHARED &&
+                         std::find(v.vm_flags().begin(), v.vm_flags().end(), "mw") != v.vm_flags().end();
+        KLEAP_TRY(place(open(v.path().c_str(), (may_write ? O_RDWR : O_RDONLY) | O_CLOEXEC), want, v.path()));
+      }
+    }
+    return place(open(t.mm->exe_path().c_str(), O_RDONLY | O_CLOEXEC), t.helpers.exe_fd, t.mm->exe_path());
+  }
+
+  // Runs in the new task; never returns.
+  [[noreturn]] void RunTask(size_t i) {
+    TaskPlan& t = tasks[i];
+    Slot& slot = shared->slots[i];
+    slot.pid = getpid();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (t.ps->sid() == t.ps->pid() && setsid() < 0) Fail(i, ErrnoError() << "setsid");
+    if (t.ps->pgid() == t.ps->pid() && t.ps->sid() != t.ps->pid() && setpgid(0, 0) < 0) Fail(i, ErrnoError() << "setpgid");
+    for (size_t c : t.children) {
+      auto& ps = *tasks[c].ps;
+      int exit_signal = SIGCHLD;
+      pid_t p = Clone3(ps.pid(), exit_signal);
+      if (p < 0) Fail(i, ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
+      if (p == 0) RunTask(c);
+    }
+    slot.state.store(1);
+    while (!shared->go_pgid.load()) {
+      if (shared->abort.load()) _exit(1);
+      usleep(200);
+    }
+    if (getpgid(0) != t.ps->pgid() && setpgid(0, t.ps->pgid()) < 0)
+      Fail(i, ErrnoError() << "join process group " << t.ps->pgid());
+    if (auto r = SpawnThreads(t); !r) Fail(i, r.error());
+    if (auto r = InstallFds(*t.fds, files, t.keep_from); !r) Fail(i, r.error());
+    if (auto r = OpenHelpers(t); !r) Fail(i, r.error());
+    void* s = mmap(reinterpret_cast<void*>(t.scratch), kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (s != reinterpret_cast<void*>(t.scratch)) Fail(i, ErrnoError() << "map the scratch page at " << Hex(t.scratch));
+    memcpy(static_cast<char*>(s) + kScratchGadget64, X64Arch::kSyscallInsn, 2);
+    memcpy(static_cast<char*>(s) + kScratchGadget32, X86Arch::kSyscallInsn, 2);
+    umask(t.core->umask());
+    if (personality(t.core->personality()) < 0) Fail(i, ErrnoError() << "personality " << Hex(t.core->personality()));
+    if (chdir(t.core->cwd().c_str()) < 0) Fail(i, ErrnoError() << "chdir " << t.core->cwd());
+    if (t.core->root() != "/" && chroot(t.core->root().c_str()) < 0) Fail(i, ErrnoError() << "chroot " << t.core->root());
+    slot.state.store(2);
+    kleap_park();
+    _exit(1);
+  }
+};
+
+class RestoreSession {
+ public:
+  RestoreSession(const RestoreOptions& opts, ImageReader& images, RestorePlan& plan)
+      : opts_(opts), images_(images), plan_(plan) {}
+  ~RestoreSession() {
+    if (!success_) KillAll();
+    if (shared_) munmap(shared_, shared_size_);
+  }
+  Result<RestoreResult> Run();
+
+ private:
+  Result<void> Prepare();
+  Result<void> ForkAll();
+  Result<void> SeizeAll();
+  Result<void> Rebuild(TaskPlan& t);
+  void KillAll();
+
+  const RestoreOptions& opts_;
+  ImageReader& images_;
+  RestorePlan& plan_;
+  OpenFiles files_;
+  std::map<uint64_t, ShmemMapping> shmem_;
+  std::vector<TaskPlan> tasks_;
+  SharedState* shared_ = nullptr;
+  size_t shared_size_ = 0;
+  std::map<pid_t, std::unique_ptr<RemoteSyscalls>> threads_;
+  std::vector<pid_t> seized_;
+  pid_t root_ = 0;
+  bool success_ = false;
+  uint64_t page_bytes_ = 0;
+};
+
+Result<void> RestoreSession::Prepare() {
+  std::map<pid_t, size_t> index;
+  for (auto& ps : plan_.pstree.tasks()) {
+    TaskPlan t;
+    t.ps = &ps;
+    t.core = &plan_.cores.at(ps.pid());
+    t.mm = &plan_.mms.at(ps.pid());
+    t.fds = &plan_.fdtables.at(ps.pid());
+    for (auto& e : t.fds->fds()) t.keep_from = std::max(t.keep_from, e.fd() + 1);
+    t.scratch = KLEAP_TRY(PickScratch(*t.mm));
+    AssignHelperFds(t);
+    index[ps.pid()] = tasks_.size();
+    if (ps.ppid()) tasks_[index.at(ps.ppid())].children.push_back(tasks_.size());
+    tasks_.push_back(std::move(t));
+  }
+  // Helper fds and staging sit above every target fd; make sure we may open them.
+  rlimit nofile;
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  if (nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  KLEAP_TRY(OpenFileObjects(plan_, images_, &files_));
+  shmem_ = KLEAP_TRY(CreateShmem(images_, plan_));
+  return Ok();
+}
+
+Result<void> RestoreSession::ForkAll() {
+  shared_size_ = (sizeof(SharedState) + tasks_.size() * sizeof(Slot) + 4095) & ~size_t(4095);
+  void* p = mmap(nullptr, shared_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return ErrnoError() << "map restore state";
+  shared_ = static_cast<SharedState*>(p);
+  Forker forker{plan_, files_, shmem_, tasks_, shared_};
+  pid_t root = Forker::Clone3(tasks_[0].ps->pid(), SIGCHLD);
+  if (root < 0)
+    return ErrnoError() << "create task " << tasks_[0].ps->pid() << (errno == EEXIST ? ": pid is taken" : "");
+  if (root == 0) forker.RunTask(0);
+  root_ = root;
+  auto wait_for = [&](int state) -> Result<void> {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (;;) {
+      bool all = true;
+      for (size_t i = 0; i < tasks_.size(); ++i) {
+        int s = shared_->slots[i].state.load();
+        if (s < 0) return Err(EIO) << "task " << tasks_[i].ps->pid() << " (" << tasks_[i].ps->comm() << "): " << shared_->slots[i].error;
+        if (s < state) all = false;
+      }
+      if (all) return Ok();
+      int st;
+      if (waitpid(root_, &st, WNOHANG) == root_) {
+        root_ = 0;
+        return Err(EIO) << "task " << tasks_[0].ps->pid() << " died while being created";
+      }
+      if (std::chrono::steady_clock::now() > deadline) return Err(ETIMEDOUT) << "tasks were not created within 30 s";
+      usleep(200);
+    }
+  };
+  KLEAP_TRY(wait_for(1));
+  shared_->go_pgid.store(1);
+  KLEAP_TRY(wait_for(2));
+  return Ok();
+}
+
+Result<void> RestoreSession::SeizeAll() {
+  for (auto& t : tasks_)
+    for (int tid : t.ps->tids()) {
+      KLEAP_TRY_CTX(pt::SeizeAndStop(tid, /*exit_kill=*/true), "task " << t.ps->pid());
+      seized_.push_back(tid);
+      auto rs = KLEAP_TRY(RemoteSyscalls::Create(tid));
+      threads_[tid] = std::make_unique<RemoteSyscalls>(std::move(rs));
+    }
+  return Ok();
+}
+
+Result<void> RestoreSession::Rebuild(TaskPlan& t) {
+  pid_t pid = t.ps->pid();
+  RemoteSyscalls& leader = *threads_.at(pid);
+  constexpr ArchKind k64 = ArchKind::kX86_64;
+  // The first syscalls run from the restorer's own code, still mapped at the same place.
+  leader.SetGadget(k64, RemotePtr(uint64_t(kleap_park_gadget)));
+  KLEAP_TRY(UnregisterRseq(leader, pid));
+  for (int tid : t.ps->tids()) {
+    threads_.at(tid)->SetGadget(k64, RemotePtr(t.scratch + kScratchGadget64));
+    threads_.at(tid)->SetGadget(ArchKind::kX86, RemotePtr(t.scratch + kScratchGadget32));
+  }
+  MmRestore mr;
+  mr.pid = pid;
+  mr.rs = &leader;
+  mr.scratch = t.scratch;
+  mr.mm = t.mm;
+  mr.pagemap = &plan_.pagemaps.at(pid);
+  mr.images = &images_;
+  mr.helpers = &t.helpers;
+  mr.force_vdso_proxy = opts_.force_vdso_proxy;
+  KLEAP_TRY(RestoreMm(mr));
+  page_bytes_ += mr.page_bytes;
+  const uint64_t data = t.scratch + kScratchData;
+  KLEAP_TRY(RestoreSigactions(leader, pid, data, *t.core));
+  KLEAP_TRY(RestoreRlimits(pid, *t.core));
+  // The restorer asked to die with its parent while it was being built; the task didn't.
+  KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG, 0), "task " << pid << ": clear the death signal");
+  for (auto& th : t.core->threads()) {
+    RemoteSyscalls& rs = *threads_.at(th.tid());
+    KLEAP_TRY(RestoreThreadCore(rs, pid, data, th));
+    KLEAP_TRY(RestoreAltStack(rs, th.tid(), data, th));
+    KLEAP_TRY(RestorePending(rs, pid, th.tid(), data, th.pending(), false));
+  }
+  KLEAP_TRY(RestorePending(leader, pid, pid, data, t.core->shared_pending(), true));
+  KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, uint64_t(t.keep_from), ~0u, 0), "task " << pid << ": close the restorer's fds");
+  for (auto& th : t.core->threads()) KLEAP_TRY(RestoreCreds(*threads_.at(th.tid()), th.tid(), data, t.core->creds()));
+  // The scratch page goes last; after this the threads only get their final registers.
+  KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kMunmap, t.scratch, kScratchSize), "task " << pid << ": unmap the scratch page");
+  for (auto& th : t.core->threads()) KLEAP_TRY(SetFinalRegisters(*threads_.at(th.tid()), th));
+  return Ok();
+}
+
+void RestoreSession::KillAll() {
+  if (shared_) shared_->abort.store(1);
+  std::vector<pid_t> pids;
+  if (shared_)
+    for (size_t i = 0; i < tasks_.size(); ++i)
+      if (shared_->slots[i].pid > 0) pids.push_back(shared_->slots[i].pid);
+  for (pid_t p : pids) kill(p, SIGKILL);
+  for (auto& [tid, rs] : threads_) rs->Disarm();
+  threads_.clear();
+  for (pid_t tid : seized_) {
+    int st;
+    while (waitpid(tid, &st, __WALL) > 0 && !WIFEXITED(st) && !WIFSIGNALED(st)) {
+    }
+  }
+  if (root_ > 0) {
+    int st;
+    waitpid(root_, &st, 0);
+  }
+  // The tasks' PIDs are free again only once every one of them is gone.
+  for (int i = 0; i < 5000; ++i) {
+    bool any = false;
+    for (pid_t p : pids) any |= kill(p, 0) == 0;
+    if (!any) break;
+    usleep(1000);
+  }
+}
+
+Result<RestoreResult> RestoreSession::Run() {
+  auto t0 = std::chrono::steady_clock::now();
+  KLEAP_TRY(Prepare());
+  KLEAP_TRY(ForkAll());
+  KLEAP_TRY(SeizeAll());
+  for (auto& t : tasks_) KLEAP_TRY(Rebuild(t));
+  // Resume everything at once: the destructors write the final registers and masks.
+  threads_.clear();
+  for (pid_t tid : seized_) {
+    auto r = pt::Detach(tid);
+    if (!r) return std::move(r).error().Context("resume");
+  }
+  success_ = true;
+  files_ = OpenFiles();
+  RestoreResult res;
+  res.root = root_;
+  res.page_bytes = page_bytes_;
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace
+
+Result<RestoreResult> RestoreTree(const RestoreOptions& opts, ImageReader& images) {
+  RestorePlan plan = KLEAP_TRY(LoadPlan(images));
+  KLEAP_TRY(VerifyBlobs(images, plan));
+  KLEAP_TRY(CheckPidsFree(plan));
+  KLEAP_TRY(CheckFileIdentities(plan));
+  RestoreSession session(opts, images, plan);
+  RestoreResult res = KLEAP_TRY(session.Run());
+  if (!opts.detach) {
+    int st = 0;
+    while (waitpid(res.root, &st, 0) < 0 && errno == EINTR) {
+    }
+    res.exit_status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  }
+  return res;
+}
+
+}  // namespace kleap

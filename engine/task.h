@@ -1,0 +1,59 @@
+// The engine's model of a process tree, shared by dump, restore and check.
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/base/arch.h"
+#include "engine/base/proc.h"
+#include "engine/base/result.h"
+#include "engine/engine.h"
+#include "engine/ptrace/remote_syscalls.h"
+
+namespace kleap {
+
+struct TaskInfo {
+  pid_t pid = 0, ppid = 0, pgid = 0, sid = 0;
+  std::vector<pid_t> tids;  // the leader first
+  std::string comm;
+  ArchKind arch = ArchKind::kX86_64;
+};
+
+// Lists the tree through /proc without stopping anything: parents before children.
+Result<std::vector<TaskInfo>> WalkTree(pid_t root);
+
+// A frozen tree: every thread of every task seized and in a ptrace stop. Destroying it
+// resumes every task still attached, with its registers as they were.
+class SeizedTree {
+ public:
+  static Result<std::unique_ptr<SeizedTree>> Seize(pid_t root);
+  ~SeizedTree();
+
+  std::vector<TaskInfo>& tasks() { return tasks_; }
+  // Per-thread injection contexts, created at seize time.
+  RemoteSyscalls& Thread(pid_t tid) { return *threads_.at(tid); }
+  // Kills every task (SIGKILL while seized) and forgets them.
+  void KillAll();
+  // Resumes every task; registers are put back by the RemoteSyscalls destructors.
+  void ResumeAll();
+
+ private:
+  SeizedTree() = default;
+  Result<void> SeizeTask(pid_t pid, pid_t ppid);
+  std::vector<TaskInfo> tasks_;
+  std::map<pid_t, std::unique_ptr<RemoteSyscalls>> threads_;
+  std::vector<pid_t> seized_order_;
+  bool done_ = false;
+};
+
+// Namespaces the engine carries nothing of yet: a task outside kleap's own is refused.
+std::vector<Problem> CheckNamespaces(pid_t pid);
+
+// Helper to turn numbers into "0x7f00".
+std::string Hex(uint64_t v);
+
+}  // namespace kleap
