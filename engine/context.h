@@ -84,11 +84,15 @@ struct OpenFiles {
   std::map<uint64_t, UniqueFd> by_id;       // FileObject id -> fd in the controller
   std::map<uint64_t, UniqueFd> pipes;       // pipe id -> read end (holder)
   std::map<uint64_t, UniqueFd> pipe_writes; // pipe id -> write end (holder)
+  std::set<std::pair<uint64_t, bool>> pipe_ends_used;  // (pipe id, write end) handed out
 };
 
+// The kernel's O_LARGEFILE: glibc defines O_LARGEFILE as 0 on x86_64.
+inline constexpr int kKernelOLargefile = 0100000;
+int OpenLikeTask(const std::string& path, int flags, mode_t mode);
 Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out);
 Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out);
-Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, const OpenFiles& files);
+Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, OpenFiles& files);
 // In a new task, before ptrace takes over: put every fd of its table in place and close
 // everything else below `keep_from`.
 Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int keep_from);

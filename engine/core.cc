@@ -53,13 +53,13 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
   core->set_umask(uint32_t(std::stoul(KLEAP_TRY(status.Get("Umask")), nullptr, 8)));
   core->set_cwd(KLEAP_TRY(ReadLink(ProcPath(pid, "cwd"))));
   core->set_root(KLEAP_TRY(ReadLink(ProcPath(pid, "root"))));
-  for (int res = 0; res < RLIM_NLIMITS; ++res) {
-    rlimit lim;
-    if (prlimit(pid, __rlimit_resource(res), nullptr, &lim) < 0) return ErrnoError() << "task " << pid << ": read rlimit " << res;
+  // /proc/PID/limits, not prlimit(): reading another uid's limits needs CAP_SYS_RESOURCE.
+  auto limits = KLEAP_TRY(ParseLimits(KLEAP_TRY(ReadFileToString(ProcPath(pid, "limits")))));
+  for (size_t res = 0; res < limits.size(); ++res) {
     img::Rlimit* l = core->add_rlimits();
     l->set_resource(uint32_t(res));
-    l->set_cur(lim.rlim_cur);
-    l->set_max(lim.rlim_max);
+    l->set_cur(limits[res].first);
+    l->set_max(limits[res].second);
   }
   KLEAP_TRY(DumpCredsOf(ctx.tree->Thread(pid), task, core->mutable_creds()));
 
@@ -120,9 +120,12 @@ Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch, 
       return Err(EINVAL) << "core image: thread " << tid << ": bad TLS entry " << t.entry_number();
     KLEAP_TRY(pt::SetThreadArea(tid, UserDesc{t.entry_number(), t.base_addr(), t.limit(), t.flags()}));
   }
-  auto comm = WriteStringToFile(ProcPath(pid, "task/" + std::to_string(tid) + "/comm"), th.comm());
-  if (!comm) KLOG(kWarning) << "thread " << tid << ": set comm: " << comm.error().ToString() << ", ignoring";
-  (void)scratch;
+  // Only a thread may rename itself.
+  char comm[16] = {};
+  strncpy(comm, th.comm().c_str(), sizeof comm - 1);
+  KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), comm, sizeof comm));
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_NAME, scratch), "thread " << tid << ": set comm");
+  (void)pid;
   return Ok();
 }
 

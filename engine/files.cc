@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <linux/kcmp.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -265,6 +266,27 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
   return Ok();
 }
 
+// 64-bit open() always adds O_LARGEFILE; an ia32 task's files may lack it, and only an
+// open through the compat entry (int $0x80, even from 64-bit code) leaves it out.
+int OpenLikeTask(const std::string& path, int flags, mode_t mode) {
+  if ((flags & kKernelOLargefile) || path.size() >= 4096) return open(path.c_str(), flags, mode);
+  static char* low = static_cast<char*>(
+      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0));
+  if (low == MAP_FAILED) return open(path.c_str(), flags, mode);
+  memcpy(low, path.c_str(), path.size() + 1);
+  long ret;
+  constexpr long kOpenat32 = 295;
+  asm volatile("int $0x80"
+               : "=a"(ret)
+               : "a"(kOpenat32), "b"(AT_FDCWD), "c"(low), "d"(flags), "S"(mode)
+               : "memory", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15");
+  if (ret < 0) {
+    errno = int(-ret);
+    return -1;
+  }
+  return int(ret);
+}
+
 Result<UniqueFd> OpenRegFile(const img::RegFile& reg, ImageReader& images) {
   int flags = int(reg.flags()) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC);
   UniqueFd fd;
@@ -284,17 +306,17 @@ Result<UniqueFd> OpenRegFile(const img::RegFile& reg, ImageReader& images) {
     // Give it its old name for a moment, so the reopened fd reads "PATH (deleted)".
     std::string link = "/proc/self/fd/" + std::to_string(tmp.get());
     if (linkat(AT_FDCWD, link.c_str(), AT_FDCWD, reg.path().c_str(), AT_SYMLINK_FOLLOW) == 0) {
-      fd.reset(open(reg.path().c_str(), flags | O_CLOEXEC));
+      fd.reset(OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0));
       int saved = errno;
       unlink(reg.path().c_str());
       errno = saved;
       if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
     } else {
-      fd.reset(open(link.c_str(), flags | O_CLOEXEC));
+      fd.reset(OpenLikeTask(link, flags | O_CLOEXEC, 0));
       if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
     }
   } else {
-    fd.reset(open(reg.path().c_str(), flags | O_CLOEXEC));
+    fd.reset(OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0));
     if (!fd) return ErrnoError() << "open " << reg.path();
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << reg.path();

@@ -71,15 +71,22 @@ Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out) {
   return Ok();
 }
 
-Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, const OpenFiles& files) {
+Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, OpenFiles& files) {
   bool write_end = (end.flags() & O_ACCMODE) == O_WRONLY;
   auto& holders = write_end ? files.pipe_writes : files.pipes;
   auto it = holders.find(end.pipe_id());
   if (it == holders.end()) return Err(EINVAL) << "files.img: pipe end of unknown pipe " << end.pipe_id();
-  // Each end is a description of its own: reopen through /proc, which also gives
-  // FIFOs and pipes the access mode asked for.
-  std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
-  UniqueFd fd(open(self.c_str(), (write_end ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC));
+  UniqueFd fd;
+  if (!end.fifo() && files.pipe_ends_used.insert({end.pipe_id(), write_end}).second) {
+    // The first description of each direction is the end pipe2() made: it has exactly
+    // the flags of an end made by pipe() (a reopen would add O_LARGEFILE).
+    fd.reset(fcntl(it->second.get(), F_DUPFD_CLOEXEC, 0));
+  } else {
+    // Further descriptions, and FIFO ends, are opened anew through /proc.
+    std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
+    fd.reset(OpenLikeTask(self, (write_end ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC |
+                                    (int(end.flags()) & kKernelOLargefile), 0));
+  }
   if (!fd) return ErrnoError() << "reopen pipe " << end.pipe_id();
   int fl = int(end.flags()) & (O_NONBLOCK | O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME);
   if (fcntl(fd.get(), F_SETFL, fl) < 0) return ErrnoError() << "set flags of pipe " << end.pipe_id();

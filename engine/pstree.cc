@@ -122,12 +122,7 @@ Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
 void SeizedTree::KillAll() {
   for (auto& t : tasks_) kill(t.pid, SIGKILL);
   for (auto& [tid, rs] : threads_) rs->Disarm();
-  // Reap the ptrace side of each thread so that they can go away.
-  for (pid_t tid : seized_order_) {
-    int st;
-    while (waitpid(tid, &st, __WALL) > 0 && !WIFEXITED(st) && !WIFSIGNALED(st)) {
-    }
-  }
+  pt::ReapKilled(seized_order_);
   threads_.clear();
   tasks_.clear();
   done_ = true;

@@ -489,11 +489,7 @@ void RestoreSession::KillAll() {
   for (pid_t p : pids) kill(p, SIGKILL);
   for (auto& [tid, rs] : threads_) rs->Disarm();
   threads_.clear();
-  for (pid_t tid : seized_) {
-    int st;
-    while (waitpid(tid, &st, __WALL) > 0 && !WIFEXITED(st) && !WIFSIGNALED(st)) {
-    }
-  }
+  pt::ReapKilled(seized_);
   if (root_ > 0) {
     int st;
     waitpid(root_, &st, 0);

@@ -324,6 +324,29 @@ Result<std::vector<MountInfo>> ReadMountInfo(pid_t pid) {
   return ParseMountInfo(text);
 }
 
+Result<std::vector<std::pair<uint64_t, uint64_t>>> ParseLimits(std::string_view text) {
+  // "Max cpu time              unlimited            unlimited            seconds"
+  // The name column is 26 wide; the two values follow, then an optional unit.
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  auto lines = SplitString(text, '\n');
+  for (size_t i = 1; i < lines.size(); ++i) {
+    const std::string& line = lines[i];
+    if (line.empty()) continue;
+    if (line.size() < 27) return Err(EINVAL) << "limits: short line '" << line << "'";
+    auto f = Fields(std::string_view(line).substr(26), 3);
+    if (f.size() < 2) return Err(EINVAL) << "limits: bad line '" << line << "'";
+    std::pair<uint64_t, uint64_t> v;
+    for (int k = 0; k < 2; ++k) {
+      uint64_t* dst = k == 0 ? &v.first : &v.second;
+      if (f[size_t(k)] == "unlimited") *dst = ~uint64_t(0);
+      else if (!ParseNum(f[size_t(k)], dst)) return Err(EINVAL) << "limits: bad value in '" << line << "'";
+    }
+    out.push_back(v);
+  }
+  if (out.size() < 16) return Err(EINVAL) << "limits: " << out.size() << " resources, expected 16";
+  return out;
+}
+
 namespace {
 Result<std::vector<long>> ListNumericDir(const std::string& path) {
   DIR* d = opendir(path.c_str());

@@ -95,6 +95,9 @@ struct MountInfo {
 Result<std::vector<MountInfo>> ParseMountInfo(std::string_view text);
 Result<std::vector<MountInfo>> ReadMountInfo(pid_t pid);
 
+// /proc/PID/limits: (soft, hard) per resource, in RLIMIT_* order; "unlimited" is ~0.
+Result<std::vector<std::pair<uint64_t, uint64_t>>> ParseLimits(std::string_view text);
+
 // Thread ids of a process, from /proc/PID/task.
 Result<std::vector<pid_t>> ListThreads(pid_t pid);
 // Children of one thread, from /proc/PID/task/TID/children.

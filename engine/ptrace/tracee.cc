@@ -71,6 +71,18 @@ Result<void> Detach(pid_t tid) {
   return Ok();
 }
 
+void ReapKilled(const std::vector<pid_t>& leaders_first) {
+  for (auto it = leaders_first.rbegin(); it != leaders_first.rend(); ++it) {
+    for (int i = 0; i < 10000; ++i) {  // 10 s at most per thread
+      int st;
+      pid_t r = waitpid(*it, &st, __WALL | WNOHANG);
+      if (r < 0) break;  // already gone, or not ours to wait for
+      if (r == *it && (WIFEXITED(st) || WIFSIGNALED(st))) break;
+      if (r == 0) usleep(1000);
+    }
+  }
+}
+
 Result<Regs> GetRegs(pid_t tid) {
   Regs r;
   if (Ptrace(PTRACE_GETREGS, tid, 0, uint64_t(&r)) < 0) return ErrnoError() << "get registers of thread " << tid;

@@ -55,6 +55,9 @@ Result<int> WaitStop(pid_t tid);
 // Seize + interrupt + wait: the thread ends in a ptrace stop.
 Result<void> SeizeAndStop(pid_t tid, bool exit_kill);
 Result<void> Detach(pid_t tid);
+// After SIGKILL: collects the exit of every traced thread so the tasks can go away.
+// A leader's exit is reported only after its other threads', so those come first.
+void ReapKilled(const std::vector<pid_t>& leaders_first);
 
 Result<Regs> GetRegs(pid_t tid);
 Result<void> SetRegs(pid_t tid, const Regs& regs);

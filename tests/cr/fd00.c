@@ -1,0 +1,211 @@
+/* fd00: file descriptors.
+ *   append.txt opened O_RDWR|O_APPEND (no FD_CLOEXEC), written once;
+ *   ro.txt opened O_RDONLY at offset 123, with FD_CLOEXEC, and dup2()ed to fd
+ *   100 (the two share one file description, hence one offset);
+ *   gone.txt opened O_RDWR at offset 777, then unlinked: its content must
+ *   survive; a directory fd on STATEDIR;
+ *   /dev/null (O_WRONLY), /dev/zero, /dev/random (O_NONBLOCK), /dev/urandom.
+ * After the restore, for each fd: F_GETFL, F_GETFD, the offset, the target of
+ * /proc/self/fd/N, the file type, device and inode (not for the unlinked file,
+ * whose inode cannot survive), then its content; the set of open fd numbers
+ * must be exactly the one before the dump. Then appends still append, a read
+ * through fd 100 moves the offset of the ro.txt fd, /dev/zero reads zeros. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+struct fdrec {
+  const char* what;
+  int fd;
+  int fl, fdfl;
+  long long off;
+  char link[512];
+  struct stat st;
+  int unlinked;
+};
+
+#define MAXFD 16
+static struct fdrec rec[MAXFD];
+static int nrec;
+static char fdset_before[1024];
+
+static void describe_fd(struct fdrec* r, int fd) {
+  r->fd = fd;
+  r->fl = fcntl(fd, F_GETFL);
+  r->fdfl = fcntl(fd, F_GETFD);
+  r->off = (long long)lseek(fd, 0, SEEK_CUR);
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(p, r->link, sizeof r->link - 1);
+  r->link[n > 0 ? n : 0] = '\0';
+  memset(&r->st, 0, sizeof r->st);
+  fstat(fd, &r->st);
+}
+
+static void track(const char* what, int fd, int unlinked) {
+  if (fd < 0) wl_die("main", "%s: %s", what, strerror(errno));
+  struct fdrec* r = &rec[nrec++];
+  describe_fd(r, fd);
+  r->what = what;
+  r->unlinked = unlinked;
+  wl_log("fd %d %s: flags 0%o fdflags %d offset %lld -> %s", fd, what, r->fl, r->fdfl, r->off,
+         r->link);
+}
+
+/* Open fd numbers as a string "0 1 2 ...", without the fd used for reading. */
+static void fd_set_string(char* out, size_t n) {
+  DIR* d = opendir("/proc/self/fd");
+  out[0] = '\0';
+  if (!d) return;
+  int self = dirfd(d);
+  int fds[256], nf = 0;
+  struct dirent* e;
+  while ((e = readdir(d)) && nf < 256) {
+    if (e->d_name[0] == '.') continue;
+    int fd = atoi(e->d_name);
+    if (fd != self) fds[nf++] = fd;
+  }
+  closedir(d);
+  for (int i = 0; i < nf; i++)
+    for (int j = i + 1; j < nf; j++)
+      if (fds[j] < fds[i]) {
+        int t = fds[i];
+        fds[i] = fds[j];
+        fds[j] = t;
+      }
+  size_t o = 0;
+  for (int i = 0; i < nf && o + 12 < n; i++)
+    o += (size_t)snprintf(out + o, n - o, "%s%d", i ? " " : "", fds[i]);
+}
+
+static int create_file(const char* name, size_t len, uint32_t seed) {
+  int fd = openat(wl_dirfd, name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) wl_die("main", "create %s: %s", name, strerror(errno));
+  char* buf = malloc(len);
+  if (!buf) wl_die("main", "malloc");
+  wl_pattern(buf, len, seed);
+  if (write(fd, buf, len) != (ssize_t)len) wl_die("main", "write %s", name);
+  free(buf);
+  close(fd);
+  return 0;
+}
+
+static const char append_initial[] = "line 0 of append.txt\nline 1 of append.txt\n";
+
+int main(int argc, char** argv) {
+  wl_init(argc, argv);
+  char path[4096];
+  create_file("ro.txt", 4096, 11);
+  create_file("gone.txt", 10000, 12);
+  int afd = openat(wl_dirfd, "append.txt", O_RDWR | O_CREAT | O_TRUNC, 0644);
+  if (afd < 0) wl_die("main", "append.txt: %s", strerror(errno));
+  close(afd);
+
+  snprintf(path, sizeof path, "%s/append.txt", wl_statedir);
+  afd = open(path, O_RDWR | O_APPEND);
+  if (afd < 0 || write(afd, append_initial, sizeof append_initial - 1) < 0)
+    wl_die("main", "append.txt: %s", strerror(errno));
+  track("append.txt O_RDWR|O_APPEND", afd, 0);
+
+  snprintf(path, sizeof path, "%s/ro.txt", wl_statedir);
+  int rofd = open(path, O_RDONLY);
+  if (rofd < 0 || lseek(rofd, 123, SEEK_SET) != 123) wl_die("main", "ro.txt: %s", strerror(errno));
+  fcntl(rofd, F_SETFD, FD_CLOEXEC);
+  track("ro.txt O_RDONLY at 123, FD_CLOEXEC", rofd, 0);
+  if (dup2(rofd, 100) != 100) wl_die("main", "dup2: %s", strerror(errno));
+  track("fd 100 = dup2(ro.txt)", 100, 0);
+
+  snprintf(path, sizeof path, "%s/gone.txt", wl_statedir);
+  int gfd = open(path, O_RDWR);
+  if (gfd < 0 || lseek(gfd, 777, SEEK_SET) != 777) wl_die("main", "gone.txt: %s", strerror(errno));
+  if (unlink(path) != 0) wl_die("main", "unlink gone.txt: %s", strerror(errno));
+  track("gone.txt (unlinked) at 777", gfd, 1);
+
+  track("STATEDIR directory", open(wl_statedir, O_RDONLY | O_DIRECTORY), 0);
+  track("/dev/null O_WRONLY", open("/dev/null", O_WRONLY), 0);
+  int zfd = open("/dev/zero", O_RDONLY);
+  track("/dev/zero", zfd, 0);
+  track("/dev/random O_NONBLOCK", open("/dev/random", O_RDONLY | O_NONBLOCK), 0);
+  int ufd = open("/dev/urandom", O_RDONLY);
+  track("/dev/urandom", ufd, 0);
+
+  fd_set_string(fdset_before, sizeof fdset_before);
+  wl_log("open fds: %s", fdset_before);
+  wl_ready("main");
+  struct wl_check c;
+  wl_check_init(&c);
+  if (!wl_check(&c, wl_wait() == 0, "timeout waiting for SIGUSR1"))
+    return wl_check_result("main", &c);
+
+  char now_set[1024];
+  fd_set_string(now_set, sizeof now_set);
+  wl_check(&c, strcmp(now_set, fdset_before) == 0, "open fds are {%s}, were {%s}", now_set,
+           fdset_before);
+  for (int i = 0; i < nrec; i++) {
+    struct fdrec* b = &rec[i];
+    struct fdrec n;
+    describe_fd(&n, b->fd);
+    const char* w = b->what;
+    if (!wl_check(&c, n.fl >= 0, "fd %d (%s) is not open: %s", b->fd, w, strerror(errno)))
+      continue;
+    wl_check(&c, n.fl == b->fl, "fd %d (%s): F_GETFL 0%o, was 0%o", b->fd, w, n.fl, b->fl);
+    wl_check(&c, n.fdfl == b->fdfl, "fd %d (%s): F_GETFD %d, was %d", b->fd, w, n.fdfl, b->fdfl);
+    wl_check(&c, n.off == b->off, "fd %d (%s): offset %lld, was %lld", b->fd, w, n.off, b->off);
+    wl_check(&c, strcmp(n.link, b->link) == 0, "fd %d (%s): links to '%s', was '%s'", b->fd, w,
+             n.link, b->link);
+    wl_check(&c, (n.st.st_mode & S_IFMT) == (b->st.st_mode & S_IFMT) && n.st.st_rdev == b->st.st_rdev,
+             "fd %d (%s): mode 0%o rdev 0x%llx, was 0%o 0x%llx", b->fd, w, (unsigned)n.st.st_mode,
+             (unsigned long long)n.st.st_rdev, (unsigned)b->st.st_mode,
+             (unsigned long long)b->st.st_rdev);
+    if (!b->unlinked)
+      wl_check(&c, n.st.st_ino == b->st.st_ino && n.st.st_dev == b->st.st_dev,
+               "fd %d (%s): inode %llu dev 0x%llx, was %llu 0x%llx", b->fd, w,
+               (unsigned long long)n.st.st_ino, (unsigned long long)n.st.st_dev,
+               (unsigned long long)b->st.st_ino, (unsigned long long)b->st.st_dev);
+    else
+      wl_check(&c, n.st.st_nlink == 0 && n.st.st_size == b->st.st_size,
+               "fd %d (%s): nlink %lu size %lld, want 0 and %lld", b->fd, w,
+               (unsigned long)n.st.st_nlink, (long long)n.st.st_size, (long long)b->st.st_size);
+  }
+
+  /* Contents and behaviour. */
+  static char buf[16384];
+  ssize_t r = pread(gfd, buf, 10000, 0);
+  if (wl_check(&c, r == 10000, "gone.txt: pread %zd bytes, want 10000", r)) {
+    long d = wl_pattern_diff(buf, 10000, 12);
+    wl_check(&c, d < 0, "gone.txt (unlinked): content differs at byte %ld", d);
+  }
+  r = read(100, buf, 10);
+  char want[4096];
+  wl_pattern(want, sizeof want, 11);
+  wl_check(&c, r == 10 && memcmp(buf, want + 123, 10) == 0,
+           "ro.txt: read through fd 100 at offset 123 gave other bytes (%zd)", r);
+  long long off = (long long)lseek(rofd, 0, SEEK_CUR);
+  wl_check(&c, off == 133, "ro.txt: offset %lld after reading 10 bytes through its dup, want 133",
+           off);
+  wl_check(&c, write(afd, "XYZ", 3) == 3, "append.txt: write: %s", strerror(errno));
+  struct stat st;
+  fstat(afd, &st);
+  r = pread(afd, buf, sizeof buf, 0);
+  size_t want_len = sizeof append_initial - 1 + 3;
+  wl_check(&c,
+           r == (ssize_t)want_len && memcmp(buf, append_initial, sizeof append_initial - 1) == 0 &&
+               memcmp(buf + want_len - 3, "XYZ", 3) == 0,
+           "append.txt: content after an append is %zd bytes, want %zu ending in XYZ", r, want_len);
+  memset(buf, 0x77, 64);
+  r = read(zfd, buf, 64);
+  int zeros = r == 64;
+  for (int i = 0; zeros && i < 64; i++) zeros = buf[i] == 0;
+  wl_check(&c, zeros, "/dev/zero: read %zd bytes, not all zero", r);
+  r = read(ufd, buf, 64);
+  wl_check(&c, r == 64, "/dev/urandom: read %zd: %s", r, strerror(errno));
+  return wl_check_result("main", &c);
+}

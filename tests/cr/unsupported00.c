@@ -1,0 +1,71 @@
+/* unsupported00: holds resources the engine refuses to carry.
+ *   an io_uring instance (raw io_uring_setup), and
+ *   a NETLINK_ROUTE socket.
+ * Used by the `refuse` mode: `kleap check` must name both, `kleap dump` must
+ * fail, and the tree must keep running. On SIGUSR1 it checks both fds are
+ * still open and what they were. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/netlink.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425 /* the same on x86_64 and i386 */
+#endif
+
+static void link_of(int fd, char* out, size_t n) {
+  char p[64];
+  snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+  ssize_t l = readlink(p, out, n - 1);
+  out[l > 0 ? l : 0] = '\0';
+}
+
+int main(int argc, char** argv) {
+  wl_init(argc, argv);
+  int fd = open("/proc/sys/kernel/io_uring_disabled", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    char v[8] = "";
+    ssize_t r = read(fd, v, sizeof v - 1);
+    close(fd);
+    if (r > 0 && v[0] == '2') wl_skip("io_uring is disabled (kernel.io_uring_disabled = 2)");
+  }
+  unsigned char params[120]; /* struct io_uring_params */
+  memset(params, 0, sizeof params);
+  int ring = (int)syscall(__NR_io_uring_setup, 4, params);
+  if (ring < 0) wl_skip("io_uring_setup: %s", strerror(errno));
+  int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+  if (nl < 0) wl_skip("netlink socket: %s", strerror(errno));
+  struct sockaddr_nl sa;
+  memset(&sa, 0, sizeof sa);
+  sa.nl_family = AF_NETLINK;
+  if (bind(nl, (struct sockaddr*)&sa, sizeof sa) != 0)
+    wl_die("main", "bind netlink: %s", strerror(errno));
+  char ring_link[256], nl_link[256];
+  link_of(ring, ring_link, sizeof ring_link);
+  link_of(nl, nl_link, sizeof nl_link);
+  wl_log("io_uring fd %d -> %s, netlink fd %d -> %s", ring, ring_link, nl, nl_link);
+  wl_ready("main");
+  struct wl_check c;
+  wl_check_init(&c);
+  if (!wl_check(&c, wl_wait() == 0, "timeout waiting for SIGUSR1"))
+    return wl_check_result("main", &c);
+  char now[256];
+  link_of(ring, now, sizeof now);
+  wl_check(&c, strcmp(now, ring_link) == 0, "io_uring fd %d links to '%s', was '%s'", ring, now,
+           ring_link);
+  link_of(nl, now, sizeof now);
+  wl_check(&c, strcmp(now, nl_link) == 0, "netlink fd %d links to '%s', was '%s'", nl, now,
+           nl_link);
+  int type = 0;
+  socklen_t len = sizeof type;
+  wl_check(&c, getsockopt(nl, SOL_SOCKET, SO_PROTOCOL, &type, &len) == 0 && type == NETLINK_ROUTE,
+           "netlink fd %d: protocol %d, want NETLINK_ROUTE", nl, type);
+  return wl_check_result("main", &c);
+}
