@@ -22,7 +22,8 @@ std::vector<Problem> CheckTaskState(pid_t pid) {
       if (!ts) continue;
       int64_t tracer = ts->GetInt("TracerPid").value_or(0);
       if (tracer != 0 && tracer != getpid())
-        out.push_back({pid, "thread " + std::to_string(tid), "traced by pid " + std::to_string(tracer),
+        out.push_back({pid, "thread " + std::to_string(tid),
+                       "traced by pid " + std::to_string(tracer),
                        "a task under ptrace can't be seized"});
     }
   auto cwd = ReadLink(ProcPath(pid, "cwd"));
@@ -41,9 +42,11 @@ std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
   for (auto& t : tasks) {
     if (!pids.count(t.sid))
       out.push_back({t.pid, "task", "session " + std::to_string(t.sid),
-                     "the session leader is outside the tree; start the tree in a session of its own (setsid)"});
+                     "the session leader is outside the tree; start the tree in a session of its "
+                     "own (setsid)"});
     else if (!pids.count(t.pgid))
-      out.push_back({t.pid, "task", "process group " + std::to_string(t.pgid), "the process group leader is outside the tree"});
+      out.push_back({t.pid, "task", "process group " + std::to_string(t.pgid),
+                     "the process group leader is outside the tree"});
   }
   return out;
 }

@@ -81,9 +81,9 @@ struct RestorePlan {
 // Files the restore controller opens once, before any task exists. Tasks inherit
 // them by fork and dup them into place.
 struct OpenFiles {
-  std::map<uint64_t, UniqueFd> by_id;       // FileObject id -> fd in the controller
-  std::map<uint64_t, UniqueFd> pipes;       // pipe id -> read end (holder)
-  std::map<uint64_t, UniqueFd> pipe_writes; // pipe id -> write end (holder)
+  std::map<uint64_t, UniqueFd> by_id;                  // FileObject id -> fd in the controller
+  std::map<uint64_t, UniqueFd> pipes;                  // pipe id -> read end (holder)
+  std::map<uint64_t, UniqueFd> pipe_writes;            // pipe id -> write end (holder)
   std::set<std::pair<uint64_t, bool>> pipe_ends_used;  // (pipe id, write end) handed out
 };
 

@@ -19,26 +19,66 @@ namespace {
 constexpr int kRseqFlagUnregister = 1;
 
 void RegsToImage(const Regs& r, img::GpRegs* g) {
-  g->set_r15(r.r15); g->set_r14(r.r14); g->set_r13(r.r13); g->set_r12(r.r12);
-  g->set_rbp(r.rbp); g->set_rbx(r.rbx); g->set_r11(r.r11); g->set_r10(r.r10);
-  g->set_r9(r.r9); g->set_r8(r.r8); g->set_rax(r.rax); g->set_rcx(r.rcx);
-  g->set_rdx(r.rdx); g->set_rsi(r.rsi); g->set_rdi(r.rdi); g->set_orig_rax(r.orig_rax);
-  g->set_rip(r.rip); g->set_cs(r.cs); g->set_eflags(r.eflags); g->set_rsp(r.rsp);
-  g->set_ss(r.ss); g->set_fs_base(r.fs_base); g->set_gs_base(r.gs_base); g->set_ds(r.ds);
-  g->set_es(r.es); g->set_fs(r.fs); g->set_gs(r.gs);
+  g->set_r15(r.r15);
+  g->set_r14(r.r14);
+  g->set_r13(r.r13);
+  g->set_r12(r.r12);
+  g->set_rbp(r.rbp);
+  g->set_rbx(r.rbx);
+  g->set_r11(r.r11);
+  g->set_r10(r.r10);
+  g->set_r9(r.r9);
+  g->set_r8(r.r8);
+  g->set_rax(r.rax);
+  g->set_rcx(r.rcx);
+  g->set_rdx(r.rdx);
+  g->set_rsi(r.rsi);
+  g->set_rdi(r.rdi);
+  g->set_orig_rax(r.orig_rax);
+  g->set_rip(r.rip);
+  g->set_cs(r.cs);
+  g->set_eflags(r.eflags);
+  g->set_rsp(r.rsp);
+  g->set_ss(r.ss);
+  g->set_fs_base(r.fs_base);
+  g->set_gs_base(r.gs_base);
+  g->set_ds(r.ds);
+  g->set_es(r.es);
+  g->set_fs(r.fs);
+  g->set_gs(r.gs);
 }
 
 }  // namespace
 
 Regs RegsFromImage(const img::GpRegs& g) {
   Regs r{};
-  r.r15 = g.r15(); r.r14 = g.r14(); r.r13 = g.r13(); r.r12 = g.r12();
-  r.rbp = g.rbp(); r.rbx = g.rbx(); r.r11 = g.r11(); r.r10 = g.r10();
-  r.r9 = g.r9(); r.r8 = g.r8(); r.rax = g.rax(); r.rcx = g.rcx();
-  r.rdx = g.rdx(); r.rsi = g.rsi(); r.rdi = g.rdi(); r.orig_rax = g.orig_rax();
-  r.rip = g.rip(); r.cs = g.cs(); r.eflags = g.eflags(); r.rsp = g.rsp();
-  r.ss = g.ss(); r.fs_base = g.fs_base(); r.gs_base = g.gs_base(); r.ds = g.ds();
-  r.es = g.es(); r.fs = g.fs(); r.gs = g.gs();
+  r.r15 = g.r15();
+  r.r14 = g.r14();
+  r.r13 = g.r13();
+  r.r12 = g.r12();
+  r.rbp = g.rbp();
+  r.rbx = g.rbx();
+  r.r11 = g.r11();
+  r.r10 = g.r10();
+  r.r9 = g.r9();
+  r.r8 = g.r8();
+  r.rax = g.rax();
+  r.rcx = g.rcx();
+  r.rdx = g.rdx();
+  r.rsi = g.rsi();
+  r.rdi = g.rdi();
+  r.orig_rax = g.orig_rax();
+  r.rip = g.rip();
+  r.cs = g.cs();
+  r.eflags = g.eflags();
+  r.rsp = g.rsp();
+  r.ss = g.ss();
+  r.fs_base = g.fs_base();
+  r.gs_base = g.gs_base();
+  r.ds = g.ds();
+  r.es = g.es();
+  r.fs = g.fs();
+  r.gs = g.gs();
   return r;
 }
 
@@ -88,9 +128,11 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
     }
     // Only the thread knows where it asked the kernel to clear its tid on exit.
     auto mem = KLEAP_TRY(StackScratch::Borrow(tid, rs.saved_regs(), 16));
-    KLEAP_TRY_CTX(WithArch(arch, [&](auto a) {
-                    return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TID_ADDRESS, mem.at().addr());
-                  }),
+    KLEAP_TRY_CTX(WithArch(arch,
+                           [&](auto a) {
+                             return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TID_ADDRESS,
+                                            mem.at().addr());
+                           }),
                   "thread " << tid << ": PR_GET_TID_ADDRESS");
     uint64_t tid_addr = KLEAP_TRY(ReadRemoteValue<uint64_t>(tid, mem.at()));
     th->set_clear_child_tid(arch == ArchKind::kX86 ? uint32_t(tid_addr) : tid_addr);
@@ -103,37 +145,46 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
 Result<void> UnregisterRseq(RemoteSyscalls& rs, pid_t tid) {
   RseqConfig c = KLEAP_TRY(pt::GetRseq(tid));
   if (!c.rseq_abi_pointer) return Ok();
-  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kRseq, c.rseq_abi_pointer, c.rseq_abi_size, kRseqFlagUnregister, c.signature),
+  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kRseq, c.rseq_abi_pointer, c.rseq_abi_size,
+                        kRseqFlagUnregister, c.signature),
                 "thread " << tid << ": unregister the restorer's rseq");
   return Ok();
 }
 
-Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch, const img::ThreadCore& th) {
+Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+                               const img::ThreadCore& th) {
   pid_t tid = th.tid();
   constexpr ArchKind k64 = ArchKind::kX86_64;
   if (th.has_rseq())
-    KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kRseq, th.rseq().abi_pointer(), th.rseq().abi_size(), 0, th.rseq().signature()),
+    KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kRseq, th.rseq().abi_pointer(), th.rseq().abi_size(), 0,
+                          th.rseq().signature()),
                   "thread " << tid << ": register rseq at " << Hex(th.rseq().abi_pointer()));
-  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kSetTidAddress, th.clear_child_tid()), "thread " << tid << ": set_tid_address");
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kSetTidAddress, th.clear_child_tid()),
+                "thread " << tid << ": set_tid_address");
   for (auto& t : th.tls()) {
     if (t.entry_number() < kGdtTlsMin || t.entry_number() >= kGdtTlsMin + kGdtTlsEntries)
       return Err(EINVAL) << "core image: thread " << tid << ": bad TLS entry " << t.entry_number();
-    KLEAP_TRY(pt::SetThreadArea(tid, UserDesc{t.entry_number(), t.base_addr(), t.limit(), t.flags()}));
+    KLEAP_TRY(
+        pt::SetThreadArea(tid, UserDesc{t.entry_number(), t.base_addr(), t.limit(), t.flags()}));
   }
   // Only a thread may rename itself.
   char comm[16] = {};
   strncpy(comm, th.comm().c_str(), sizeof comm - 1);
   KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), comm, sizeof comm));
-  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_NAME, scratch), "thread " << tid << ": set comm");
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_NAME, scratch),
+                "thread " << tid << ": set comm");
   (void)pid;
   return Ok();
 }
 
 Result<void> SetFinalRegisters(RemoteSyscalls& rs, const img::ThreadCore& th) {
-  if (!th.has_regs()) return Err(EINVAL) << "core image: thread " << th.tid() << " has no registers";
+  if (!th.has_regs())
+    return Err(EINVAL) << "core image: thread " << th.tid() << " has no registers";
   ArchKind arch = ArchKind(th.arch());
   Regs regs = NormalizeInterruptedSyscall(RegsFromImage(th.regs()), arch, /*same_task=*/false);
-  if (ArchFromCs(regs.cs) != arch) return Err(EINVAL) << "core image: thread " << th.tid() << ": cs " << Hex(regs.cs) << " contradicts its arch";
+  if (ArchFromCs(regs.cs) != arch)
+    return Err(EINVAL) << "core image: thread " << th.tid() << ": cs " << Hex(regs.cs)
+                       << " contradicts its arch";
   KLEAP_TRY(pt::SetXstate(th.tid(), th.xstate()));
   rs.SetFinalState(regs, th.blocked());
   return Ok();
@@ -141,10 +192,12 @@ Result<void> SetFinalRegisters(RemoteSyscalls& rs, const img::ThreadCore& th) {
 
 Result<void> RestoreRlimits(pid_t pid, const img::TaskCore& core) {
   for (auto& l : core.rlimits()) {
-    if (l.resource() >= RLIM_NLIMITS) return Err(EINVAL) << "core image of task " << pid << ": bad rlimit " << l.resource();
+    if (l.resource() >= RLIM_NLIMITS)
+      return Err(EINVAL) << "core image of task " << pid << ": bad rlimit " << l.resource();
     rlimit lim{l.cur(), l.max()};
     if (prlimit(pid, __rlimit_resource(l.resource()), &lim, nullptr) < 0)
-      return ErrnoError() << "task " << pid << ": set rlimit " << l.resource() << " to " << l.cur() << "/" << l.max();
+      return ErrnoError() << "task " << pid << ": set rlimit " << l.resource() << " to " << l.cur()
+                          << "/" << l.max();
   }
   return Ok();
 }

@@ -6,7 +6,8 @@ namespace kleap {
 
 Regs RegsFromImage(const img::GpRegs& g);
 Result<void> UnregisterRseq(RemoteSyscalls& rs, pid_t tid);
-Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch, const img::ThreadCore& th);
+Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+                               const img::ThreadCore& th);
 // Sets xstate now and arranges the general registers and signal mask for the detach.
 Result<void> SetFinalRegisters(RemoteSyscalls& rs, const img::ThreadCore& th);
 Result<void> RestoreRlimits(pid_t pid, const img::TaskCore& core);

@@ -31,11 +31,19 @@ Result<void> DumpCredsOf(RemoteSyscalls& rs, const TaskInfo& task, img::Creds* c
   auto st = KLEAP_TRY_CTX(ReadStatus(task.pid), "task " << task.pid);
   auto uids = KLEAP_TRY(st.GetIds("Uid"));
   auto gids = KLEAP_TRY(st.GetIds("Gid"));
-  if (uids.size() != 4 || gids.size() != 4) return Err(EINVAL) << "task " << task.pid << ": bad Uid/Gid in status";
-  c->set_uid(uids[0]); c->set_euid(uids[1]); c->set_suid(uids[2]); c->set_fsuid(uids[3]);
-  c->set_gid(gids[0]); c->set_egid(gids[1]); c->set_sgid(gids[2]); c->set_fsgid(gids[3]);
+  if (uids.size() != 4 || gids.size() != 4)
+    return Err(EINVAL) << "task " << task.pid << ": bad Uid/Gid in status";
+  c->set_uid(uids[0]);
+  c->set_euid(uids[1]);
+  c->set_suid(uids[2]);
+  c->set_fsuid(uids[3]);
+  c->set_gid(gids[0]);
+  c->set_egid(gids[1]);
+  c->set_sgid(gids[2]);
+  c->set_fsgid(gids[3]);
   auto groups = st.GetIds("Groups");
-  if (groups) for (uint32_t g : *groups) c->add_groups(g);
+  if (groups)
+    for (uint32_t g : *groups) c->add_groups(g);
   c->set_cap_inh(KLEAP_TRY(st.GetHex("CapInh")));
   c->set_cap_prm(KLEAP_TRY(st.GetHex("CapPrm")));
   c->set_cap_eff(KLEAP_TRY(st.GetHex("CapEff")));
@@ -43,10 +51,10 @@ Result<void> DumpCredsOf(RemoteSyscalls& rs, const TaskInfo& task, img::Creds* c
   c->set_cap_amb(st.GetHex("CapAmb").value_or(0));
   c->set_no_new_privs(st.GetInt("NoNewPrivs").value_or(0) != 0);
   // Only the task can tell its securebits.
-  uint64_t bits = KLEAP_TRY_CTX(WithArch(task.arch, [&](auto a) {
-                                  return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_SECUREBITS);
-                                }),
-                                "task " << task.pid << ": read securebits");
+  uint64_t bits = KLEAP_TRY_CTX(
+      WithArch(task.arch,
+               [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_SECUREBITS); }),
+      "task " << task.pid << ": read securebits");
   c->set_securebits(uint32_t(bits));
   return Ok();
 }
@@ -54,18 +62,25 @@ Result<void> DumpCredsOf(RemoteSyscalls& rs, const TaskInfo& task, img::Creds* c
 Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const img::Creds& c) {
   constexpr ArchKind k64 = ArchKind::kX86_64;
   std::string who = "thread " + std::to_string(tid);
-  auto call = [&](long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0) { return rs.Call(k64, nr, a1, a2, a3); };
+  auto call = [&](long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0) {
+    return rs.Call(k64, nr, a1, a2, a3);
+  };
 
   if (c.groups_size() > 65536) return Err(EINVAL) << "creds: " << c.groups_size() << " groups";
   std::vector<uint32_t> groups(c.groups().begin(), c.groups().end());
-  if (groups.size() * 4 > 4096 - 64) return Err(EINVAL) << "creds: too many groups for the scratch page";
-  if (!groups.empty()) KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), groups.data(), groups.size() * 4));
+  if (groups.size() * 4 > 4096 - 64)
+    return Err(EINVAL) << "creds: too many groups for the scratch page";
+  if (!groups.empty())
+    KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), groups.data(), groups.size() * 4));
   KLEAP_TRY_CTX(call(X64Arch::kSetgroups, groups.size(), scratch), who << ": setgroups");
   for (int cap = 0; cap <= LastCap(); ++cap)
-    if (!(c.cap_bnd() >> cap & 1)) KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_CAPBSET_DROP, uint64_t(cap)), who << ": drop capability " << cap << " from the bounding set");
+    if (!(c.cap_bnd() >> cap & 1))
+      KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_CAPBSET_DROP, uint64_t(cap)),
+                    who << ": drop capability " << cap << " from the bounding set");
   KLEAP_TRY_CTX(call(X64Arch::kSetresgid, c.gid(), c.egid(), c.sgid()), who << ": setresgid");
   (void)call(kSetfsgid, c.fsgid());  // returns the old fsgid, never an error
-  KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS), who << ": keep capabilities over the uid change");
+  KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS),
+                who << ": keep capabilities over the uid change");
   KLEAP_TRY_CTX(call(X64Arch::kSetresuid, c.uid(), c.euid(), c.suid()), who << ": setresuid");
 
   auto capset = [&](uint64_t prm, uint64_t eff, uint64_t inh) -> Result<void> {
@@ -82,13 +97,17 @@ Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const
   uint64_t prm_now = KLEAP_TRY(cur.GetHex("CapPrm"));
   KLEAP_TRY(capset(prm_now, prm_now, c.cap_inh() & prm_now));
   (void)call(kSetfsuid, c.fsuid());
-  KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_SET_SECUREBITS, c.securebits()), who << ": set securebits " << c.securebits());
+  KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_SET_SECUREBITS, c.securebits()),
+                who << ": set securebits " << c.securebits());
   KLEAP_TRY(capset(c.cap_prm(), c.cap_prm(), c.cap_inh()));
-  KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0), who << ": clear ambient capabilities");
+  KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0),
+                who << ": clear ambient capabilities");
   for (int cap = 0; cap <= LastCap(); ++cap)
     if (c.cap_amb() >> cap & 1)
-      KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, uint64_t(cap)), who << ": raise ambient capability " << cap);
-  if (c.no_new_privs()) KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_SET_NO_NEW_PRIVS, 1), who << ": no_new_privs");
+      KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, uint64_t(cap)),
+                    who << ": raise ambient capability " << cap);
+  if (c.no_new_privs())
+    KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_SET_NO_NEW_PRIVS, 1), who << ": no_new_privs");
   KLEAP_TRY(capset(c.cap_prm(), c.cap_eff(), c.cap_inh()));
   return Ok();
 }

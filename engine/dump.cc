@@ -14,13 +14,27 @@ namespace kleap {
 
 std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks);
 
-std::string CoreImage(pid_t pid) { return "core-" + std::to_string(pid) + ".img"; }
-std::string MmImage(pid_t pid) { return "mm-" + std::to_string(pid) + ".img"; }
-std::string PagemapImage(pid_t pid) { return "pagemap-" + std::to_string(pid) + ".img"; }
-std::string PagesImage(pid_t pid) { return "pages-" + std::to_string(pid) + ".img"; }
-std::string FdTableImage(pid_t pid) { return "fdtable-" + std::to_string(pid) + ".img"; }
-std::string ShmemImage(uint64_t id) { return "shmem-" + std::to_string(id) + ".img"; }
-std::string GhostImage(uint64_t id) { return "ghost-" + std::to_string(id) + ".img"; }
+std::string CoreImage(pid_t pid) {
+  return "core-" + std::to_string(pid) + ".img";
+}
+std::string MmImage(pid_t pid) {
+  return "mm-" + std::to_string(pid) + ".img";
+}
+std::string PagemapImage(pid_t pid) {
+  return "pagemap-" + std::to_string(pid) + ".img";
+}
+std::string PagesImage(pid_t pid) {
+  return "pages-" + std::to_string(pid) + ".img";
+}
+std::string FdTableImage(pid_t pid) {
+  return "fdtable-" + std::to_string(pid) + ".img";
+}
+std::string ShmemImage(uint64_t id) {
+  return "shmem-" + std::to_string(id) + ".img";
+}
+std::string GhostImage(uint64_t id) {
+  return "ghost-" + std::to_string(id) + ".img";
+}
 
 namespace {
 
@@ -28,7 +42,8 @@ namespace {
 Result<void> FindGadgets(SeizedTree& tree, const TaskInfo& t) {
   auto maps = KLEAP_TRY_CTX(ReadMaps(t.pid), "task " << t.pid);
   auto vdso = std::find_if(maps.begin(), maps.end(), [](auto& m) { return m.path == "[vdso]"; });
-  if (vdso == maps.end()) return Err(ENOTSUP) << "task " << t.pid << ": no vDSO to run syscalls from";
+  if (vdso == maps.end())
+    return Err(ENOTSUP) << "task " << t.pid << ": no vDSO to run syscalls from";
   std::map<ArchKind, RemotePtr> found;
   for (pid_t tid : t.tids) {
     RemoteSyscalls& rs = tree.Thread(tid);
@@ -37,7 +52,8 @@ Result<void> FindGadgets(SeizedTree& tree, const TaskInfo& t) {
     rs.SetGadget(a, found[a]);
     // Whatever happens next, the thread goes back with its interrupted syscall restarted
     // as the kernel would have done.
-    rs.SetFinalState(NormalizeInterruptedSyscall(rs.saved_regs(), a, /*same_task=*/true), rs.saved_sigmask());
+    rs.SetFinalState(NormalizeInterruptedSyscall(rs.saved_regs(), a, /*same_task=*/true),
+                     rs.saved_sigmask());
   }
   return Ok();
 }
@@ -46,7 +62,8 @@ Result<void> Refuse(const std::vector<Problem>& problems) {
   if (problems.empty()) return Ok();
   Error e(ENOTSUP);
   e << problems[0].ToString();
-  if (problems.size() > 1) e << " (and " << problems.size() - 1 << " more problems; see kleap check)";
+  if (problems.size() > 1)
+    e << " (and " << problems.size() - 1 << " more problems; see kleap check)";
   return e;
 }
 
@@ -61,7 +78,8 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   auto t0 = std::chrono::steady_clock::now();
   DumpStats stats;
   auto tree = KLEAP_TRY(SeizedTree::Seize(opts.root));
-  stats.freeze_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stats.freeze_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   std::vector<Problem> problems = CheckTreeShape(tree->tasks());
   for (auto& t : tree->tasks()) {

@@ -27,12 +27,17 @@ bool EndsWith(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
 
-int PidfdOpen(pid_t pid) { return int(syscall(SYS_pidfd_open, pid, 0)); }
-int PidfdGetfd(int pidfd, int fd) { return int(syscall(SYS_pidfd_getfd, pidfd, fd, 0)); }
+int PidfdOpen(pid_t pid) {
+  return int(syscall(SYS_pidfd_open, pid, 0));
+}
+int PidfdGetfd(int pidfd, int fd) {
+  return int(syscall(SYS_pidfd_getfd, pidfd, fd, 0));
+}
 
 // The devices a task can reopen by path with nothing lost.
 bool CarriedCharDevice(dev_t rdev) {
-  return major(rdev) == 1 && (minor(rdev) == 3 || minor(rdev) == 5 || minor(rdev) == 8 || minor(rdev) == 9);
+  return major(rdev) == 1 &&
+         (minor(rdev) == 3 || minor(rdev) == 5 || minor(rdev) == 8 || minor(rdev) == 9);
 }
 
 std::string SocketWhat(pid_t pid, int fd, const std::string& link) {
@@ -45,10 +50,17 @@ std::string SocketWhat(pid_t pid, int fd, const std::string& link) {
   getsockopt(sock.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len);
   len = sizeof type;
   getsockopt(sock.get(), SOL_SOCKET, SO_TYPE, &type, &len);
-  const char* d = domain == AF_UNIX ? "unix" : domain == AF_INET ? "inet" : domain == AF_INET6 ? "inet6"
-                  : domain == AF_NETLINK ? "netlink" : domain == AF_PACKET ? "packet" : "other";
-  const char* t = type == SOCK_STREAM ? "stream" : type == SOCK_DGRAM ? "dgram" : type == SOCK_SEQPACKET ? "seqpacket"
-                  : type == SOCK_RAW ? "raw" : "other";
+  const char* d = domain == AF_UNIX      ? "unix"
+                  : domain == AF_INET    ? "inet"
+                  : domain == AF_INET6   ? "inet6"
+                  : domain == AF_NETLINK ? "netlink"
+                  : domain == AF_PACKET  ? "packet"
+                                         : "other";
+  const char* t = type == SOCK_STREAM      ? "stream"
+                  : type == SOCK_DGRAM     ? "dgram"
+                  : type == SOCK_SEQPACKET ? "seqpacket"
+                  : type == SOCK_RAW       ? "raw"
+                                           : "other";
   return link + " (" + d + ", " + t + ")";
 }
 
@@ -101,7 +113,8 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
     if (CarriedCharDevice(d.st.st_rdev)) {
       d.type = FdType::kCharDevice;
     } else {
-      d.what = d.link + " (char " + std::to_string(major(d.st.st_rdev)) + ":" + std::to_string(minor(d.st.st_rdev)) + ")";
+      d.what = d.link + " (char " + std::to_string(major(d.st.st_rdev)) + ":" +
+               std::to_string(minor(d.st.st_rdev)) + ")";
       d.reason = major(d.st.st_rdev) == 136 || major(d.st.st_rdev) == 5 || major(d.st.st_rdev) == 4
                      ? "terminals are not supported yet"
                      : "this character device is not supported";
@@ -148,7 +161,8 @@ Result<img::FileIdentity> IdentifyFile(const std::string& path, const struct sta
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return id;
   unsigned char ident[EI_NIDENT];
-  if (pread(fd.get(), ident, sizeof ident, 0) != EI_NIDENT || memcmp(ident, ELFMAG, SELFMAG) != 0) return id;
+  if (pread(fd.get(), ident, sizeof ident, 0) != EI_NIDENT || memcmp(ident, ELFMAG, SELFMAG) != 0)
+    return id;
   auto scan_notes = [&](uint64_t off, uint64_t size) {
     if (size > (1u << 20)) return;
     std::string buf(size, '\0');
@@ -170,16 +184,24 @@ Result<img::FileIdentity> IdentifyFile(const std::string& path, const struct sta
   };
   if (ident[EI_CLASS] == ELFCLASS64) {
     Elf64_Ehdr eh;
-    if (pread(fd.get(), &eh, sizeof eh, 0) != sizeof eh || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 256) return id;
+    if (pread(fd.get(), &eh, sizeof eh, 0) != sizeof eh || eh.e_phentsize != sizeof(Elf64_Phdr) ||
+        eh.e_phnum > 256)
+      return id;
     std::vector<Elf64_Phdr> ph(eh.e_phnum);
-    if (pread(fd.get(), ph.data(), ph.size() * sizeof(Elf64_Phdr), off_t(eh.e_phoff)) != ssize_t(ph.size() * sizeof(Elf64_Phdr))) return id;
+    if (pread(fd.get(), ph.data(), ph.size() * sizeof(Elf64_Phdr), off_t(eh.e_phoff)) !=
+        ssize_t(ph.size() * sizeof(Elf64_Phdr)))
+      return id;
     for (auto& p : ph)
       if (p.p_type == PT_NOTE && id.build_id().empty()) scan_notes(p.p_offset, p.p_filesz);
   } else if (ident[EI_CLASS] == ELFCLASS32) {
     Elf32_Ehdr eh;
-    if (pread(fd.get(), &eh, sizeof eh, 0) != sizeof eh || eh.e_phentsize != sizeof(Elf32_Phdr) || eh.e_phnum > 256) return id;
+    if (pread(fd.get(), &eh, sizeof eh, 0) != sizeof eh || eh.e_phentsize != sizeof(Elf32_Phdr) ||
+        eh.e_phnum > 256)
+      return id;
     std::vector<Elf32_Phdr> ph(eh.e_phnum);
-    if (pread(fd.get(), ph.data(), ph.size() * sizeof(Elf32_Phdr), off_t(eh.e_phoff)) != ssize_t(ph.size() * sizeof(Elf32_Phdr))) return id;
+    if (pread(fd.get(), ph.data(), ph.size() * sizeof(Elf32_Phdr), off_t(eh.e_phoff)) !=
+        ssize_t(ph.size() * sizeof(Elf32_Phdr)))
+      return id;
     for (auto& p : ph)
       if (p.p_type == PT_NOTE && id.build_id().empty()) scan_notes(p.p_offset, p.p_filesz);
   }
@@ -251,7 +273,8 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
     reg->set_flags(flags);
     reg->set_pos(d.info.pos);
     reg->set_mode(d.st.st_mode);
-    std::string path = d.deleted ? d.link.substr(0, d.link.size() - strlen(kDeletedSuffix)) : d.link;
+    std::string path =
+        d.deleted ? d.link.substr(0, d.link.size() - strlen(kDeletedSuffix)) : d.link;
     reg->set_path(path);
     img::FileIdentity ident;
     ident.set_dev(d.st.st_dev);
@@ -301,7 +324,8 @@ Result<UniqueFd> OpenRegFile(const img::RegFile& reg, ImageReader& images) {
     for (uint64_t off = 0; off < blob->size(); off += buf.size()) {
       size_t n = size_t(std::min<uint64_t>(buf.size(), blob->size() - off));
       KLEAP_TRY(blob->ReadAt(off, buf.data(), n));
-      if (pwrite(tmp.get(), buf.data(), n, off_t(off)) != ssize_t(n)) return ErrnoError() << "write deleted file " << reg.path();
+      if (pwrite(tmp.get(), buf.data(), n, off_t(off)) != ssize_t(n))
+        return ErrnoError() << "write deleted file " << reg.path();
     }
     // Give it its old name for a moment, so the reopened fd reads "PATH (deleted)".
     std::string link = "/proc/self/fd/" + std::to_string(tmp.get());
@@ -321,8 +345,8 @@ Result<UniqueFd> OpenRegFile(const img::RegFile& reg, ImageReader& images) {
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << reg.path();
     if (st.st_ino != reg.identity().ino() || st.st_dev != reg.identity().dev())
-      return Err(ESTALE) << "file " << reg.path() << " has changed since the dump (inode " << reg.identity().ino()
-                         << " became " << st.st_ino << ")";
+      return Err(ESTALE) << "file " << reg.path() << " has changed since the dump (inode "
+                         << reg.identity().ino() << " became " << st.st_ino << ")";
   }
   if (!S_ISCHR(reg.mode()) && lseek(fd.get(), off_t(reg.pos()), SEEK_SET) < 0 && errno != ESPIPE)
     return ErrnoError() << "seek " << reg.path() << " to " << reg.pos();
@@ -351,14 +375,16 @@ Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int k
   std::vector<std::pair<int, const img::FdEntry*>> staged;
   for (auto& e : table.fds()) {
     auto it = files.by_id.find(e.file_id());
-    if (it == files.by_id.end()) return Err(EINVAL) << "fd " << e.fd() << ": file " << e.file_id() << " was not opened";
+    if (it == files.by_id.end())
+      return Err(EINVAL) << "fd " << e.fd() << ": file " << e.file_id() << " was not opened";
     int s = fcntl(it->second.get(), F_DUPFD_CLOEXEC, top);
     if (s < 0) return ErrnoError() << "stage fd " << e.fd();
     top = s + 1;
     staged.push_back({s, &e});
   }
   for (auto& [s, e] : staged) {
-    if (dup3(s, e->fd(), e->cloexec() ? O_CLOEXEC : 0) < 0) return ErrnoError() << "install fd " << e->fd();
+    if (dup3(s, e->fd(), e->cloexec() ? O_CLOEXEC : 0) < 0)
+      return ErrnoError() << "install fd " << e->fd();
     close(s);
   }
   // Close everything below keep_from that the table doesn't name.

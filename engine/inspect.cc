@@ -11,7 +11,8 @@ namespace kleap {
 namespace {
 
 bool IsRawBlob(const std::string& name) {
-  return name.rfind("pages-", 0) == 0 || name.rfind("shmem-", 0) == 0 || name.rfind("ghost-", 0) == 0;
+  return name.rfind("pages-", 0) == 0 || name.rfind("shmem-", 0) == 0 ||
+         name.rfind("ghost-", 0) == 0;
 }
 
 std::unique_ptr<google::protobuf::Message> MessageFor(const std::string& name) {
@@ -44,7 +45,8 @@ Result<std::string> InspectImages(ImageReader& images, bool json) {
   } else {
     os << "image set " << images.Describe() << "\n"
        << "  format version " << inv.format_version() << ", kleap " << inv.tool_version() << "\n"
-       << "  dumped on " << inv.kernel_release() << " (" << inv.arch() << "), boot " << inv.boot_id() << "\n"
+       << "  dumped on " << inv.kernel_release() << " (" << inv.arch() << "), boot "
+       << inv.boot_id() << "\n"
        << "  root pid " << inv.root_pid() << ", " << inv.images_size() << " images\n";
   }
   bool first = true;
@@ -61,7 +63,8 @@ Result<std::string> InspectImages(ImageReader& images, bool json) {
       first = false;
     } else {
       if (auto* core = dynamic_cast<img::TaskCore*>(msg.get()))
-        for (auto& th : *core->mutable_threads()) th.set_xstate("<" + std::to_string(th.xstate().size()) + " bytes>");
+        for (auto& th : *core->mutable_threads())
+          th.set_xstate("<" + std::to_string(th.xstate().size()) + " bytes>");
       if (auto* mm = dynamic_cast<img::MmImage*>(msg.get())) {
         mm->set_vdso("<" + std::to_string(mm->vdso().size()) + " bytes>");
         mm->set_auxv("<" + std::to_string(mm->auxv().size()) + " bytes>");
@@ -78,7 +81,8 @@ Result<std::string> InspectImages(ImageReader& images, bool json) {
 Result<void> ValidateImages(ImageReader& images) {
   const img::Inventory& inv = images.inventory();
   for (auto& e : inv.images()) {
-    if (!IsRawBlob(e.name()) && !MessageFor(e.name())) return Err(EINVAL) << "image " << e.name() << ": unknown kind";
+    if (!IsRawBlob(e.name()) && !MessageFor(e.name()))
+      return Err(EINVAL) << "image " << e.name() << ": unknown kind";
     KLEAP_TRY(images.VerifyImage(e.name()));
   }
   std::set<std::string> listed;
@@ -87,22 +91,28 @@ Result<void> ValidateImages(ImageReader& images) {
     if (!listed.count(name) && name != kInventoryName)
       return Err(EINVAL) << "image " << name << " is in the set but not in its inventory";
   RestorePlan plan = KLEAP_TRY(LoadPlan(images));
-  if (inv.root_pid() != plan.pstree.root_pid() || plan.pstree.tasks(0).pid() != plan.pstree.root_pid())
-    return Err(EINVAL) << "pstree.img: root pid " << plan.pstree.root_pid() << " disagrees with the inventory's " << inv.root_pid();
+  if (inv.root_pid() != plan.pstree.root_pid() ||
+      plan.pstree.tasks(0).pid() != plan.pstree.root_pid())
+    return Err(EINVAL) << "pstree.img: root pid " << plan.pstree.root_pid()
+                       << " disagrees with the inventory's " << inv.root_pid();
   for (auto& [pid, pm] : plan.pagemaps) {
     const img::MmImage& mm = plan.mms.at(pid);
     uint64_t bytes = 0;
     int v = 0;
     for (auto& r : pm.runs()) {
       while (v < mm.vmas_size() && mm.vmas(v).end() <= r.vaddr()) ++v;
-      if (v == mm.vmas_size() || r.vaddr() < mm.vmas(v).start() || r.vaddr() + r.nr_pages() * 4096 > mm.vmas(v).end())
-        return Err(EINVAL) << PagemapImage(pid) << ": page run at " << Hex(r.vaddr()) << " lies outside every mapping";
+      if (v == mm.vmas_size() || r.vaddr() < mm.vmas(v).start() ||
+          r.vaddr() + r.nr_pages() * 4096 > mm.vmas(v).end())
+        return Err(EINVAL) << PagemapImage(pid) << ": page run at " << Hex(r.vaddr())
+                           << " lies outside every mapping";
       bytes += r.nr_pages() * 4096;
     }
     const img::ImageEntry* blob = images.Find(pm.blob());
-    if (!blob) return Err(EINVAL) << PagemapImage(pid) << ": its blob " << pm.blob() << " is missing";
+    if (!blob)
+      return Err(EINVAL) << PagemapImage(pid) << ": its blob " << pm.blob() << " is missing";
     if (blob->size() != bytes)
-      return Err(EINVAL) << pm.blob() << ": " << blob->size() << " bytes, its page runs need " << bytes;
+      return Err(EINVAL) << pm.blob() << ": " << blob->size() << " bytes, its page runs need "
+                         << bytes;
   }
   for (auto& f : plan.files.files())
     if (f.has_reg() && f.reg().deleted() && !images.Find(f.reg().ghost_blob()))

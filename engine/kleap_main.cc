@@ -62,13 +62,16 @@ int Usage(const std::string& msg) {
 std::string JsonEscape(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\', out += c;
-    else if (c == '\n') out += "\\n";
+    if (c == '"' || c == '\\')
+      out += '\\', out += c;
+    else if (c == '\n')
+      out += "\\n";
     else if (static_cast<unsigned char>(c) < 0x20) {
       char buf[8];
       snprintf(buf, sizeof buf, "\\u%04x", c);
       out += buf;
-    } else out += c;
+    } else
+      out += c;
   }
   return out;
 }
@@ -91,20 +94,22 @@ int RunCheck(const Args& a) {
     std::ostringstream os;
     os << "{\"root\":" << a.tree << ",\"tasks\":[";
     for (size_t i = 0; i < rep->pids.size(); ++i) os << (i ? "," : "") << rep->pids[i];
-    os << "],\"threads\":" << rep->threads << ",\"dumpable\":" << (rep->problems.empty() ? "true" : "false")
-       << ",\"problems\":[";
+    os << "],\"threads\":" << rep->threads
+       << ",\"dumpable\":" << (rep->problems.empty() ? "true" : "false") << ",\"problems\":[";
     for (size_t i = 0; i < rep->problems.size(); ++i) {
       auto& p = rep->problems[i];
-      os << (i ? "," : "") << "{\"pid\":" << p.pid << ",\"object\":\"" << JsonEscape(p.object) << "\",\"what\":\""
-         << JsonEscape(p.what) << "\",\"reason\":\"" << JsonEscape(p.reason) << "\"}";
+      os << (i ? "," : "") << "{\"pid\":" << p.pid << ",\"object\":\"" << JsonEscape(p.object)
+         << "\",\"what\":\"" << JsonEscape(p.what) << "\",\"reason\":\"" << JsonEscape(p.reason)
+         << "\"}";
     }
     os << "]}\n";
     std::fputs(os.str().c_str(), stdout);
   } else {
     for (auto& p : rep->problems) std::printf("%s\n", p.ToString().c_str());
     std::printf("%zu tasks, %zu threads: %s\n", rep->pids.size(), rep->threads,
-                rep->problems.empty() ? "everything can be carried"
-                                      : (std::to_string(rep->problems.size()) + " problems").c_str());
+                rep->problems.empty()
+                    ? "everything can be carried"
+                    : (std::to_string(rep->problems.size()) + " problems").c_str());
   }
   return rep->problems.empty() ? kExitOk : kExitFail;
 }
@@ -115,11 +120,15 @@ int RunDump(const Args& a) {
   auto st = DumpTree({a.tree, a.leave_running}, **w);
   if (!st) return Fail(st.error(), "dump failed");
   if (a.stats)
-    std::printf("{\"op\":\"dump\",\"seconds\":%.6f,\"freeze_seconds\":%.6f,\"bytes\":%llu,\"tasks\":%zu,\"threads\":%zu,\"max_rss_kib\":%ld}\n",
-                st->seconds, st->freeze_seconds, (unsigned long long)st->page_bytes, st->tasks, st->threads, MaxRssKib());
+    std::printf(
+        "{\"op\":\"dump\",\"seconds\":%.6f,\"freeze_seconds\":%.6f,\"bytes\":%llu,\"tasks\":%zu,"
+        "\"threads\":%zu,\"max_rss_kib\":%ld}\n",
+        st->seconds, st->freeze_seconds, (unsigned long long)st->page_bytes, st->tasks, st->threads,
+        MaxRssKib());
   else
-    KLOG(kInfo) << "dumped " << st->tasks << " tasks, " << st->threads << " threads, " << (st->page_bytes >> 20)
-                << " MiB of memory into " << a.images << (a.leave_running ? "; the tree runs on" : "");
+    KLOG(kInfo) << "dumped " << st->tasks << " tasks, " << st->threads << " threads, "
+                << (st->page_bytes >> 20) << " MiB of memory into " << a.images
+                << (a.leave_running ? "; the tree runs on" : "");
   return kExitOk;
 }
 
@@ -134,16 +143,16 @@ int RunRestore(const Args& a) {
     if (!res) return Fail(res.error(), "restore failed");
     std::printf("%d\n", res->root);
     if (a.stats)
-      std::printf("{\"op\":\"restore\",\"seconds\":%.6f,\"bytes\":%llu,\"max_rss_kib\":%ld}\n", res->seconds,
-                  (unsigned long long)res->page_bytes, MaxRssKib());
+      std::printf("{\"op\":\"restore\",\"seconds\":%.6f,\"bytes\":%llu,\"max_rss_kib\":%ld}\n",
+                  res->seconds, (unsigned long long)res->page_bytes, MaxRssKib());
     std::fflush(stdout);
     return kExitOk;
   }
   auto res = RestoreTree(opts, **r);
   if (!res) return Fail(res.error(), "restore failed");
   if (a.stats)
-    std::printf("{\"op\":\"restore\",\"seconds\":%.6f,\"bytes\":%llu,\"max_rss_kib\":%ld}\n", res->seconds,
-                (unsigned long long)res->page_bytes, MaxRssKib());
+    std::printf("{\"op\":\"restore\",\"seconds\":%.6f,\"bytes\":%llu,\"max_rss_kib\":%ld}\n",
+                res->seconds, (unsigned long long)res->page_bytes, MaxRssKib());
   return res->exit_status;
 }
 
@@ -163,7 +172,8 @@ int RunValidate(const Args& a) {
   if (!r) return Fail(r.error(), "invalid image set");
   auto v = ValidateImages(**r);
   if (!v) return Fail(v.error(), "invalid image set");
-  std::printf("%s: whole, consistent and restorable (%d images)\n", a.positional[0].c_str(), (*r)->inventory().images_size());
+  std::printf("%s: whole, consistent and restorable (%d images)\n", a.positional[0].c_str(),
+              (*r)->inventory().images_size());
   return kExitOk;
 }
 
@@ -217,7 +227,8 @@ int Main(int argc, char** argv) {
   if (a.command == "check" || a.command == "dump") {
     if (!a.tree) return Usage(a.command + " needs --tree PID");
   }
-  if ((a.command == "dump" || a.command == "restore") && a.images.empty()) return Usage(a.command + " needs --images DIR");
+  if ((a.command == "dump" || a.command == "restore") && a.images.empty())
+    return Usage(a.command + " needs --images DIR");
   if (a.command == "check") return RunCheck(a);
   if (a.command == "dump") return RunDump(a);
   if (a.command == "restore") return RunRestore(a);
@@ -229,4 +240,6 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace kleap
 
-int main(int argc, char** argv) { return kleap::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return kleap::Main(argc, argv);
+}

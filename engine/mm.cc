@@ -22,7 +22,7 @@ namespace {
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kPmPresent = 1ull << 63, kPmSwapped = 1ull << 62, kPmFileOrShared = 1ull << 61;
 constexpr size_t kCopyChunk = 1u << 20;
-constexpr size_t kRestoreWindow = 64u << 20;
+constexpr size_t kRestoreWindow = 8u << 20;  // mapped blob window: bounds kleap's RSS
 
 bool EndsWith(const std::string& s, const char* suf) {
   size_t n = strlen(suf);
@@ -76,7 +76,8 @@ std::vector<Problem> CheckMappings(pid_t pid) {
   for (auto& m : *maps) {
     VmaClass c = ClassifyVma(m);
     if (!c.reason.empty())
-      out.push_back({pid, "mapping " + Hex(m.start) + "-" + Hex(m.end), m.path.empty() ? "anonymous" : m.path, c.reason});
+      out.push_back({pid, "mapping " + Hex(m.start) + "-" + Hex(m.end),
+                     m.path.empty() ? "anonymous" : m.path, c.reason});
   }
   return out;
 }
@@ -119,7 +120,8 @@ Result<void> DumpVmaPages(pid_t pid, int pagemap_fd, const MapsEntry& m, bool fi
   for (uint64_t a = m.start; a < m.end;) {
     size_t n = size_t(std::min<uint64_t>(kBatch, (m.end - a) / kPage));
     ssize_t got = pread(pagemap_fd, ents.data(), n * 8, off_t(a / kPage * 8));
-    if (got != ssize_t(n * 8)) return ErrnoError() << "read pagemap of pid " << pid << " at " << Hex(a);
+    if (got != ssize_t(n * 8))
+      return ErrnoError() << "read pagemap of pid " << pid << " at " << Hex(a);
     for (size_t i = 0; i < n; ++i, a += kPage) {
       uint64_t e = ents[i];
       bool want = (e & (kPmPresent | kPmSwapped)) && !(file_backed && (e & kPmFileOrShared));
@@ -201,13 +203,15 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
   mm->set_env_end(st.env_end);
   // Only the task knows its current brk: ask it.
   uint64_t brk = KLEAP_TRY_CTX(
-      WithArch(task.arch, [&](auto a) { return rs.Call(a.kKind, decltype(a)::kBrk, 0); }), "task " << pid << ": brk");
+      WithArch(task.arch, [&](auto a) { return rs.Call(a.kKind, decltype(a)::kBrk, 0); }),
+      "task " << pid << ": brk");
   mm->set_brk(brk);
   mm->set_auxv(KLEAP_TRY(ReadFileToString(ProcPath(pid, "auxv"))));
   std::string exe = KLEAP_TRY(ReadLink(ProcPath(pid, "exe")));
   mm->set_exe_path(exe);
   struct stat est;
-  if (stat(ProcPath(pid, "exe").c_str(), &est) < 0) return ErrnoError() << "stat exe of task " << pid;
+  if (stat(ProcPath(pid, "exe").c_str(), &est) < 0)
+    return ErrnoError() << "stat exe of task " << pid;
   *mm->mutable_exe() = KLEAP_TRY(IdentifyFile(ProcPath(pid, "exe"), est));
 
   std::string pm_path = ProcPath(pid, "pagemap");
@@ -223,7 +227,8 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
   for (auto& m : maps) {
     VmaClass c = ClassifyVma(m);
     if (c.skip) continue;
-    std::string where = "task " + std::to_string(pid) + " mapping " + Hex(m.start) + "-" + Hex(m.end) + " " + m.path;
+    std::string where = "task " + std::to_string(pid) + " mapping " + Hex(m.start) + "-" +
+                        Hex(m.end) + " " + m.path;
     if (!c.reason.empty()) return Err(ENOTSUP) << where << ": " << c.reason;
     img::Vma* v = mm->add_vmas();
     v->set_start(m.start);
@@ -252,7 +257,8 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
       case img::Vma::FILE_SHARED: {
         v->set_path(m.path);
         char range[64];
-        snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start, (unsigned long)m.end);
+        snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start,
+                 (unsigned long)m.end);
         struct stat fst, pst;
         if (stat(ProcPath(pid, range).c_str(), &fst) < 0) return ErrnoError() << where << ": stat";
         if (stat(m.path.c_str(), &pst) < 0 || pst.st_ino != fst.st_ino || pst.st_dev != fst.st_dev)
@@ -263,11 +269,15 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
           it = ident_cache.emplace(key, KLEAP_TRY_CTX(IdentifyFile(m.path, fst), where)).first;
         *v->mutable_file() = it->second;
         if (c.kind == img::Vma::FILE_PRIVATE)
-          KLEAP_TRY_CTX(DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf, &ctx.page_bytes), where);
+          KLEAP_TRY_CTX(
+              DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf, &ctx.page_bytes),
+              where);
         break;
       }
       case img::Vma::ANON_PRIVATE:
-        KLEAP_TRY_CTX(DumpVmaPages(pid, pagemap.get(), m, false, blob.get(), &pm, buf, &ctx.page_bytes), where);
+        KLEAP_TRY_CTX(
+            DumpVmaPages(pid, pagemap.get(), m, false, blob.get(), &pm, buf, &ctx.page_bytes),
+            where);
         break;
       default:
         break;
@@ -309,11 +319,15 @@ void ApplyMadvise(RemoteSyscalls& rs, const img::Vma& v) {
   struct {
     const char* flag;
     int advice;
-  } static const kAdvice[] = {{"dc", MADV_DONTFORK}, {"wf", MADV_WIPEONFORK}, {"hg", MADV_HUGEPAGE},
-                              {"nh", MADV_NOHUGEPAGE}, {"dd", MADV_DONTDUMP}};
+  } static const kAdvice[] = {{"dc", MADV_DONTFORK},
+                              {"wf", MADV_WIPEONFORK},
+                              {"hg", MADV_HUGEPAGE},
+                              {"nh", MADV_NOHUGEPAGE},
+                              {"dd", MADV_DONTDUMP}};
   for (auto& a : kAdvice)
     if (std::find(v.vm_flags().begin(), v.vm_flags().end(), a.flag) != v.vm_flags().end()) {
-      auto r = rs.Call(ArchKind::kX86_64, X64Arch::kMadvise, v.start(), v.end() - v.start(), uint64_t(a.advice));
+      auto r = rs.Call(ArchKind::kX86_64, X64Arch::kMadvise, v.start(), v.end() - v.start(),
+                       uint64_t(a.advice));
       if (!r) KLOG(kDebug) << "madvise " << a.flag << ": " << r.error().ToString() << ", ignoring";
     }
 }
@@ -356,7 +370,8 @@ Result<void> RestoreMm(MmRestore& r) {
 
   // Nothing of the restorer's own layout stays but the scratch page.
   KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, 0, r.scratch), who << ": unmap the restorer");
-  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, r.scratch + kScratchSize, X64Arch::kTaskSize - r.scratch - kScratchSize),
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, r.scratch + kScratchSize,
+                        X64Arch::kTaskSize - r.scratch - kScratchSize),
                 who << ": unmap the restorer");
   KLEAP_TRY(RestoreVdso(r));
 
@@ -372,7 +387,8 @@ Result<void> RestoreMm(MmRestore& r) {
     uint64_t len = v.end() - v.start();
     // Runs that fall in this VMA (runs are in VMA order).
     int first = run;
-    while (run < runs.size() && runs[run].vaddr() >= v.start() && runs[run].vaddr() < v.end()) ++run;
+    while (run < runs.size() && runs[run].vaddr() >= v.start() && runs[run].vaddr() < v.end())
+      ++run;
     bool has_pages = run > first;
     uint32_t prot = v.prot() | (has_pages ? PROT_READ | PROT_WRITE : 0);
     uint64_t flags = MAP_FIXED, fd = ~uint64_t(0), off = 0;
@@ -393,21 +409,29 @@ Result<void> RestoreMm(MmRestore& r) {
       default:
         return Err(EINVAL) << where << ": unknown kind " << int(v.kind());
     }
-    uint64_t got = KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMmap, v.start(), len, prot, flags, fd, off), where << ": mmap");
+    uint64_t got = KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMmap, v.start(), len, prot, flags, fd, off),
+                                 where << ": mmap");
     if (got != v.start()) return Err(EFAULT) << where << ": mapped at " << Hex(got);
     for (int k = first; k < run; ++k) {
       uint64_t n = runs[k].nr_pages() * kPage;
-      if (runs[k].vaddr() + n > v.end()) return Err(EINVAL) << where << ": page run " << Hex(runs[k].vaddr()) << " overflows the mapping";
+      if (runs[k].vaddr() + n > v.end())
+        return Err(EINVAL) << where << ": page run " << Hex(runs[k].vaddr())
+                           << " overflows the mapping";
       KLEAP_TRY_CTX(writer.Write(runs[k].vaddr(), blob_off, n), where);
       blob_off += n;
       r.page_bytes += n;
     }
     if (prot != v.prot())
-      KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMprotect, v.start(), len, v.prot()), where << ": mprotect");
+      KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMprotect, v.start(), len, v.prot()),
+                    where << ": mprotect");
     ApplyMadvise(rs, v);
   }
-  if (run != runs.size()) return Err(EINVAL) << who << ": page run at " << Hex(runs[run].vaddr()) << " lies outside every mapping";
-  if (blob_off != blob->size()) return Err(EINVAL) << who << ": " << r.pagemap->blob() << " holds " << blob->size() << " bytes, the runs " << blob_off;
+  if (run != runs.size())
+    return Err(EINVAL) << who << ": page run at " << Hex(runs[run].vaddr())
+                       << " lies outside every mapping";
+  if (blob_off != blob->size())
+    return Err(EINVAL) << who << ": " << r.pagemap->blob() << " holds " << blob->size()
+                       << " bytes, the runs " << blob_off;
 
   // The mm fields: code/data/brk/stack/args/env, auxv and /proc/PID/exe.
   PrctlMmMap map{};
@@ -423,13 +447,15 @@ Result<void> RestoreMm(MmRestore& r) {
   map.env_start = mm.env_start();
   map.env_end = mm.env_end();
   const uint64_t map_at = r.scratch + kScratchData, auxv_at = map_at + 128;
-  if (mm.auxv().size() > kScratchSize - 128 - kScratchData) return Err(EINVAL) << who << ": auxv of " << mm.auxv().size() << " bytes is too large";
+  if (mm.auxv().size() > kScratchSize - 128 - kScratchData)
+    return Err(EINVAL) << who << ": auxv of " << mm.auxv().size() << " bytes is too large";
   map.auxv = auxv_at;
   map.auxv_size = uint32_t(mm.auxv().size());
   map.exe_fd = uint32_t(r.helpers->exe_fd);
   KLEAP_TRY(WriteRemote(r.pid, RemotePtr(auxv_at), mm.auxv().data(), mm.auxv().size()));
   KLEAP_TRY(WriteRemote(r.pid, RemotePtr(map_at), &map, sizeof map));
-  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_MM, PR_SET_MM_MAP, map_at, sizeof map), who << ": prctl(PR_SET_MM_MAP)");
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_MM, PR_SET_MM_MAP, map_at, sizeof map),
+                who << ": prctl(PR_SET_MM_MAP)");
   return Ok();
 }
 

@@ -17,19 +17,23 @@ Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id,
   // A fresh read end on the same pipe; O_NONBLOCK so that a FIFO open never waits.
   std::string path = ProcPath(pid, "fd/" + std::to_string(fd));
   UniqueFd rd(open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
-  if (!rd) return ErrnoError() << "open a read end of " << (fifo ? fifo_path : "pipe:[" + std::to_string(pipe_id) + "]");
+  if (!rd)
+    return ErrnoError() << "open a read end of "
+                        << (fifo ? fifo_path : "pipe:[" + std::to_string(pipe_id) + "]");
   int size = fcntl(rd.get(), F_GETPIPE_SZ);
   if (size < 0) return ErrnoError() << "get the size of pipe " << pipe_id;
   int tmp[2];
   if (pipe2(tmp, O_CLOEXEC | O_NONBLOCK) < 0) return ErrnoError() << "pipe";
   UniqueFd tr(tmp[0]), tw(tmp[1]);
-  if (fcntl(tw.get(), F_SETPIPE_SZ, size) < 0) return ErrnoError() << "size a copy pipe to " << size;
+  if (fcntl(tw.get(), F_SETPIPE_SZ, size) < 0)
+    return ErrnoError() << "size a copy pipe to " << size;
   std::string data;
   ssize_t n = tee(rd.get(), tw.get(), size_t(size), SPLICE_F_NONBLOCK);
   if (n < 0 && errno != EAGAIN) return ErrnoError() << "copy the data of pipe " << pipe_id;
   if (n > 0) {
     data.resize(size_t(n));
-    if (read(tr.get(), data.data(), size_t(n)) != n) return ErrnoError() << "read the copy of pipe " << pipe_id;
+    if (read(tr.get(), data.data(), size_t(n)) != n)
+      return ErrnoError() << "read the copy of pipe " << pipe_id;
   }
   img::Pipe* p = ctx.files.add_pipes();
   p->set_id(pipe_id);
@@ -43,14 +47,16 @@ Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id,
 Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out) {
   for (auto& p : plan.files.pipes()) {
     if (p.data().size() > p.size())
-      return Err(EINVAL) << "files.img: pipe " << p.id() << " holds " << p.data().size() << " bytes but its size is " << p.size();
+      return Err(EINVAL) << "files.img: pipe " << p.id() << " holds " << p.data().size()
+                         << " bytes but its size is " << p.size();
     UniqueFd rd, wr;
     if (p.fifo()) {
       // O_RDWR holds both ends open, so neither side's open blocks.
       UniqueFd both(open(p.fifo_path().c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
       if (!both) return ErrnoError() << "open FIFO " << p.fifo_path();
       struct stat st;
-      if (fstat(both.get(), &st) < 0 || !S_ISFIFO(st.st_mode)) return Err(ESTALE) << p.fifo_path() << " is no longer a FIFO";
+      if (fstat(both.get(), &st) < 0 || !S_ISFIFO(st.st_mode))
+        return Err(ESTALE) << p.fifo_path() << " is no longer a FIFO";
       std::string self = "/proc/self/fd/" + std::to_string(both.get());
       rd.reset(open(self.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
       wr.reset(open(self.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC));
@@ -63,7 +69,8 @@ Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out) {
     }
     if (fcntl(wr.get(), F_SETPIPE_SZ, int(p.size())) < 0)
       return ErrnoError() << "resize pipe " << p.id() << " to " << p.size();
-    if (!p.data().empty() && write(wr.get(), p.data().data(), p.data().size()) != ssize_t(p.data().size()))
+    if (!p.data().empty() &&
+        write(wr.get(), p.data().data(), p.data().size()) != ssize_t(p.data().size()))
       return ErrnoError() << "refill pipe " << p.id() << " with " << p.data().size() << " bytes";
     out->pipes[p.id()] = std::move(rd);
     out->pipe_writes[p.id()] = std::move(wr);
@@ -75,7 +82,8 @@ Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, OpenFiles& files) {
   bool write_end = (end.flags() & O_ACCMODE) == O_WRONLY;
   auto& holders = write_end ? files.pipe_writes : files.pipes;
   auto it = holders.find(end.pipe_id());
-  if (it == holders.end()) return Err(EINVAL) << "files.img: pipe end of unknown pipe " << end.pipe_id();
+  if (it == holders.end())
+    return Err(EINVAL) << "files.img: pipe end of unknown pipe " << end.pipe_id();
   UniqueFd fd;
   if (!end.fifo() && files.pipe_ends_used.insert({end.pipe_id(), write_end}).second) {
     // The first description of each direction is the end pipe2() made: it has exactly
@@ -84,12 +92,15 @@ Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, OpenFiles& files) {
   } else {
     // Further descriptions, and FIFO ends, are opened anew through /proc.
     std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
-    fd.reset(OpenLikeTask(self, (write_end ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC |
-                                    (int(end.flags()) & kKernelOLargefile), 0));
+    fd.reset(OpenLikeTask(self,
+                          (write_end ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC |
+                              (int(end.flags()) & kKernelOLargefile),
+                          0));
   }
   if (!fd) return ErrnoError() << "reopen pipe " << end.pipe_id();
   int fl = int(end.flags()) & (O_NONBLOCK | O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME);
-  if (fcntl(fd.get(), F_SETFL, fl) < 0) return ErrnoError() << "set flags of pipe " << end.pipe_id();
+  if (fcntl(fd.get(), F_SETFL, fl) < 0)
+    return ErrnoError() << "set flags of pipe " << end.pipe_id();
   return fd;
 }
 

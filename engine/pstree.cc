@@ -37,11 +37,14 @@ Result<TaskInfo> ReadTaskInfo(pid_t pid) {
   t.pgid = st.pgrp;
   t.sid = st.session;
   t.comm = st.comm;
-  if (st.state == 'Z') return Err(ENOTSUP) << "task " << pid << " (" << st.comm << ") is a zombie; zombies are not supported yet";
+  if (st.state == 'Z')
+    return Err(ENOTSUP) << "task " << pid << " (" << st.comm
+                        << ") is a zombie; zombies are not supported yet";
   t.tids = KLEAP_TRY_CTX(ListThreads(pid), "task " << pid);
   // Leader first.
   std::stable_partition(t.tids.begin(), t.tids.end(), [&](pid_t x) { return x == pid; });
-  t.arch = ReadElfClass(ProcPath(pid, "exe").c_str()) == ElfClass::k32 ? ArchKind::kX86 : ArchKind::kX86_64;
+  t.arch = ReadElfClass(ProcPath(pid, "exe").c_str()) == ElfClass::k32 ? ArchKind::kX86
+                                                                       : ArchKind::kX86_64;
   return t;
 }
 
@@ -97,8 +100,11 @@ Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
       if (seized.count(tid)) continue;
       auto r = pt::SeizeAndStop(tid, /*exit_kill=*/false);
       if (!r) {
-        if (errno == ESRCH && access(ProcPath(pid, "task/" + std::to_string(tid)).c_str(), F_OK) != 0) continue;
-        return std::move(r).error().Context("freeze task " + std::to_string(pid) + " (" + t.comm + ")");
+        if (errno == ESRCH &&
+            access(ProcPath(pid, "task/" + std::to_string(tid)).c_str(), F_OK) != 0)
+          continue;
+        return std::move(r).error().Context("freeze task " + std::to_string(pid) + " (" + t.comm +
+                                            ")");
       }
       seized.insert(tid);
       seized_order_.push_back(tid);
@@ -138,7 +144,9 @@ void SeizedTree::ResumeAll() {
   done_ = true;
 }
 
-SeizedTree::~SeizedTree() { ResumeAll(); }
+SeizedTree::~SeizedTree() {
+  ResumeAll();
+}
 
 std::vector<Problem> CheckNamespaces(pid_t pid) {
   std::vector<Problem> out;
@@ -150,7 +158,8 @@ std::vector<Problem> CheckNamespaces(pid_t pid) {
     if (stat(ProcPath(pid, std::string("ns/") + ns).c_str(), &theirs) < 0) continue;
     if (mine.st_ino != theirs.st_ino || mine.st_dev != theirs.st_dev)
       out.push_back({pid, "task", std::string(ns) + " namespace",
-                     "the task is in another " + std::string(ns) + " namespace than kleap; namespaces are not carried yet"});
+                     "the task is in another " + std::string(ns) +
+                         " namespace than kleap; namespaces are not carried yet"});
   }
   return out;
 }

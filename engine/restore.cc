@@ -51,31 +51,46 @@ constexpr int kCloseRange = 436;
 Result<void> ValidatePlan(const RestorePlan& plan) {
   std::set<pid_t> pids, tids;
   for (auto& t : plan.pstree.tasks()) {
-    if (t.pid() <= 0 || !pids.insert(t.pid()).second) return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
+    if (t.pid() <= 0 || !pids.insert(t.pid()).second)
+      return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
     if (t.ppid() != 0 && !pids.count(t.ppid()))
-      return Err(EINVAL) << "pstree.img: task " << t.pid() << " comes before its parent " << t.ppid();
-    if (t.tids_size() == 0 || t.tids(0) != t.pid()) return Err(EINVAL) << "pstree.img: task " << t.pid() << ": leader is not the first thread";
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << " comes before its parent "
+                         << t.ppid();
+    if (t.tids_size() == 0 || t.tids(0) != t.pid())
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << ": leader is not the first thread";
     for (int tid : t.tids())
-      if (tid <= 0 || !tids.insert(tid).second) return Err(EINVAL) << "pstree.img: bad or repeated tid " << tid;
-    if (t.arch() > uint32_t(ArchKind::kX86)) return Err(EINVAL) << "pstree.img: task " << t.pid() << ": unknown arch " << t.arch();
+      if (tid <= 0 || !tids.insert(tid).second)
+        return Err(EINVAL) << "pstree.img: bad or repeated tid " << tid;
+    if (t.arch() > uint32_t(ArchKind::kX86))
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << ": unknown arch " << t.arch();
     auto& core = plan.cores.at(t.pid());
-    if (core.threads_size() != t.tids_size()) return Err(EINVAL) << CoreImage(t.pid()) << ": " << core.threads_size() << " threads, pstree says " << t.tids_size();
+    if (core.threads_size() != t.tids_size())
+      return Err(EINVAL) << CoreImage(t.pid()) << ": " << core.threads_size()
+                         << " threads, pstree says " << t.tids_size();
     for (int i = 0; i < core.threads_size(); ++i) {
-      if (core.threads(i).tid() != t.tids(i)) return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << i << " is " << core.threads(i).tid() << ", pstree says " << t.tids(i);
-      if (core.threads(i).arch() > uint32_t(ArchKind::kX86)) return Err(EINVAL) << CoreImage(t.pid()) << ": bad arch";
+      if (core.threads(i).tid() != t.tids(i))
+        return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << i << " is "
+                           << core.threads(i).tid() << ", pstree says " << t.tids(i);
+      if (core.threads(i).arch() > uint32_t(ArchKind::kX86))
+        return Err(EINVAL) << CoreImage(t.pid()) << ": bad arch";
     }
     if (pids.count(t.sid()) == 0 && t.sid() != t.pid())
-      return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in session " << t.sid() << ", whose leader is not in the set";
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in session " << t.sid()
+                         << ", whose leader is not in the set";
     if (pids.count(t.pgid()) == 0 && t.pgid() != t.pid()) {
       bool later = false;
       for (auto& o : plan.pstree.tasks()) later |= o.pid() == t.pgid();
-      if (!later) return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in process group " << t.pgid() << ", whose leader is not in the set";
+      if (!later)
+        return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in process group " << t.pgid()
+                           << ", whose leader is not in the set";
     }
     auto& mm = plan.mms.at(t.pid());
     uint64_t prev_end = 0;
     for (auto& v : mm.vmas()) {
-      if (v.start() >= v.end() || v.start() % 4096 || v.end() % 4096 || v.start() < prev_end || v.end() > X64Arch::kTaskSize)
-        return Err(EINVAL) << MmImage(t.pid()) << ": bad mapping " << Hex(v.start()) << "-" << Hex(v.end());
+      if (v.start() >= v.end() || v.start() % 4096 || v.end() % 4096 || v.start() < prev_end ||
+          v.end() > X64Arch::kTaskSize)
+        return Err(EINVAL) << MmImage(t.pid()) << ": bad mapping " << Hex(v.start()) << "-"
+                           << Hex(v.end());
       prev_end = v.end();
     }
   }
@@ -83,8 +98,11 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
   for (auto& f : plan.files.files()) file_ids.insert(f.id());
   for (auto& [pid, table] : plan.fdtables)
     for (auto& e : table.fds()) {
-      if (e.fd() < 0 || e.fd() > (1 << 20)) return Err(EINVAL) << FdTableImage(pid) << ": bad fd " << e.fd();
-      if (!file_ids.count(e.file_id())) return Err(EINVAL) << FdTableImage(pid) << ": fd " << e.fd() << " points at unknown file " << e.file_id();
+      if (e.fd() < 0 || e.fd() > (1 << 20))
+        return Err(EINVAL) << FdTableImage(pid) << ": bad fd " << e.fd();
+      if (!file_ids.count(e.file_id()))
+        return Err(EINVAL) << FdTableImage(pid) << ": fd " << e.fd() << " points at unknown file "
+                           << e.file_id();
     }
   return Ok();
 }
@@ -110,7 +128,8 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
 
 Result<void> CheckFileIdentities(const RestorePlan& plan) {
   std::map<std::string, img::FileIdentity> cache;
-  auto check = [&](const std::string& path, const img::FileIdentity& want, const std::string& who) -> Result<void> {
+  auto check = [&](const std::string& path, const img::FileIdentity& want,
+                   const std::string& who) -> Result<void> {
     auto it = cache.find(path);
     if (it == cache.end()) {
       struct stat st;
@@ -118,18 +137,21 @@ Result<void> CheckFileIdentities(const RestorePlan& plan) {
       it = cache.emplace(path, KLEAP_TRY(IdentifyFile(path, st))).first;
     }
     const img::FileIdentity& have = it->second;
-    const char* what = have.ino() != want.ino() || have.dev() != want.dev() ? "it is another file (inode)"
-                       : have.size() != want.size()                         ? "its size changed"
-                       : have.mtime_ns() != want.mtime_ns()                 ? "its modification time changed"
-                       : have.build_id() != want.build_id()                 ? "its ELF build-id changed"
-                                                                            : nullptr;
-    if (what) return Err(ESTALE) << who << ": file " << path << " has changed since the dump: " << what;
+    const char* what = have.ino() != want.ino() || have.dev() != want.dev()
+                           ? "it is another file (inode)"
+                       : have.size() != want.size()         ? "its size changed"
+                       : have.mtime_ns() != want.mtime_ns() ? "its modification time changed"
+                       : have.build_id() != want.build_id() ? "its ELF build-id changed"
+                                                            : nullptr;
+    if (what)
+      return Err(ESTALE) << who << ": file " << path << " has changed since the dump: " << what;
     return Ok();
   };
   for (auto& [pid, mm] : plan.mms) {
     for (auto& v : mm.vmas())
       if (v.kind() == img::Vma::FILE_PRIVATE || v.kind() == img::Vma::FILE_SHARED)
-        KLEAP_TRY(check(v.path(), v.file(), "task " + std::to_string(pid) + " mapping " + Hex(v.start())));
+        KLEAP_TRY(check(v.path(), v.file(),
+                        "task " + std::to_string(pid) + " mapping " + Hex(v.start())));
     KLEAP_TRY(check(mm.exe_path(), mm.exe(), "task " + std::to_string(pid) + " executable"));
   }
   return Ok();
@@ -139,9 +161,11 @@ Result<void> CheckPidsFree(const RestorePlan& plan) {
   for (auto& t : plan.pstree.tasks())
     for (int tid : t.tids()) {
       if (access(("/proc/" + std::to_string(tid)).c_str(), F_OK) == 0 ||
-          access(("/proc/" + std::to_string(t.pid()) + "/task/" + std::to_string(tid)).c_str(), F_OK) == 0) {
+          access(("/proc/" + std::to_string(t.pid()) + "/task/" + std::to_string(tid)).c_str(),
+                 F_OK) == 0) {
         auto comm = ReadFileToString("/proc/" + std::to_string(tid) + "/comm");
-        return Err(EEXIST) << "pid " << tid << " is taken" << (comm ? " by " + std::string(Trim(*comm)) : std::string())
+        return Err(EEXIST) << "pid " << tid << " is taken"
+                           << (comm ? " by " + std::string(Trim(*comm)) : std::string())
                            << "; task " << t.pid() << " (" << t.comm() << ") needs it";
       }
     }
@@ -165,7 +189,8 @@ struct ShmemMapping {
 Result<std::map<uint64_t, ShmemMapping>> CreateShmem(ImageReader& images, const RestorePlan& plan) {
   std::map<uint64_t, ShmemMapping> out;
   for (auto& o : plan.shmem.objects()) {
-    if (o.size() == 0 || o.size() % 4096 || o.size() > (1ull << 40)) return Err(EINVAL) << "shmem.img: object " << o.id() << " has bad size " << o.size();
+    if (o.size() == 0 || o.size() % 4096 || o.size() > (1ull << 40))
+      return Err(EINVAL) << "shmem.img: object " << o.id() << " has bad size " << o.size();
     void* p = mmap(nullptr, o.size(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return ErrnoError() << "create shared memory of " << o.size() << " bytes";
     out[o.id()] = {uint64_t(p), o.size()};
@@ -174,7 +199,8 @@ Result<std::map<uint64_t, ShmemMapping>> CreateShmem(ImageReader& images, const 
     for (auto& r : o.runs()) {
       uint64_t n = r.nr_pages() * 4096;
       if (r.vaddr() > o.size() || n > o.size() - r.vaddr() || off + n > blob->size())
-        return Err(EINVAL) << "shmem.img: object " << o.id() << ": run at " << r.vaddr() << " out of range";
+        return Err(EINVAL) << "shmem.img: object " << o.id() << ": run at " << r.vaddr()
+                           << " out of range";
       KLEAP_TRY(blob->ReadAt(off, static_cast<char*>(p) + r.vaddr(), n));
       off += n;
     }
@@ -244,7 +270,8 @@ struct Forker {
   Result<void> SpawnThreads(const TaskPlan& t) {
     for (int i = 1; i < t.ps->tids_size(); ++i) {
       size_t stack_size = 16384;
-      void* stack = mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      void* stack =
+          mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (stack == MAP_FAILED) return ErrnoError() << "thread stack";
       clone_args args{};
       pid_t tid = t.ps->tids(i);
@@ -278,18 +305,23 @@ struct Forker {
       const img::Vma& v = t.mm->vmas(int(i));
       if (v.kind() == img::Vma::ANON_SHARED) {
         auto it = shmem.find(v.shmem_id());
-        if (it == shmem.end()) return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown shared memory " << v.shmem_id();
+        if (it == shmem.end())
+          return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown shared memory "
+                             << v.shmem_id();
         char path[96];
         snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)it->second.addr,
                  (unsigned long)(it->second.addr + it->second.size));
         KLEAP_TRY(place(open(path, O_RDWR | O_CLOEXEC), want, path));
       } else {
-        bool may_write = v.kind() == img::Vma::FILE_SHARED &&
-                         std::find(v.vm_flags().begin(), v.vm_flags().end(), "mw") != v.vm_flags().end();
-        KLEAP_TRY(place(open(v.path().c_str(), (may_write ? O_RDWR : O_RDONLY) | O_CLOEXEC), want, v.path()));
+        bool may_write =
+            v.kind() == img::Vma::FILE_SHARED &&
+            std::find(v.vm_flags().begin(), v.vm_flags().end(), "mw") != v.vm_flags().end();
+        KLEAP_TRY(place(open(v.path().c_str(), (may_write ? O_RDWR : O_RDONLY) | O_CLOEXEC), want,
+                        v.path()));
       }
     }
-    return place(open(t.mm->exe_path().c_str(), O_RDONLY | O_CLOEXEC), t.helpers.exe_fd, t.mm->exe_path());
+    return place(open(t.mm->exe_path().c_str(), O_RDONLY | O_CLOEXEC), t.helpers.exe_fd,
+                 t.mm->exe_path());
   }
 
   // Runs in the new task; never returns.
@@ -299,12 +331,15 @@ struct Forker {
     slot.pid = getpid();
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (t.ps->sid() == t.ps->pid() && setsid() < 0) Fail(i, ErrnoError() << "setsid");
-    if (t.ps->pgid() == t.ps->pid() && t.ps->sid() != t.ps->pid() && setpgid(0, 0) < 0) Fail(i, ErrnoError() << "setpgid");
+    if (t.ps->pgid() == t.ps->pid() && t.ps->sid() != t.ps->pid() && setpgid(0, 0) < 0)
+      Fail(i, ErrnoError() << "setpgid");
     for (size_t c : t.children) {
       auto& ps = *tasks[c].ps;
       int exit_signal = SIGCHLD;
       pid_t p = Clone3(ps.pid(), exit_signal);
-      if (p < 0) Fail(i, ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
+      if (p < 0)
+        Fail(i,
+             ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
       if (p == 0) RunTask(c);
     }
     slot.state.store(1);
@@ -317,15 +352,19 @@ struct Forker {
     if (auto r = SpawnThreads(t); !r) Fail(i, r.error());
     if (auto r = InstallFds(*t.fds, files, t.keep_from); !r) Fail(i, r.error());
     if (auto r = OpenHelpers(t); !r) Fail(i, r.error());
-    void* s = mmap(reinterpret_cast<void*>(t.scratch), kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (s != reinterpret_cast<void*>(t.scratch)) Fail(i, ErrnoError() << "map the scratch page at " << Hex(t.scratch));
+    void* s =
+        mmap(reinterpret_cast<void*>(t.scratch), kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (s != reinterpret_cast<void*>(t.scratch))
+      Fail(i, ErrnoError() << "map the scratch page at " << Hex(t.scratch));
     memcpy(static_cast<char*>(s) + kScratchGadget64, X64Arch::kSyscallInsn, 2);
     memcpy(static_cast<char*>(s) + kScratchGadget32, X86Arch::kSyscallInsn, 2);
     umask(t.core->umask());
-    if (personality(t.core->personality()) < 0) Fail(i, ErrnoError() << "personality " << Hex(t.core->personality()));
+    if (personality(t.core->personality()) < 0)
+      Fail(i, ErrnoError() << "personality " << Hex(t.core->personality()));
     if (chdir(t.core->cwd().c_str()) < 0) Fail(i, ErrnoError() << "chdir " << t.core->cwd());
-    if (t.core->root() != "/" && chroot(t.core->root().c_str()) < 0) Fail(i, ErrnoError() << "chroot " << t.core->root());
+    if (t.core->root() != "/" && chroot(t.core->root().c_str()) < 0)
+      Fail(i, ErrnoError() << "chroot " << t.core->root());
     slot.state.store(2);
     kleap_park();
     _exit(1);
@@ -399,7 +438,8 @@ Result<void> RestoreSession::ForkAll() {
   Forker forker{plan_, files_, shmem_, tasks_, shared_};
   pid_t root = Forker::Clone3(tasks_[0].ps->pid(), SIGCHLD);
   if (root < 0)
-    return ErrnoError() << "create task " << tasks_[0].ps->pid() << (errno == EEXIST ? ": pid is taken" : "");
+    return ErrnoError() << "create task " << tasks_[0].ps->pid()
+                        << (errno == EEXIST ? ": pid is taken" : "");
   if (root == 0) forker.RunTask(0);
   root_ = root;
   auto wait_for = [&](int state) -> Result<void> {
@@ -408,7 +448,9 @@ Result<void> RestoreSession::ForkAll() {
       bool all = true;
       for (size_t i = 0; i < tasks_.size(); ++i) {
         int s = shared_->slots[i].state.load();
-        if (s < 0) return Err(EIO) << "task " << tasks_[i].ps->pid() << " (" << tasks_[i].ps->comm() << "): " << shared_->slots[i].error;
+        if (s < 0)
+          return Err(EIO) << "task " << tasks_[i].ps->pid() << " (" << tasks_[i].ps->comm()
+                          << "): " << shared_->slots[i].error;
         if (s < state) all = false;
       }
       if (all) return Ok();
@@ -417,7 +459,8 @@ Result<void> RestoreSession::ForkAll() {
         root_ = 0;
         return Err(EIO) << "task " << tasks_[0].ps->pid() << " died while being created";
       }
-      if (std::chrono::steady_clock::now() > deadline) return Err(ETIMEDOUT) << "tasks were not created within 30 s";
+      if (std::chrono::steady_clock::now() > deadline)
+        return Err(ETIMEDOUT) << "tasks were not created within 30 s";
       usleep(200);
     }
   };
@@ -464,7 +507,8 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   KLEAP_TRY(RestoreSigactions(leader, pid, data, *t.core));
   KLEAP_TRY(RestoreRlimits(pid, *t.core));
   // The restorer asked to die with its parent while it was being built; the task didn't.
-  KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG, 0), "task " << pid << ": clear the death signal");
+  KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG, 0),
+                "task " << pid << ": clear the death signal");
   for (auto& th : t.core->threads()) {
     RemoteSyscalls& rs = *threads_.at(th.tid());
     KLEAP_TRY(RestoreThreadCore(rs, pid, data, th));
@@ -472,10 +516,13 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
     KLEAP_TRY(RestorePending(rs, pid, th.tid(), data, th.pending(), false));
   }
   KLEAP_TRY(RestorePending(leader, pid, pid, data, t.core->shared_pending(), true));
-  KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, uint64_t(t.keep_from), ~0u, 0), "task " << pid << ": close the restorer's fds");
-  for (auto& th : t.core->threads()) KLEAP_TRY(RestoreCreds(*threads_.at(th.tid()), th.tid(), data, t.core->creds()));
+  KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, uint64_t(t.keep_from), ~0u, 0),
+                "task " << pid << ": close the restorer's fds");
+  for (auto& th : t.core->threads())
+    KLEAP_TRY(RestoreCreds(*threads_.at(th.tid()), th.tid(), data, t.core->creds()));
   // The scratch page goes last; after this the threads only get their final registers.
-  KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kMunmap, t.scratch, kScratchSize), "task " << pid << ": unmap the scratch page");
+  KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kMunmap, t.scratch, kScratchSize),
+                "task " << pid << ": unmap the scratch page");
   for (auto& th : t.core->threads()) KLEAP_TRY(SetFinalRegisters(*threads_.at(th.tid()), th));
   return Ok();
 }

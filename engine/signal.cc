@@ -15,9 +15,12 @@ namespace {
 
 constexpr int kMaxSig = 64;
 
-bool Settable(int sig) { return sig != SIGKILL && sig != SIGSTOP; }
+bool Settable(int sig) {
+  return sig != SIGKILL && sig != SIGSTOP;
+}
 
-void AddPending(const std::vector<siginfo_t>& infos, google::protobuf::RepeatedPtrField<img::PendingSignal>* out) {
+void AddPending(const std::vector<siginfo_t>& infos,
+                google::protobuf::RepeatedPtrField<img::PendingSignal>* out) {
   for (auto& si : infos) {
     img::PendingSignal* p = out->Add();
     p->set_signo(uint32_t(si.si_signo));
@@ -34,8 +37,9 @@ Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* 
     using A = decltype(a);
     for (int sig = 1; sig <= kMaxSig; ++sig) {
       if (!Settable(sig)) continue;
-      KLEAP_TRY_CTX(leader.Call(A::kKind, A::kRtSigaction, uint64_t(sig), 0, scratch.at().addr(), 8),
-                    "task " << task.pid << ": read the action of signal " << sig);
+      KLEAP_TRY_CTX(
+          leader.Call(A::kKind, A::kRtSigaction, uint64_t(sig), 0, scratch.at().addr(), 8),
+          "task " << task.pid << ": read the action of signal " << sig);
       auto ka = KLEAP_TRY(ReadRemoteValue<typename A::k_sigaction>(task.pid, scratch.at()));
       uint64_t mask;
       memcpy(&mask, &ka.mask, sizeof mask);
@@ -57,7 +61,8 @@ Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* 
     auto ss_mem = KLEAP_TRY(StackScratch::Borrow(th.tid(), rs.saved_regs(), 64));
     KLEAP_TRY(WithArch(ArchKind(th.arch()), [&](auto a) -> Result<void> {
       using A = decltype(a);
-      KLEAP_TRY_CTX(rs.Call(A::kKind, A::kSigaltstack, 0, ss_mem.at().addr()), "thread " << th.tid() << ": sigaltstack");
+      KLEAP_TRY_CTX(rs.Call(A::kKind, A::kSigaltstack, 0, ss_mem.at().addr()),
+                    "thread " << th.tid() << ": sigaltstack");
       auto ss = KLEAP_TRY(ReadRemoteValue<typename A::stack_t>(th.tid(), ss_mem.at()));
       if (ss.flags & SS_DISABLE) return Ok();
       img::SigAltStack* alt = th.mutable_altstack();
@@ -70,7 +75,8 @@ Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* 
   return Ok();
 }
 
-Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch, const img::TaskCore& core) {
+Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+                               const img::TaskCore& core) {
   return WithArch(ArchKind(core.arch()), [&](auto a) -> Result<void> {
     using A = decltype(a);
     std::map<int, const img::SigAction*> by_sig;
@@ -98,29 +104,34 @@ Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch, 
 }
 
 Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, uint64_t scratch,
-                            const google::protobuf::RepeatedPtrField<img::PendingSignal>& pending, bool shared) {
+                            const google::protobuf::RepeatedPtrField<img::PendingSignal>& pending,
+                            bool shared) {
   for (auto& p : pending) {
     if (p.siginfo().size() != sizeof(siginfo_t) || p.signo() < 1 || p.signo() > kMaxSig)
       return Err(EINVAL) << "core image of task " << pid << ": bad pending signal " << p.signo();
     KLEAP_TRY(WriteRemote(pid, RemotePtr(scratch), p.siginfo().data(), p.siginfo().size()));
     if (shared)
-      KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kRtSigqueueinfo, uint64_t(pid), p.signo(), scratch),
-                    "task " << pid << ": queue signal " << p.signo());
+      KLEAP_TRY_CTX(
+          rs.Call(ArchKind::kX86_64, X64Arch::kRtSigqueueinfo, uint64_t(pid), p.signo(), scratch),
+          "task " << pid << ": queue signal " << p.signo());
     else
-      KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kRtTgsigqueueinfo, uint64_t(pid), uint64_t(tid), p.signo(), scratch),
+      KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kRtTgsigqueueinfo, uint64_t(pid),
+                            uint64_t(tid), p.signo(), scratch),
                     "thread " << tid << ": queue signal " << p.signo());
   }
   return Ok();
 }
 
-Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const img::ThreadCore& th) {
+Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch,
+                             const img::ThreadCore& th) {
   if (!th.has_altstack()) return Ok();
   X64Arch::stack_t ss{};
   ss.sp = th.altstack().sp();
   ss.size = th.altstack().size();
   ss.flags = th.altstack().flags();
   KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), &ss, sizeof ss));
-  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kSigaltstack, scratch, 0), "thread " << tid << ": sigaltstack");
+  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kSigaltstack, scratch, 0),
+                "thread " << tid << ": sigaltstack");
   return Ok();
 }
 

@@ -4,10 +4,13 @@
 
 namespace kleap {
 
-Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch, const img::TaskCore& core);
+Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+                               const img::TaskCore& core);
 Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, uint64_t scratch,
-                            const google::protobuf::RepeatedPtrField<img::PendingSignal>& pending, bool shared);
-Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const img::ThreadCore& th);
+                            const google::protobuf::RepeatedPtrField<img::PendingSignal>& pending,
+                            bool shared);
+Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch,
+                             const img::ThreadCore& th);
 Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const img::Creds& creds);
 Result<void> DumpCredsOf(RemoteSyscalls& rs, const TaskInfo& task, img::Creds* creds);
 

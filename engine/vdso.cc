@@ -27,7 +27,9 @@ struct Block {
 template <class Ehdr, class Phdr, class Shdr, class Sym>
 Result<std::map<std::string, uint64_t>> VdsoSymbolsT(const std::string& img) {
   std::map<std::string, uint64_t> out;
-  auto in = [&](uint64_t off, uint64_t len) { return off <= img.size() && len <= img.size() - off; };
+  auto in = [&](uint64_t off, uint64_t len) {
+    return off <= img.size() && len <= img.size() - off;
+  };
   if (!in(0, sizeof(Ehdr))) return Err(EINVAL) << "vdso: too short";
   Ehdr eh;
   memcpy(&eh, img.data(), sizeof eh);
@@ -35,7 +37,8 @@ Result<std::map<std::string, uint64_t>> VdsoSymbolsT(const std::string& img) {
   uint64_t base = 0;
   for (unsigned i = 0; i < eh.e_phnum; ++i) {
     Phdr ph;
-    if (!in(eh.e_phoff + i * sizeof ph, sizeof ph)) return Err(EINVAL) << "vdso: bad program header";
+    if (!in(eh.e_phoff + i * sizeof ph, sizeof ph))
+      return Err(EINVAL) << "vdso: bad program header";
     memcpy(&ph, img.data() + eh.e_phoff + i * sizeof ph, sizeof ph);
     if (ph.p_type == PT_LOAD) {
       base = ph.p_vaddr - ph.p_offset;
@@ -44,13 +47,16 @@ Result<std::map<std::string, uint64_t>> VdsoSymbolsT(const std::string& img) {
   }
   for (unsigned i = 0; i < eh.e_shnum; ++i) {
     Shdr sh;
-    if (!in(eh.e_shoff + i * sizeof sh, sizeof sh)) return Err(EINVAL) << "vdso: bad section header";
+    if (!in(eh.e_shoff + i * sizeof sh, sizeof sh))
+      return Err(EINVAL) << "vdso: bad section header";
     memcpy(&sh, img.data() + eh.e_shoff + i * sizeof sh, sizeof sh);
     if (sh.sh_type != SHT_DYNSYM) continue;
     Shdr str;
-    if (sh.sh_link >= eh.e_shnum || !in(eh.e_shoff + sh.sh_link * sizeof str, sizeof str)) return Err(EINVAL) << "vdso: bad strtab";
+    if (sh.sh_link >= eh.e_shnum || !in(eh.e_shoff + sh.sh_link * sizeof str, sizeof str))
+      return Err(EINVAL) << "vdso: bad strtab";
     memcpy(&str, img.data() + eh.e_shoff + sh.sh_link * sizeof str, sizeof str);
-    if (!in(sh.sh_offset, sh.sh_size) || !in(str.sh_offset, str.sh_size)) return Err(EINVAL) << "vdso: bad dynsym";
+    if (!in(sh.sh_offset, sh.sh_size) || !in(str.sh_offset, str.sh_size))
+      return Err(EINVAL) << "vdso: bad dynsym";
     for (uint64_t off = 0; off + sizeof(Sym) <= sh.sh_size; off += sizeof(Sym)) {
       Sym s;
       memcpy(&s, img.data() + sh.sh_offset + off, sizeof s);
@@ -124,7 +130,8 @@ Result<uint64_t> FreeRange(const img::MmImage& mm, uint64_t size, uint64_t scrat
   return Err(ENOMEM) << "no room for the new vDSO in task " << mm.pid();
 }
 
-Result<void> PutTrampolines(MmRestore& r, const Block& old, const Block& now, const std::string& new_img, ArchKind arch) {
+Result<void> PutTrampolines(MmRestore& r, const Block& old, const Block& now,
+                            const std::string& new_img, ArchKind arch) {
   const img::MmImage& mm = *r.mm;
   auto old_syms = KLEAP_TRY_CTX(VdsoSymbols(mm.vdso(), arch), "dumped vDSO");
   auto new_syms = KLEAP_TRY_CTX(VdsoSymbols(new_img, arch), "this kernel's vDSO");
@@ -132,7 +139,8 @@ Result<void> PutTrampolines(MmRestore& r, const Block& old, const Block& now, co
   for (auto& [name, off] : old_syms) {
     auto it = new_syms.find(name);
     if (it == new_syms.end())
-      return Err(ENOTSUP) << "task " << r.pid << ": the vDSO of this kernel has no " << name << ", which the task may call";
+      return Err(ENOTSUP) << "task " << r.pid << ": the vDSO of this kernel has no " << name
+                          << ", which the task may call";
     uint64_t target = now.vdso_start + it->second;
     uint64_t at = old.vdso_start + off;
     if (arch == ArchKind::kX86) {
@@ -151,13 +159,15 @@ Result<void> PutTrampolines(MmRestore& r, const Block& old, const Block& now, co
   }
   uint64_t len = old.vdso_end - old.vdso_start;
   auto& rs = *r.rs;
-  uint64_t got = KLEAP_TRY(rs.Call(ArchKind::kX86_64, X64Arch::kMmap, old.vdso_start, len, PROT_READ | PROT_WRITE,
-                                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, ~uint64_t(0), 0));
+  uint64_t got = KLEAP_TRY(rs.Call(ArchKind::kX86_64, X64Arch::kMmap, old.vdso_start, len,
+                                   PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                                   ~uint64_t(0), 0));
   if (got != old.vdso_start) return Err(EFAULT) << "vdso trampolines mapped at " << Hex(got);
   KLEAP_TRY(WriteRemote(r.pid, RemotePtr(old.vdso_start), page.data(), page.size()));
-  KLEAP_TRY(rs.Call(ArchKind::kX86_64, X64Arch::kMprotect, old.vdso_start, len, PROT_READ | PROT_EXEC));
-  KLOG(kDebug) << "task " << r.pid << ": vDSO proxied, " << old_syms.size() << " entry points from " << Hex(old.vdso_start)
-               << " to " << Hex(now.vdso_start);
+  KLEAP_TRY(
+      rs.Call(ArchKind::kX86_64, X64Arch::kMprotect, old.vdso_start, len, PROT_READ | PROT_EXEC));
+  KLOG(kDebug) << "task " << r.pid << ": vDSO proxied, " << old_syms.size() << " entry points from "
+               << Hex(old.vdso_start) << " to " << Hex(now.vdso_start);
   return Ok();
 }
 
@@ -167,29 +177,36 @@ Result<void> RestoreVdso(MmRestore& r) {
   const img::MmImage& mm = *r.mm;
   Block old = DumpedBlock(mm);
   if (!old.vdso_start) return Ok();  // the task had no vDSO
-  if (mm.vdso().size() != old.vdso_end - old.vdso_start) return Err(EINVAL) << "mm image of task " << r.pid << ": vDSO bytes don't match its mapping";
+  if (mm.vdso().size() != old.vdso_end - old.vdso_start)
+    return Err(EINVAL) << "mm image of task " << r.pid << ": vDSO bytes don't match its mapping";
   ArchKind arch = ArchKind(mm.arch());
   int op = arch == ArchKind::kX86 ? kArchMapVdso32 : kArchMapVdso64;
   auto& rs = *r.rs;
   std::string who = "task " + std::to_string(r.pid);
 
-  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kArchPrctl, uint64_t(op), old.start), who << ": map the vDSO");
+  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kArchPrctl, uint64_t(op), old.start),
+                who << ": map the vDSO");
   Block now = KLEAP_TRY(LiveBlock(r.pid));
   std::string new_img(now.vdso_end - now.vdso_start, '\0');
   KLEAP_TRY(ReadRemote(r.pid, RemotePtr(now.vdso_start), new_img.data(), new_img.size()));
-  bool same = now.vdso_start == old.vdso_start && now.vdso_end == old.vdso_end && now.vvars == old.vvars && new_img == mm.vdso();
+  bool same = now.vdso_start == old.vdso_start && now.vdso_end == old.vdso_end &&
+              now.vvars == old.vvars && new_img == mm.vdso();
   if (same && !r.force_vdso_proxy) return Ok();
 
   // Another kernel's vDSO: move it out of the way and proxy the old entry points.
   KLEAP_TRY(rs.Call(ArchKind::kX86_64, X64Arch::kMunmap, now.start, now.end - now.start));
   uint64_t at = KLEAP_TRY(FreeRange(mm, now.end - now.start, r.scratch, arch));
   uint64_t vdso_off = now.vdso_start - now.start;
-  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kArchPrctl, uint64_t(op), at), who << ": map the vDSO elsewhere");
+  KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kArchPrctl, uint64_t(op), at),
+                who << ": map the vDSO elsewhere");
   Block moved = KLEAP_TRY(LiveBlock(r.pid));
-  if (moved.vdso_start != at + vdso_off) KLOG(kDebug) << who << ": vDSO landed at " << Hex(moved.vdso_start);
+  if (moved.vdso_start != at + vdso_off)
+    KLOG(kDebug) << who << ": vDSO landed at " << Hex(moved.vdso_start);
   for (auto& v : mm.vmas())
-    if (moved.start < v.end() && moved.end > v.start() && v.kind() != img::Vma::VDSO && v.kind() != img::Vma::VVAR)
-      return Err(EFAULT) << who << ": the new vDSO at " << Hex(moved.start) << " overlaps mapping " << Hex(v.start());
+    if (moved.start < v.end() && moved.end > v.start() && v.kind() != img::Vma::VDSO &&
+        v.kind() != img::Vma::VVAR)
+      return Err(EFAULT) << who << ": the new vDSO at " << Hex(moved.start) << " overlaps mapping "
+                         << Hex(v.start());
   return PutTrampolines(r, old, moved, new_img, arch);
 }
 

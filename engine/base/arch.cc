@@ -10,8 +10,10 @@ namespace kleap {
 
 std::string_view ArchName(ArchKind a) {
   switch (a) {
-    case ArchKind::kX86_64: return "x86_64";
-    case ArchKind::kX86: return "ia32";
+    case ArchKind::kX86_64:
+      return "x86_64";
+    case ArchKind::kX86:
+      return "ia32";
   }
   return "unknown";
 }

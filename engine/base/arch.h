@@ -19,7 +19,9 @@ inline constexpr uint64_t kUserCs64 = 0x33;
 inline constexpr uint64_t kUserCs32 = 0x23;
 inline constexpr uint64_t kUserDs = 0x2b;
 
-inline ArchKind ArchFromCs(uint64_t cs) { return cs == kUserCs32 ? ArchKind::kX86 : ArchKind::kX86_64; }
+inline ArchKind ArchFromCs(uint64_t cs) {
+  return cs == kUserCs32 ? ArchKind::kX86 : ArchKind::kX86_64;
+}
 
 struct X64Arch {
   static constexpr ArchKind kKind = ArchKind::kX86_64;
@@ -44,12 +46,32 @@ struct X64Arch {
   };
 
   enum : int {
-    kRead = 0, kClose = 3, kMmap = 9, kMprotect = 10, kMunmap = 11, kBrk = 12,
-    kRtSigaction = 13, kRtSigprocmask = 14, kMadvise = 28, kGetpid = 39, kUmask = 95,
-    kSetgroups = 116, kSetresuid = 117, kSetresgid = 119, kCapset = 126,
-    kRtSigqueueinfo = 129, kSigaltstack = 131, kPersonality = 135, kPrctl = 157,
-    kArchPrctl = 158, kChroot = 161, kSetTidAddress = 218, kOpenat = 257,
-    kSetRobustList = 273, kRtTgsigqueueinfo = 297, kRseq = 334,
+    kRead = 0,
+    kClose = 3,
+    kMmap = 9,
+    kMprotect = 10,
+    kMunmap = 11,
+    kBrk = 12,
+    kRtSigaction = 13,
+    kRtSigprocmask = 14,
+    kMadvise = 28,
+    kGetpid = 39,
+    kUmask = 95,
+    kSetgroups = 116,
+    kSetresuid = 117,
+    kSetresgid = 119,
+    kCapset = 126,
+    kRtSigqueueinfo = 129,
+    kSigaltstack = 131,
+    kPersonality = 135,
+    kPrctl = 157,
+    kArchPrctl = 158,
+    kChroot = 161,
+    kSetTidAddress = 218,
+    kOpenat = 257,
+    kSetRobustList = 273,
+    kRtTgsigqueueinfo = 297,
+    kRseq = 334,
   };
 };
 static_assert(sizeof(X64Arch::k_sigaction) == 32);
@@ -77,12 +99,32 @@ struct X86Arch {
   };
 
   enum : int {
-    kRead = 3, kClose = 6, kMmap = 192 /* mmap2: offset in pages */, kMprotect = 125,
-    kMunmap = 91, kBrk = 45, kRtSigaction = 174, kRtSigprocmask = 175, kMadvise = 219,
-    kGetpid = 20, kUmask = 60, kSetgroups = 206 /* 32-bit ids */, kSetresuid = 208,
-    kSetresgid = 210, kCapset = 185, kRtSigqueueinfo = 178, kSigaltstack = 186,
-    kPersonality = 136, kPrctl = 172, kArchPrctl = 384, kChroot = 61, kSetTidAddress = 258,
-    kOpenat = 295, kSetRobustList = 311, kRtTgsigqueueinfo = 335, kRseq = 386,
+    kRead = 3,
+    kClose = 6,
+    kMmap = 192 /* mmap2: offset in pages */,
+    kMprotect = 125,
+    kMunmap = 91,
+    kBrk = 45,
+    kRtSigaction = 174,
+    kRtSigprocmask = 175,
+    kMadvise = 219,
+    kGetpid = 20,
+    kUmask = 60,
+    kSetgroups = 206 /* 32-bit ids */,
+    kSetresuid = 208,
+    kSetresgid = 210,
+    kCapset = 185,
+    kRtSigqueueinfo = 178,
+    kSigaltstack = 186,
+    kPersonality = 136,
+    kPrctl = 172,
+    kArchPrctl = 384,
+    kChroot = 61,
+    kSetTidAddress = 258,
+    kOpenat = 295,
+    kSetRobustList = 311,
+    kRtTgsigqueueinfo = 335,
+    kRseq = 386,
   };
 };
 static_assert(sizeof(X86Arch::k_sigaction) == 20);
@@ -91,8 +133,10 @@ static_assert(sizeof(X86Arch::stack_t) == 12);
 template <class F>
 decltype(auto) WithArch(ArchKind a, F&& f) {
   switch (a) {
-    case ArchKind::kX86_64: return f(X64Arch{});
-    case ArchKind::kX86: return f(X86Arch{});
+    case ArchKind::kX86_64:
+      return f(X64Arch{});
+    case ArchKind::kX86:
+      return f(X86Arch{});
   }
   std::abort();
 }

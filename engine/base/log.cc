@@ -26,17 +26,27 @@ LogState& State() {
 
 const char* LogLevelName(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return "debug";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kWarning: return "warning";
-    case LogLevel::kError: return "error";
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarning:
+      return "warning";
+    case LogLevel::kError:
+      return "error";
   }
   return "?";
 }
 
-void SetLogLevel(LogLevel level) { State().level = level; }
-LogLevel GetLogLevel() { return State().level; }
-bool LogEnabled(LogLevel level) { return level >= State().level; }
+void SetLogLevel(LogLevel level) {
+  State().level = level;
+}
+LogLevel GetLogLevel() {
+  return State().level;
+}
+bool LogEnabled(LogLevel level) {
+  return level >= State().level;
+}
 
 int AddLogSink(LogSink sink) {
   auto& s = State();

@@ -59,8 +59,10 @@ std::vector<std::string> SplitString(std::string_view s, char sep) {
 }
 
 std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\n')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\n')) s.remove_suffix(1);
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\n'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\n'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -73,7 +75,8 @@ std::string UnescapeOctal(std::string_view s) {
   out.reserve(s.size());
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == '\\' && i + 4 <= s.size() &&
-        std::all_of(s.begin() + i + 1, s.begin() + i + 4, [](char c) { return c >= '0' && c <= '7'; })) {
+        std::all_of(s.begin() + i + 1, s.begin() + i + 4,
+                    [](char c) { return c >= '0' && c <= '7'; })) {
       out.push_back(char((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0')));
       i += 3;
     } else {
@@ -205,7 +208,8 @@ Result<ProcStat> ParseStat(std::string_view text) {
 }
 
 Result<ProcStat> ReadStat(pid_t pid, pid_t tid) {
-  std::string path = tid ? ProcPath(pid, "task/" + std::to_string(tid) + "/stat") : ProcPath(pid, "stat");
+  std::string path =
+      tid ? ProcPath(pid, "task/" + std::to_string(tid) + "/stat") : ProcPath(pid, "stat");
   auto text = KLEAP_TRY(ReadFileToString(path));
   return ParseStat(text);
 }
@@ -230,14 +234,16 @@ Result<std::string> ProcStatus::Get(const std::string& key) const {
 Result<int64_t> ProcStatus::GetInt(const std::string& key) const {
   auto s = KLEAP_TRY(Get(key));
   int64_t v;
-  if (!ParseNum(std::string_view(s), &v)) return Err(EINVAL) << "status: bad " << key << " '" << s << "'";
+  if (!ParseNum(std::string_view(s), &v))
+    return Err(EINVAL) << "status: bad " << key << " '" << s << "'";
   return v;
 }
 
 Result<uint64_t> ProcStatus::GetHex(const std::string& key) const {
   auto s = KLEAP_TRY(Get(key));
   uint64_t v;
-  if (!ParseNum(std::string_view(s), &v, 16)) return Err(EINVAL) << "status: bad " << key << " '" << s << "'";
+  if (!ParseNum(std::string_view(s), &v, 16))
+    return Err(EINVAL) << "status: bad " << key << " '" << s << "'";
   return v;
 }
 
@@ -258,7 +264,8 @@ Result<std::vector<uint32_t>> ProcStatus::GetIds(const std::string& key) const {
 }
 
 Result<ProcStatus> ReadStatus(pid_t pid, pid_t tid) {
-  std::string path = tid ? ProcPath(pid, "task/" + std::to_string(tid) + "/status") : ProcPath(pid, "status");
+  std::string path =
+      tid ? ProcPath(pid, "task/" + std::to_string(tid) + "/status") : ProcPath(pid, "status");
   auto text = KLEAP_TRY(ReadFileToString(path));
   return ProcStatus::Parse(text);
 }
@@ -297,14 +304,17 @@ Result<std::vector<MountInfo>> ParseMountInfo(std::string_view text) {
   for (auto& line : SplitString(text, '\n')) {
     if (line.empty()) continue;
     auto sep = line.find(" - ");
-    if (sep == std::string::npos) return Err(EINVAL) << "mountinfo: no separator in '" << line << "'";
+    if (sep == std::string::npos)
+      return Err(EINVAL) << "mountinfo: no separator in '" << line << "'";
     auto left = SplitString(std::string_view(line).substr(0, sep), ' ');
     auto right = SplitString(std::string_view(line).substr(sep + 3), ' ');
-    if (left.size() < 6 || right.size() < 3) return Err(EINVAL) << "mountinfo: short line '" << line << "'";
+    if (left.size() < 6 || right.size() < 3)
+      return Err(EINVAL) << "mountinfo: short line '" << line << "'";
     MountInfo m;
     auto colon = left[2].find(':');
-    if (!ParseNum(std::string_view(left[0]), &m.mnt_id) || !ParseNum(std::string_view(left[1]), &m.parent_id) ||
-        colon == std::string::npos || !ParseNum(std::string_view(left[2]).substr(0, colon), &m.dev_major) ||
+    if (!ParseNum(std::string_view(left[0]), &m.mnt_id) ||
+        !ParseNum(std::string_view(left[1]), &m.parent_id) || colon == std::string::npos ||
+        !ParseNum(std::string_view(left[2]).substr(0, colon), &m.dev_major) ||
         !ParseNum(std::string_view(left[2]).substr(colon + 1), &m.dev_minor))
       return Err(EINVAL) << "mountinfo: bad ids in '" << line << "'";
     m.root = UnescapeOctal(left[3]);
@@ -338,8 +348,10 @@ Result<std::vector<std::pair<uint64_t, uint64_t>>> ParseLimits(std::string_view 
     std::pair<uint64_t, uint64_t> v;
     for (int k = 0; k < 2; ++k) {
       uint64_t* dst = k == 0 ? &v.first : &v.second;
-      if (f[size_t(k)] == "unlimited") *dst = ~uint64_t(0);
-      else if (!ParseNum(f[size_t(k)], dst)) return Err(EINVAL) << "limits: bad value in '" << line << "'";
+      if (f[size_t(k)] == "unlimited")
+        *dst = ~uint64_t(0);
+      else if (!ParseNum(f[size_t(k)], dst))
+        return Err(EINVAL) << "limits: bad value in '" << line << "'";
     }
     out.push_back(v);
   }
@@ -373,7 +385,8 @@ Result<std::vector<int>> ListFds(pid_t pid) {
 }
 
 Result<std::vector<pid_t>> ListChildren(pid_t pid, pid_t tid) {
-  auto text = KLEAP_TRY(ReadFileToString(ProcPath(pid, "task/" + std::to_string(tid) + "/children")));
+  auto text =
+      KLEAP_TRY(ReadFileToString(ProcPath(pid, "task/" + std::to_string(tid) + "/children")));
   std::vector<pid_t> out;
   for (auto& s : SplitString(Trim(text), ' ')) {
     pid_t p;

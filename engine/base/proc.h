@@ -28,7 +28,7 @@ struct MapsEntry {
   uint64_t offset = 0;
   uint32_t dev_major = 0, dev_minor = 0;
   uint64_t inode = 0;
-  std::string path;           // may be empty, "[heap]", "/x (deleted)"
+  std::string path;                   // may be empty, "[heap]", "/x (deleted)"
   std::vector<std::string> vm_flags;  // from smaps VmFlags, when read through ReadSmaps
 
   uint64_t size() const { return end - start; }

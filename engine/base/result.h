@@ -54,9 +54,13 @@ class Error {
 };
 
 // Captures errno at the call site: `return ErrnoError() << "open " << path;`
-inline Error ErrnoError() { return Error(errno); }
+inline Error ErrnoError() {
+  return Error(errno);
+}
 // An error with a fixed errno and no OS cause: `return Err(EINVAL) << "bad field";`
-inline Error Err(int code = EINVAL) { return Error(code); }
+inline Error Err(int code = EINVAL) {
+  return Error(code);
+}
 
 template <class T>
 class [[nodiscard]] Result {
@@ -65,9 +69,10 @@ class [[nodiscard]] Result {
   Result(T&& v) : v_(std::move(v)) {}
   Result(Error e) : v_(std::move(e)) {}
   template <class U>
-    requires std::is_constructible_v<T, U&&> && (!std::is_same_v<std::decay_t<U>, Error>) &&
-             (!std::is_same_v<std::decay_t<U>, Result>)
-  Result(U&& u) : v_(T(std::forward<U>(u))) {}
+  requires std::is_constructible_v<T, U&&> &&
+      (!std::is_same_v<std::decay_t<U>, Error>)&&(!std::is_same_v<std::decay_t<U>, Result>)
+          Result(U&& u)
+      : v_(T(std::forward<U>(u))) {}
 
   bool has_value() const { return v_.index() == 0; }
   explicit operator bool() const { return has_value(); }
@@ -102,34 +107,36 @@ class [[nodiscard]] Result<void> {
   bool ok_ = true;
 };
 
-inline Result<void> Ok() { return {}; }
+inline Result<void> Ok() {
+  return {};
+}
 
 }  // namespace kleap
 
 // Evaluates to the value of a Result, or returns its error from the enclosing function.
-#define KLEAP_TRY(expr)                                        \
-  ({                                                           \
-    auto&& kleap_try_r_ = (expr);                              \
+#define KLEAP_TRY(expr)                                                    \
+  ({                                                                       \
+    auto&& kleap_try_r_ = (expr);                                          \
     if (!kleap_try_r_.has_value()) return std::move(kleap_try_r_).error(); \
-    std::move(kleap_try_r_).value();                           \
+    std::move(kleap_try_r_).value();                                       \
   })
 
 // Same, adding context to the error: KLEAP_TRY_CTX(f(), "task " << pid).
-#define KLEAP_TRY_CTX(expr, ctx)                                                   \
-  ({                                                                               \
-    auto&& kleap_try_r_ = (expr);                                                  \
-    if (!kleap_try_r_.has_value()) {                                               \
-      std::ostringstream kleap_try_os_;                                            \
-      kleap_try_os_ << ctx;                                                        \
-      return std::move(kleap_try_r_).error().Context(kleap_try_os_.str());         \
-    }                                                                              \
-    std::move(kleap_try_r_).value();                                               \
+#define KLEAP_TRY_CTX(expr, ctx)                                           \
+  ({                                                                       \
+    auto&& kleap_try_r_ = (expr);                                          \
+    if (!kleap_try_r_.has_value()) {                                       \
+      std::ostringstream kleap_try_os_;                                    \
+      kleap_try_os_ << ctx;                                                \
+      return std::move(kleap_try_r_).error().Context(kleap_try_os_.str()); \
+    }                                                                      \
+    std::move(kleap_try_r_).value();                                       \
   })
 
 // An always-on check for true invariants (never for input or environment errors).
-#define KLEAP_CHECK(cond)                                                         \
-  do {                                                                            \
-    if (!(cond)) ::kleap::CheckFailed(__FILE__, __LINE__, #cond);                 \
+#define KLEAP_CHECK(cond)                                         \
+  do {                                                            \
+    if (!(cond)) ::kleap::CheckFailed(__FILE__, __LINE__, #cond); \
   } while (0)
 
 namespace kleap {

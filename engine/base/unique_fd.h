@@ -2,8 +2,8 @@
 // reset() keeps errno; release() must be used.
 #pragma once
 
-#include <cerrno>
 #include <unistd.h>
+#include <cerrno>
 
 namespace kleap {
 

@@ -7,8 +7,8 @@
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
 
-#include <cstring>
 #include <dirent.h>
+#include <cstring>
 
 #include "engine/base/unique_fd.h"
 
@@ -34,7 +34,8 @@ Result<void> WriteAll(int fd, const void* data, size_t len, const std::string& w
 }
 
 bool ValidName(const std::string& name) {
-  return !name.empty() && name.size() < 200 && name.find('/') == std::string::npos && name[0] != '.';
+  return !name.empty() && name.size() < 200 && name.find('/') == std::string::npos &&
+         name[0] != '.';
 }
 
 class DirBlobWriter : public BlobWriter {
@@ -77,7 +78,8 @@ class DirImageWriter : public ImageWriter {
  public:
   explicit DirImageWriter(std::string dir) : dir_(std::move(dir)) {}
   Result<std::unique_ptr<BlobWriter>> CreateBlob(const std::string& name) override {
-    if (!ValidName(name) || name == kInventoryName) return Err(EINVAL) << "bad image name '" << name << "'";
+    if (!ValidName(name) || name == kInventoryName)
+      return Err(EINVAL) << "bad image name '" << name << "'";
     std::string path = dir_ + "/" + name;
     UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!fd) return ErrnoError() << "create " << path;
@@ -111,7 +113,8 @@ class DirBlobReader : public BlobReader {
   uint64_t size() const override { return size_; }
   Result<void> ReadAt(uint64_t off, void* buf, size_t len) override {
     if (off > size_ || len > size_ - off)
-      return Err(EINVAL) << path_ << ": read of " << len << " bytes at " << off << " past the end (" << size_ << ")";
+      return Err(EINVAL) << path_ << ": read of " << len << " bytes at " << off << " past the end ("
+                         << size_ << ")";
     auto* p = static_cast<uint8_t*>(buf);
     while (len) {
       ssize_t n = pread(fd_.get(), p, len, off_t(off));
@@ -131,7 +134,8 @@ class DirBlobReader : public BlobReader {
     uint64_t aligned = off & ~uint64_t(4095);
     size_t map_len = len + size_t(off - aligned);
     if (map_len == 0) return static_cast<const uint8_t*>(nullptr);
-    void* p = mmap(nullptr, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd_.get(), off_t(aligned));
+    void* p =
+        mmap(nullptr, map_len, PROT_READ, MAP_SHARED | MAP_POPULATE, fd_.get(), off_t(aligned));
     if (p == MAP_FAILED) return ErrnoError() << "mmap " << path_;
     map_ = p;
     map_len_ = map_len;
@@ -157,18 +161,21 @@ class DirImageReader : public ImageReader {
     std::string path = dir_ + "/" + kInventoryName;
     UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) {
-      if (errno == ENOENT) return Err(ENOENT) << dir_ << ": no " << kInventoryName << " (not an image set, or its dump did not finish)";
+      if (errno == ENOENT)
+        return Err(ENOENT) << dir_ << ": no " << kInventoryName
+                           << " (not an image set, or its dump did not finish)";
       return ErrnoError() << "open " << path;
     }
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << path;
     if (uint64_t(st.st_size) > kMaxMessage) return Err(EINVAL) << path << ": too large";
     std::string bytes(size_t(st.st_size), '\0');
-    if (pread(fd.get(), bytes.data(), bytes.size(), 0) != ssize_t(bytes.size())) return ErrnoError() << "read " << path;
+    if (pread(fd.get(), bytes.data(), bytes.size(), 0) != ssize_t(bytes.size()))
+      return ErrnoError() << "read " << path;
     KLEAP_TRY(UnframeMessage(kInventoryName, bytes, &inventory_));
     if (inventory_.format_version() != kImageFormatVersion)
-      return Err(EINVAL) << path << ": format version " << inventory_.format_version() << ", this kleap reads "
-                         << kImageFormatVersion;
+      return Err(EINVAL) << path << ": format version " << inventory_.format_version()
+                         << ", this kleap reads " << kImageFormatVersion;
     return Ok();
   }
   Result<std::unique_ptr<BlobReader>> OpenBlob(const std::string& name) override {
@@ -180,7 +187,8 @@ class DirImageReader : public ImageReader {
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << path;
     if (uint64_t(st.st_size) != e->size())
-      return Err(EINVAL) << "image " << path << " is damaged: size " << st.st_size << ", inventory says " << e->size();
+      return Err(EINVAL) << "image " << path << " is damaged: size " << st.st_size
+                         << ", inventory says " << e->size();
     return std::unique_ptr<BlobReader>(new DirBlobReader(std::move(fd), path, e->size()));
   }
   std::string Describe() const override { return dir_; }
@@ -218,14 +226,15 @@ Result<void> UnframeMessage(const std::string& name, const std::string& bytes,
   auto* b = reinterpret_cast<const uint8_t*>(bytes.data()) + 8;
   uint64_t len = uint64_t(b[0]) | uint64_t(b[1]) << 8 | uint64_t(b[2]) << 16 | uint64_t(b[3]) << 24;
   if (len != bytes.size() - kFrameHeader)
-    return Err(EINVAL) << "image " << name << " is damaged: frame says " << len << " bytes, file holds "
-                       << bytes.size() - kFrameHeader;
+    return Err(EINVAL) << "image " << name << " is damaged: frame says " << len
+                       << " bytes, file holds " << bytes.size() - kFrameHeader;
   if (!msg->ParseFromArray(bytes.data() + kFrameHeader, int(len)))
     return Err(EINVAL) << "image " << name << " is damaged: not a valid " << msg->GetTypeName();
   return Ok();
 }
 
-Result<void> ImageWriter::WriteMessage(const std::string& name, const google::protobuf::Message& msg) {
+Result<void> ImageWriter::WriteMessage(const std::string& name,
+                                       const google::protobuf::Message& msg) {
   std::string bytes = FrameMessage(msg);
   auto w = KLEAP_TRY(CreateBlob(name));
   KLEAP_TRY(w->Write(bytes.data(), bytes.size()));
@@ -240,12 +249,14 @@ const img::ImageEntry* ImageReader::Find(const std::string& name) const {
 
 Result<void> ImageReader::ReadMessage(const std::string& name, google::protobuf::Message* msg) {
   auto blob = KLEAP_TRY(OpenBlob(name));
-  if (blob->size() > kMaxMessage) return Err(EINVAL) << "image " << name << " is too large for a message";
+  if (blob->size() > kMaxMessage)
+    return Err(EINVAL) << "image " << name << " is too large for a message";
   std::string bytes(blob->size(), '\0');
   KLEAP_TRY(blob->ReadAt(0, bytes.data(), bytes.size()));
   uint64_t h = XXH3_64bits(bytes.data(), bytes.size());
   if (h != Find(name)->xxh3())
-    return Err(EBADMSG) << "image " << Describe() << "/" << name << " is damaged: checksum mismatch";
+    return Err(EBADMSG) << "image " << Describe() << "/" << name
+                        << " is damaged: checksum mismatch";
   return UnframeMessage(name, bytes, msg);
 }
 
@@ -253,14 +264,15 @@ Result<void> ImageReader::VerifyImage(const std::string& name) {
   auto blob = KLEAP_TRY(OpenBlob(name));
   XXH3_state_t st;
   XXH3_64bits_reset(&st);
-  constexpr size_t kWindow = 64u << 20;
+  constexpr size_t kWindow = 8u << 20;  // bounds the RSS of a check
   for (uint64_t off = 0; off < blob->size(); off += kWindow) {
     size_t len = size_t(std::min<uint64_t>(kWindow, blob->size() - off));
     auto p = KLEAP_TRY(blob->Map(off, len));
     XXH3_64bits_update(&st, p, len);
   }
   if (XXH3_64bits_digest(&st) != Find(name)->xxh3())
-    return Err(EBADMSG) << "image " << Describe() << "/" << name << " is damaged: checksum mismatch";
+    return Err(EBADMSG) << "image " << Describe() << "/" << name
+                        << " is damaged: checksum mismatch";
   return Ok();
 }
 
@@ -276,7 +288,8 @@ Result<std::unique_ptr<ImageWriter>> CreateDirImageSet(const std::string& dir) {
   while (dirent* de = readdir(d))
     if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) empty = false;
   closedir(d);
-  if (!empty) return Err(EEXIST) << dir << " is not empty; kleap writes a set into an empty directory";
+  if (!empty)
+    return Err(EEXIST) << dir << " is not empty; kleap writes a set into an empty directory";
   chmod(dir.c_str(), 0700);
   return std::unique_ptr<ImageWriter>(new DirImageWriter(dir));
 }

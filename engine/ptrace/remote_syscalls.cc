@@ -16,7 +16,8 @@ constexpr long kErestartSys = 512, kErestartNoIntr = 513, kErestartNoHand = 514,
 constexpr long kNrRestartSyscall64 = 219, kNrRestartSyscall32 = 0;
 
 Result<void> ResumeSyscall(pid_t tid) {
-  if (ptrace(PTRACE_SYSCALL, tid, nullptr, nullptr) < 0) return ErrnoError() << "resume thread " << tid;
+  if (ptrace(PTRACE_SYSCALL, tid, nullptr, nullptr) < 0)
+    return ErrnoError() << "resume thread " << tid;
   return Ok();
 }
 
@@ -26,7 +27,8 @@ Result<Regs> NextSyscallStop(pid_t tid) {
     KLEAP_TRY(ResumeSyscall(tid));
     int st = KLEAP_TRY(pt::WaitStop(tid));
     if (WIFSTOPPED(st) && WSTOPSIG(st) == (SIGTRAP | 0x80)) return pt::GetRegs(tid);
-    KLOG(kDebug) << "thread " << tid << ": stop 0x" << std::hex << st << " during an injected syscall";
+    KLOG(kDebug) << "thread " << tid << ": stop 0x" << std::hex << st
+                 << " during an injected syscall";
   }
   return Err(EIO) << "thread " << tid << " never reached the injected syscall";
 }
@@ -40,8 +42,13 @@ Result<RemoteSyscalls> RemoteSyscalls::Create(pid_t tid) {
 }
 
 RemoteSyscalls::RemoteSyscalls(RemoteSyscalls&& o) noexcept
-    : tid_(o.tid_), saved_(o.saved_), saved_mask_(o.saved_mask_), gadget_(o.gadget_),
-      final_regs_(o.final_regs_), final_mask_(o.final_mask_), armed_(o.armed_),
+    : tid_(o.tid_),
+      saved_(o.saved_),
+      saved_mask_(o.saved_mask_),
+      gadget_(o.gadget_),
+      final_regs_(o.final_regs_),
+      final_mask_(o.final_mask_),
+      armed_(o.armed_),
       mask_blocked_(o.mask_blocked_) {
   o.armed_ = false;
 }
@@ -62,7 +69,8 @@ Result<uint64_t> RemoteSyscalls::Call(ArchKind arch, long nr, uint64_t a1, uint6
                                       uint64_t a4, uint64_t a5, uint64_t a6) {
   RemotePtr gadget = gadget_[size_t(arch)];
   if (gadget.addr() == 0)
-    return Err(EINVAL) << "thread " << tid_ << ": no " << ArchName(arch) << " syscall instruction to run syscall " << nr;
+    return Err(EINVAL) << "thread " << tid_ << ": no " << ArchName(arch)
+                       << " syscall instruction to run syscall " << nr;
   if (!mask_blocked_) {
     KLEAP_TRY(pt::SetSigmask(tid_, ~uint64_t(0)));
     mask_blocked_ = true;
@@ -73,26 +81,38 @@ Result<uint64_t> RemoteSyscalls::Call(ArchKind arch, long nr, uint64_t a1, uint6
   r.orig_rax = ~uint64_t(0);
   if (arch == ArchKind::kX86_64) {
     r.cs = kUserCs64;
-    r.rdi = a1; r.rsi = a2; r.rdx = a3; r.r10 = a4; r.r8 = a5; r.r9 = a6;
+    r.rdi = a1;
+    r.rsi = a2;
+    r.rdx = a3;
+    r.r10 = a4;
+    r.r8 = a5;
+    r.r9 = a6;
   } else {
     r.cs = kUserCs32;
-    r.rbx = uint32_t(a1); r.rcx = uint32_t(a2); r.rdx = uint32_t(a3);
-    r.rsi = uint32_t(a4); r.rdi = uint32_t(a5); r.rbp = uint32_t(a6);
+    r.rbx = uint32_t(a1);
+    r.rcx = uint32_t(a2);
+    r.rdx = uint32_t(a3);
+    r.rsi = uint32_t(a4);
+    r.rdi = uint32_t(a5);
+    r.rbp = uint32_t(a6);
   }
   r.ss = kUserDs;
   KLEAP_TRY(pt::SetRegs(tid_, r));
   Regs entry = KLEAP_TRY(NextSyscallStop(tid_));
   if (long(entry.orig_rax) != nr)
-    return Err(EIO) << "thread " << tid_ << ": injected syscall " << nr << " entered as " << long(entry.orig_rax);
+    return Err(EIO) << "thread " << tid_ << ": injected syscall " << nr << " entered as "
+                    << long(entry.orig_rax);
   Regs exit = KLEAP_TRY(NextSyscallStop(tid_));
-  int64_t ret = arch == ArchKind::kX86_64 ? int64_t(exit.rax) : int64_t(int32_t(uint32_t(exit.rax)));
+  int64_t ret =
+      arch == ArchKind::kX86_64 ? int64_t(exit.rax) : int64_t(int32_t(uint32_t(exit.rax)));
   if (ret < 0 && ret > -4096) return Err(int(-ret)) << "syscall " << nr << " in thread " << tid_;
   return uint64_t(arch == ArchKind::kX86_64 ? exit.rax : uint32_t(exit.rax));
 }
 
 Regs NormalizeInterruptedSyscall(const Regs& regs, ArchKind arch, bool same_task) {
   Regs r = regs;
-  int64_t orig = arch == ArchKind::kX86_64 ? int64_t(r.orig_rax) : int64_t(int32_t(uint32_t(r.orig_rax)));
+  int64_t orig =
+      arch == ArchKind::kX86_64 ? int64_t(r.orig_rax) : int64_t(int32_t(uint32_t(r.orig_rax)));
   int64_t ax = arch == ArchKind::kX86_64 ? int64_t(r.rax) : int64_t(int32_t(uint32_t(r.rax)));
   if (orig >= 0) {
     switch (-ax) {
@@ -125,8 +145,8 @@ Result<RemotePtr> FindGadget(pid_t pid, uint64_t start, uint64_t end, ArchKind a
   const uint8_t* insn = arch == ArchKind::kX86_64 ? X64Arch::kSyscallInsn : X86Arch::kSyscallInsn;
   for (size_t i = 0; i + 1 < buf.size(); ++i)
     if (buf[i] == insn[0] && buf[i + 1] == insn[1]) return RemotePtr(start + i);
-  return Err(ENOENT) << "pid " << pid << ": no " << ArchName(arch) << " syscall instruction in 0x" << std::hex
-                     << start << "-0x" << end;
+  return Err(ENOENT) << "pid " << pid << ": no " << ArchName(arch) << " syscall instruction in 0x"
+                     << std::hex << start << "-0x" << end;
 }
 
 }  // namespace kleap

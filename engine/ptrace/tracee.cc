@@ -25,7 +25,8 @@ constexpr int kGetRseqConfiguration = 0x420f;
 
 Result<void> Seize(pid_t tid, bool exit_kill) {
   long opts = PTRACE_O_TRACESYSGOOD | (exit_kill ? PTRACE_O_EXITKILL : 0);
-  if (Ptrace(PTRACE_SEIZE, tid, 0, uint64_t(opts)) < 0) return ErrnoError() << "seize thread " << tid;
+  if (Ptrace(PTRACE_SEIZE, tid, 0, uint64_t(opts)) < 0)
+    return ErrnoError() << "seize thread " << tid;
   return Ok();
 }
 
@@ -44,8 +45,10 @@ Result<int> WaitStop(pid_t tid) {
     }
     break;
   }
-  if (WIFEXITED(status)) return Err(ESRCH) << "thread " << tid << " exited with status " << WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return Err(ESRCH) << "thread " << tid << " was killed by signal " << WTERMSIG(status);
+  if (WIFEXITED(status))
+    return Err(ESRCH) << "thread " << tid << " exited with status " << WEXITSTATUS(status);
+  if (WIFSIGNALED(status))
+    return Err(ESRCH) << "thread " << tid << " was killed by signal " << WTERMSIG(status);
   return status;
 }
 
@@ -61,7 +64,8 @@ Result<void> SeizeAndStop(pid_t tid, bool exit_kill) {
     if (WIFSTOPPED(st)) {
       // A signal-delivery stop: let the signal through; the interrupt stop follows.
       int sig = WSTOPSIG(st);
-      if (Ptrace(PTRACE_CONT, tid, 0, uint64_t(sig)) < 0) return ErrnoError() << "resume thread " << tid;
+      if (Ptrace(PTRACE_CONT, tid, 0, uint64_t(sig)) < 0)
+        return ErrnoError() << "resume thread " << tid;
     }
   }
 }
@@ -85,12 +89,14 @@ void ReapKilled(const std::vector<pid_t>& leaders_first) {
 
 Result<Regs> GetRegs(pid_t tid) {
   Regs r;
-  if (Ptrace(PTRACE_GETREGS, tid, 0, uint64_t(&r)) < 0) return ErrnoError() << "get registers of thread " << tid;
+  if (Ptrace(PTRACE_GETREGS, tid, 0, uint64_t(&r)) < 0)
+    return ErrnoError() << "get registers of thread " << tid;
   return r;
 }
 
 Result<void> SetRegs(pid_t tid, const Regs& regs) {
-  if (Ptrace(PTRACE_SETREGS, tid, 0, uint64_t(&regs)) < 0) return ErrnoError() << "set registers of thread " << tid;
+  if (Ptrace(PTRACE_SETREGS, tid, 0, uint64_t(&regs)) < 0)
+    return ErrnoError() << "set registers of thread " << tid;
   return Ok();
 }
 
@@ -113,7 +119,8 @@ Result<void> SetXstate(pid_t tid, const std::string& xstate) {
 
 Result<uint64_t> GetSigmask(pid_t tid) {
   uint64_t m;
-  if (Ptrace(PTRACE_GETSIGMASK, tid, sizeof m, uint64_t(&m)) < 0) return ErrnoError() << "get signal mask of thread " << tid;
+  if (Ptrace(PTRACE_GETSIGMASK, tid, sizeof m, uint64_t(&m)) < 0)
+    return ErrnoError() << "get signal mask of thread " << tid;
   return m;
 }
 
@@ -167,7 +174,9 @@ Result<void> ReadRemote(pid_t pid, RemotePtr addr, void* buf, size_t len) {
     iovec local{buf, len};
     iovec remote{reinterpret_cast<void*>(addr.addr()), len};
     ssize_t n = process_vm_readv(pid, &local, 1, &remote, 1, 0);
-    if (n <= 0) return ErrnoError() << "read " << len << " bytes at 0x" << std::hex << addr.addr() << std::dec << " of pid " << pid;
+    if (n <= 0)
+      return ErrnoError() << "read " << len << " bytes at 0x" << std::hex << addr.addr() << std::dec
+                          << " of pid " << pid;
     buf = static_cast<char*>(buf) + n;
     addr = addr + uint64_t(n);
     len -= size_t(n);
@@ -180,7 +189,9 @@ Result<void> WriteRemote(pid_t pid, RemotePtr addr, const void* buf, size_t len)
     iovec local{const_cast<void*>(buf), len};
     iovec remote{reinterpret_cast<void*>(addr.addr()), len};
     ssize_t n = process_vm_writev(pid, &local, 1, &remote, 1, 0);
-    if (n <= 0) return ErrnoError() << "write " << len << " bytes at 0x" << std::hex << addr.addr() << std::dec << " of pid " << pid;
+    if (n <= 0)
+      return ErrnoError() << "write " << len << " bytes at 0x" << std::hex << addr.addr()
+                          << std::dec << " of pid " << pid;
     buf = static_cast<const char*>(buf) + n;
     addr = addr + uint64_t(n);
     len -= size_t(n);
@@ -197,7 +208,8 @@ Result<void> MemRw(pid_t pid, RemotePtr addr, void* buf, size_t len, bool write)
   uint64_t off = addr.addr();
   while (len) {
     ssize_t n = write ? pwrite(fd.get(), p, len, off_t(off)) : pread(fd.get(), p, len, off_t(off));
-    if (n <= 0) return ErrnoError() << (write ? "write " : "read ") << path << " at 0x" << std::hex << off;
+    if (n <= 0)
+      return ErrnoError() << (write ? "write " : "read ") << path << " at 0x" << std::hex << off;
     p += n;
     off += uint64_t(n);
     len -= size_t(n);

@@ -67,17 +67,15 @@ static void describe(const struct creds* c, char* out, size_t n) {
            "inh %x:%x bnd %llx amb %llx securebits %d keepcaps %d nnp %d dumpable %d",
            c->ruid, c->euid, c->suid, c->fsuid, c->rgid, c->egid, c->sgid, c->fsgid, c->ngroups,
            c->ngroups > 0 ? c->groups[0] : 0, c->ngroups > 1 ? c->groups[1] : 0, c->eff[1],
-           c->eff[0], c->prm[1], c->prm[0], c->inh[1], c->inh[0],
-           (unsigned long long)c->bounding, (unsigned long long)c->ambient, c->securebits,
-           c->keepcaps, c->nnp, c->dumpable);
+           c->eff[0], c->prm[1], c->prm[0], c->inh[1], c->inh[0], (unsigned long long)c->bounding,
+           (unsigned long long)c->ambient, c->securebits, c->keepcaps, c->nnp, c->dumpable);
 }
 
 static void compare(struct wl_check* k, const char* role, const struct creds* b) {
   struct creds n;
   if (!wl_check(k, get_creds(&n) == 0, "%s: reading credentials: %s", role, strerror(errno)))
     return;
-#define SAME(f, fmt) \
-  wl_check(k, n.f == b->f, "%s: " #f " " fmt ", was " fmt, role, n.f, b->f)
+#define SAME(f, fmt) wl_check(k, n.f == b->f, "%s: " #f " " fmt ", was " fmt, role, n.f, b->f)
   SAME(ruid, "%u");
   SAME(euid, "%u");
   SAME(suid, "%u");
@@ -142,14 +140,13 @@ static int child_main(void) {
   gid_t gr, ge, gs;
   getresuid(&r, &e, &s);
   getresgid(&gr, &ge, &gs);
-  wl_check(&k, r == 1001 && e == 1002 && s == 1003, "child: uids %u/%u/%u, set 1001/1002/1003",
-           r, e, s);
-  wl_check(&k, gr == 1001 && ge == 1002 && gs == 1003,
-           "child: gids %u/%u/%u, set 1001/1002/1003", gr, ge, gs);
+  wl_check(&k, r == 1001 && e == 1002 && s == 1003, "child: uids %u/%u/%u, set 1001/1002/1003", r,
+           e, s);
+  wl_check(&k, gr == 1001 && ge == 1002 && gs == 1003, "child: gids %u/%u/%u, set 1001/1002/1003",
+           gr, ge, gs);
   gid_t g[8];
   int ng = getgroups(8, g);
-  wl_check(&k, ng == 2 && g[0] == 5 && g[1] == 6, "child: %d supplementary groups, set {5,6}",
-           ng);
+  wl_check(&k, ng == 2 && g[0] == 5 && g[1] == 6, "child: %d supplementary groups, set {5,6}", ng);
   struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
   struct __user_cap_data_struct d[2];
   memset(d, 0, sizeof d);

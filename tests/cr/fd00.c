@@ -154,14 +154,14 @@ int main(int argc, char** argv) {
     struct fdrec n;
     describe_fd(&n, b->fd);
     const char* w = b->what;
-    if (!wl_check(&c, n.fl >= 0, "fd %d (%s) is not open: %s", b->fd, w, strerror(errno)))
-      continue;
+    if (!wl_check(&c, n.fl >= 0, "fd %d (%s) is not open: %s", b->fd, w, strerror(errno))) continue;
     wl_check(&c, n.fl == b->fl, "fd %d (%s): F_GETFL 0%o, was 0%o", b->fd, w, n.fl, b->fl);
     wl_check(&c, n.fdfl == b->fdfl, "fd %d (%s): F_GETFD %d, was %d", b->fd, w, n.fdfl, b->fdfl);
     wl_check(&c, n.off == b->off, "fd %d (%s): offset %lld, was %lld", b->fd, w, n.off, b->off);
     wl_check(&c, strcmp(n.link, b->link) == 0, "fd %d (%s): links to '%s', was '%s'", b->fd, w,
              n.link, b->link);
-    wl_check(&c, (n.st.st_mode & S_IFMT) == (b->st.st_mode & S_IFMT) && n.st.st_rdev == b->st.st_rdev,
+    wl_check(&c,
+             (n.st.st_mode & S_IFMT) == (b->st.st_mode & S_IFMT) && n.st.st_rdev == b->st.st_rdev,
              "fd %d (%s): mode 0%o rdev 0x%llx, was 0%o 0x%llx", b->fd, w, (unsigned)n.st.st_mode,
              (unsigned long long)n.st.st_rdev, (unsigned)b->st.st_mode,
              (unsigned long long)b->st.st_rdev);

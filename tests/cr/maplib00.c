@@ -24,7 +24,8 @@ static unsigned char* read_all(int fd, size_t* len) {
   if (!p) return NULL;
   size_t got = 0;
   ssize_t r;
-  while (got < (size_t)st.st_size && (r = pread(fd, p + got, (size_t)st.st_size - got, (off_t)got)) > 0)
+  while (got < (size_t)st.st_size &&
+         (r = pread(fd, p + got, (size_t)st.st_size - got, (off_t)got)) > 0)
     got += (size_t)r;
   *len = got;
   return p;
@@ -77,8 +78,8 @@ int main(int argc, char** argv) {
     return wl_check_result("main", &c);
   wl_check(&c, memcmp(map, image, len) == 0, "the mapping of lib.so no longer shows its bytes");
   char now[4096];
-  if (wl_check(&c, maps_line((uintptr_t)map, now, sizeof now) == 0,
-               "no mapping at %p any more", (void*)map)) {
+  if (wl_check(&c, maps_line((uintptr_t)map, now, sizeof now) == 0, "no mapping at %p any more",
+               (void*)map)) {
     wl_check(&c, strcmp(now, line) == 0, "maps line '%s', was '%s'", now, line);
     char tail[4200];
     snprintf(tail, sizeof tail, " %s", path);

@@ -55,7 +55,9 @@ static char raw[512 * 1024];
 
 #define TOKEN_P2C 0xa11ce001u
 #define TOKEN_C2P 0xb0b00002u
-static volatile uint32_t* slots(void) { return (volatile uint32_t*)(shared + 3 * pg); }
+static volatile uint32_t* slots(void) {
+  return (volatile uint32_t*)(shared + 3 * pg);
+}
 
 /* Reads /proc/self/maps into out as `start-end perms path` lines. No malloc.
  * Adjacent entries with the same perms and path are merged first: whether the
@@ -157,8 +159,7 @@ static void check_file(const char* what, int fd, off_t off, size_t len, uint32_t
   static unsigned char buf[8 * 4096];
   if (len > sizeof buf) len = sizeof buf;
   ssize_t r = pread(fd, buf, len, off);
-  if (!wl_check(&chk, r == (ssize_t)len, "%s: pread %s: %zd (%s)", role, what, r,
-                strerror(errno)))
+  if (!wl_check(&chk, r == (ssize_t)len, "%s: pread %s: %zd (%s)", role, what, r, strerror(errno)))
     return;
   check_pattern(what, buf, len, seed);
 }

@@ -28,8 +28,7 @@ static uint16_t code_selector(void) {
 }
 
 static void check_width(struct wl_check* c, const char* role) {
-  wl_check(c, sizeof(void*) * 8 == (size_t)MY_BITS, "%s: sizeof(void*) %zu", role,
-           sizeof(void*));
+  wl_check(c, sizeof(void*) * 8 == (size_t)MY_BITS, "%s: sizeof(void*) %zu", role, sizeof(void*));
   uint16_t cs = code_selector();
   uint16_t want_cs = MY_BITS == 64 ? 0x33 : 0x23;
   wl_check(c, cs == want_cs, "%s: %d-bit code runs with cs 0x%x, want 0x%x", role, MY_BITS, cs,
@@ -59,8 +58,7 @@ static void check_width(struct wl_check* c, const char* role) {
   int found = 0;
   for (char* l = maps; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
     unsigned long long lo, hi;
-    if (sscanf(l, "%llx-%llx", &lo, &hi) == 2 && (uintptr_t)p >= lo && (uintptr_t)p < hi)
-      found = 1;
+    if (sscanf(l, "%llx-%llx", &lo, &hi) == 2 && (uintptr_t)p >= lo && (uintptr_t)p < hi) found = 1;
   }
   wl_check(c, found, "%s: mmap returned %p, which /proc/self/maps does not show", role, p);
   munmap(p, 4096);

@@ -114,8 +114,10 @@ static int child_main(void) {
     long d = wl_pattern_diff(buf, B_LEN, 22);
     wl_check(&c, d < 0, "pipe B: data in flight differs at byte %ld", d);
     got = read_full(pb[0], buf, B_MORE);
-    if (wl_check(&c, got == B_MORE, "pipe B: the child read %zu of the %d bytes written after "
-                                    "the restore", got, B_MORE)) {
+    if (wl_check(&c, got == B_MORE,
+                 "pipe B: the child read %zu of the %d bytes written after "
+                 "the restore",
+                 got, B_MORE)) {
       d = wl_pattern_diff(buf, B_MORE, 25);
       wl_check(&c, d < 0, "pipe B: data written after the restore differs at byte %ld", d);
     }

@@ -31,10 +31,9 @@ static int pers_before;
 static atomic_int thread_ready, check_req, thread_done;
 static char thread_name_now[32];
 
-static const char* const lim_names[] = {"CPU",     "FSIZE",  "DATA",    "STACK",   "CORE",
-                                        "RSS",     "NPROC",  "NOFILE",  "MEMLOCK", "AS",
-                                        "LOCKS",   "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO",
-                                        "RTTIME"};
+static const char* const lim_names[] = {
+    "CPU",     "FSIZE", "DATA",  "STACK",      "CORE",     "RSS",  "NPROC",  "NOFILE",
+    "MEMLOCK", "AS",    "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"};
 
 static const char* lname(int r) {
   return r < (int)(sizeof lim_names / sizeof lim_names[0]) ? lim_names[r] : "?";
@@ -43,8 +42,7 @@ static const char* lname(int r) {
 static void check_limits(struct wl_check* c, const char* role) {
   for (int r = 0; r < NLIM; r++) {
     struct rlimit64 now;
-    if (!wl_check(c, getrlimit64(r, &now) == 0, "%s: getrlimit(%d): %s", role, r,
-                  strerror(errno)))
+    if (!wl_check(c, getrlimit64(r, &now) == 0, "%s: getrlimit(%d): %s", role, r, strerror(errno)))
       continue;
     wl_check(c, now.rlim_cur == lim[r].rlim_cur && now.rlim_max == lim[r].rlim_max,
              "%s: RLIMIT_%s is %llu/%llu, was %llu/%llu", role, lname(r),

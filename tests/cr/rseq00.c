@@ -39,7 +39,9 @@ static struct rseq* my_rseq(void) {
   return (struct rseq*)((char*)thread_pointer() + __rseq_offset);
 }
 
-static int probe_len(void) { return __rseq_size > 32 ? (int)((__rseq_size + 31) & ~31u) : 32; }
+static int probe_len(void) {
+  return __rseq_size > 32 ? (int)((__rseq_size + 31) & ~31u) : 32;
+}
 
 /* Returns the errno of a second registration attempt, 0 if it succeeded. */
 static int probe_registration(void) {
@@ -56,7 +58,9 @@ struct tinfo {
 static struct tinfo ti[NT];
 static atomic_int nready, check_req, ndone;
 
-static void urg_handler(int sig) { (void)sig; }
+static void urg_handler(int sig) {
+  (void)sig;
+}
 
 static void setup(int idx) {
   struct tinfo* t = &ti[idx];
@@ -90,8 +94,8 @@ static void check(int idx) {
     how = "a signal";
   }
   int cpu = (int32_t)rs->cpu_id;
-  if (wl_check(c, cpu >= 0, "%s: cpu_id still %d after sched_yield and a signal: not registered",
-               n, cpu)) {
+  if (wl_check(c, cpu >= 0, "%s: cpu_id still %d after sched_yield and a signal: not registered", n,
+               cpu)) {
     wl_log("%s: the kernel rewrote cpu_id (%d) after %s", n, cpu, how);
     wl_check(c, (int32_t)rs->cpu_id_start >= 0, "%s: cpu_id_start %d", n,
              (int32_t)rs->cpu_id_start);

@@ -95,7 +95,9 @@ static uint64_t pending_now(void) {
   return set_bits(&s);
 }
 
-static uint64_t bit(int sig) { return 1ull << (sig - 1); }
+static uint64_t bit(int sig) {
+  return 1ull << (sig - 1);
+}
 
 static pthread_t thread_a;
 static pid_t tid_a;
@@ -127,8 +129,8 @@ static void check_deliveries(struct wl_check* c, const char* who, const struct d
              "%s: signal %d: si_code %d si_pid %d, want si_code %d si_pid %d", who, w->signo,
              g->code, (int)g->pid, w->code, (int)w->pid);
     if (w->code == SI_QUEUE)
-      wl_check(c, g->value == w->value, "%s: signal %d si_value 0x%x, want 0x%x (queue order)",
-               who, g->signo, g->value, w->value);
+      wl_check(c, g->value == w->value, "%s: signal %d si_value 0x%x, want 0x%x (queue order)", who,
+               g->signo, g->value, w->value);
     if (w->on_altstack)
       wl_check(c, g->on_altstack, "%s: signal %d did not run on the alternate stack", who,
                g->signo);
@@ -144,10 +146,10 @@ static void check_stack(struct wl_check* c, const char* who, const stack_t* want
   if (!wl_check(c, sigaltstack(NULL, &now) == 0, "%s: sigaltstack: %s", who, strerror(errno)))
     return;
   int same = now.ss_flags == want->ss_flags;
-  if (!(want->ss_flags & SS_DISABLE)) same = same && now.ss_sp == want->ss_sp &&
-                                             now.ss_size == want->ss_size;
-  wl_check(c, same, "%s: sigaltstack sp %p size %zu flags 0x%x, was sp %p size %zu flags 0x%x",
-           who, now.ss_sp, (size_t)now.ss_size, now.ss_flags, want->ss_sp, (size_t)want->ss_size,
+  if (!(want->ss_flags & SS_DISABLE))
+    same = same && now.ss_sp == want->ss_sp && now.ss_size == want->ss_size;
+  wl_check(c, same, "%s: sigaltstack sp %p size %zu flags 0x%x, was sp %p size %zu flags 0x%x", who,
+           now.ss_sp, (size_t)now.ss_size, now.ss_flags, want->ss_sp, (size_t)want->ss_size,
            want->ss_flags);
 }
 
@@ -181,8 +183,8 @@ static void* thread_a_main(void* arg) {
            (unsigned long long)mask_a);
   uint64_t want_pending = bit(SIGUSR2) | bit(SIGRTMIN + 1) | bit(SIGRTMIN + 2) | bit(SIGWINCH);
   uint64_t p = pending_now();
-  wl_check(c, p == want_pending, "%s: sigpending 0x%llx, want 0x%llx", who,
-           (unsigned long long)p, (unsigned long long)want_pending);
+  wl_check(c, p == want_pending, "%s: sigpending 0x%llx, want 0x%llx", who, (unsigned long long)p,
+           (unsigned long long)want_pending);
   sigemptyset(&s);
   sigaddset(&s, SIGRTMIN + 2);
   sigaddset(&s, SIGWINCH);
@@ -249,8 +251,8 @@ int main(int argc, char** argv) {
   if (pending_now() != want_pending)
     wl_die("main", "sigpending 0x%llx before the dump, want 0x%llx",
            (unsigned long long)pending_now(), (unsigned long long)want_pending);
-  wl_log("SIGRTMIN is %d; blocked 0x%llx; pending 0x%llx", SIGRTMIN,
-         (unsigned long long)mask_main, (unsigned long long)want_pending);
+  wl_log("SIGRTMIN is %d; blocked 0x%llx; pending 0x%llx", SIGRTMIN, (unsigned long long)mask_main,
+         (unsigned long long)want_pending);
   wl_ready("main");
   struct wl_check c;
   wl_check_init(&c);
@@ -266,14 +268,14 @@ int main(int argc, char** argv) {
              now.rc == 0 && now.handler == b->handler && now.flags == b->flags &&
                  now.restorer == b->restorer && now.mask == b->mask,
              "signal %d: handler %p flags 0x%x restorer %p mask 0x%llx, was %p 0x%x %p 0x%llx", i,
-             now.handler, now.flags, (void*)now.restorer, (unsigned long long)now.mask,
-             b->handler, b->flags, (void*)b->restorer, (unsigned long long)b->mask);
+             now.handler, now.flags, (void*)now.restorer, (unsigned long long)now.mask, b->handler,
+             b->flags, (void*)b->restorer, (unsigned long long)b->mask);
   }
   struct disp d;
   get_disp(SIGUSR2, &d);
   wl_check(&c,
-           d.handler == (void*)handler && (d.flags & (SA_SIGINFO | SA_RESTART)) ==
-                                              (SA_SIGINFO | SA_RESTART) &&
+           d.handler == (void*)handler &&
+               (d.flags & (SA_SIGINFO | SA_RESTART)) == (SA_SIGINFO | SA_RESTART) &&
                d.mask == (bit(SIGHUP) | bit(SIGALRM)),
            "SIGUSR2: handler %p flags 0x%x mask 0x%llx, set to %p SA_SIGINFO|SA_RESTART {HUP,ALRM}",
            d.handler, d.flags, (unsigned long long)d.mask, (void*)handler);

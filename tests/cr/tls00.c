@@ -9,9 +9,9 @@
  * through the segment registers. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <stdio.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -149,8 +149,8 @@ static void check_thread(int idx) {
     wl_check(c, memcmp(x, y, sizeof *x) == 0,
              "%s: get_thread_area(%u): base 0x%x limit 0x%x seg_32bit %u useable %u, was "
              "entry %u base 0x%x limit 0x%x seg_32bit %u useable %u",
-             t, x->entry_number, x->base_addr, x->limit, x->seg_32bit, x->useable,
-             y->entry_number, y->base_addr, y->limit, y->seg_32bit, y->useable);
+             t, x->entry_number, x->base_addr, x->limit, x->seg_32bit, x->useable, y->entry_number,
+             y->base_addr, y->limit, y->seg_32bit, y->useable);
   }
 #endif
   if (idx == 1) {

@@ -148,8 +148,7 @@ int main(int argc, char** argv) {
   int64_t tv_ns = (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
   if (wl_check(&c, g == 0, "gettimeofday failed: %s", strerror(errno)))
     wl_check(&c, tv_ns >= r1 - 1000 && tv_ns <= r2,
-             "gettimeofday reads %" PRId64 " ns, the syscall %" PRId64 "..%" PRId64, tv_ns, r1,
-             r2);
+             "gettimeofday reads %" PRId64 " ns, the syscall %" PRId64 "..%" PRId64, tv_ns, r1, r2);
   time_t t = time(NULL);
   int64_t rs = raw_ns(CLOCK_REALTIME) / 1000000000;
   wl_check(&c, t == rs || t == rs - 1, "time() reads %lld, the syscall %lld", (long long)t,

@@ -25,7 +25,9 @@ static int wl_child_sync[WL_MAX_CHILDREN]; /* read end of each child's ready pip
 static volatile sig_atomic_t wl_nchildren;
 static int wl_parent_sync = -1; /* write end of my ready pipe towards my parent */
 
-pid_t wl_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+pid_t wl_gettid(void) {
+  return (pid_t)syscall(SYS_gettid);
+}
 
 static void wl_vwrite(int fd, const char* prefix, const char* fmt, va_list ap) {
   char buf[1400];

@@ -30,9 +30,9 @@
 
 #define WL_PRINTF(a, b) __attribute__((format(printf, a, b)))
 
-extern const char* wl_statedir;        /* argv[1] */
-extern int wl_dirfd;                   /* O_DIRECTORY fd of STATEDIR, O_CLOEXEC */
-extern volatile sig_atomic_t wl_usr1;  /* set by the SIGUSR1 handler */
+extern const char* wl_statedir;       /* argv[1] */
+extern int wl_dirfd;                  /* O_DIRECTORY fd of STATEDIR, O_CLOEXEC */
+extern volatile sig_atomic_t wl_usr1; /* set by the SIGUSR1 handler */
 
 /* Parses argv (`PROG STATEDIR ...`; `PROG --wl-probe` exits 0 at once), opens
  * STATEDIR and installs the SIGUSR1 handler. Exits 2 on misuse. */
