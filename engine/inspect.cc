@@ -2,6 +2,8 @@
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/json_util.h>
 
+#include <sys/capability.h>
+
 #include <set>
 #include <sstream>
 
@@ -25,6 +27,30 @@ std::unique_ptr<google::protobuf::Message> MessageFor(const std::string& name) {
   if (starts("pagemap-")) return std::make_unique<img::Pagemap>();
   if (starts("fdtable-")) return std::make_unique<img::FdTable>();
   return nullptr;
+}
+
+// "cap_chown,cap_kill" for a capability mask, with libcap's names.
+std::string CapNames(uint64_t mask) {
+  if (mask == 0) return "none";
+  std::string out;
+  for (int cap = 0; cap < 64; ++cap) {
+    if (!(mask >> cap & 1)) continue;
+    char* name = cap_to_name(cap_value_t(cap));
+    out += (out.empty() ? "" : ",") + std::string(name ? name : std::to_string(cap));
+    cap_free(name);
+  }
+  return out;
+}
+
+std::string DescribeCreds(const img::Creds& c) {
+  std::ostringstream os;
+  os << "# uid " << c.uid() << "/" << c.euid() << "/" << c.suid() << "/" << c.fsuid() << ", gid "
+     << c.gid() << "/" << c.egid() << "/" << c.sgid() << "/" << c.fsgid() << "\n"
+     << "# effective: " << CapNames(c.cap_eff()) << "\n"
+     << "# permitted: " << CapNames(c.cap_prm()) << "\n"
+     << "# inheritable: " << CapNames(c.cap_inh()) << ", ambient: " << CapNames(c.cap_amb())
+     << "\n";
+  return os.str();
 }
 
 std::string ToJson(const google::protobuf::Message& m) {
@@ -62,16 +88,19 @@ Result<std::string> InspectImages(ImageReader& images, bool json) {
       os << (first ? "" : ",") << "\"" << e.name() << "\":" << ToJson(*msg);
       first = false;
     } else {
-      if (auto* core = dynamic_cast<img::TaskCore*>(msg.get()))
+      std::string note;
+      if (auto* core = dynamic_cast<img::TaskCore*>(msg.get())) {
         for (auto& th : *core->mutable_threads())
           th.set_xstate("<" + std::to_string(th.xstate().size()) + " bytes>");
+        note = DescribeCreds(core->creds());
+      }
       if (auto* mm = dynamic_cast<img::MmImage*>(msg.get())) {
         mm->set_vdso("<" + std::to_string(mm->vdso().size()) + " bytes>");
         mm->set_auxv("<" + std::to_string(mm->auxv().size()) + " bytes>");
       }
       std::string text;
       google::protobuf::TextFormat::PrintToString(*msg, &text);
-      os << "\n== " << e.name() << "\n" << text;
+      os << "\n== " << e.name() << "\n" << note << text;
     }
   }
   if (json) os << "}}\n";

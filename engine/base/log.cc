@@ -1,9 +1,11 @@
 #include "engine/base/log.h"
 
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "engine/base/result.h"
 
@@ -12,7 +14,7 @@ namespace {
 
 struct LogState {
   std::mutex mu;
-  LogLevel level = LogLevel::kInfo;
+  std::atomic<LogLevel> level{LogLevel::kInfo};
   std::map<int, LogSink> sinks{{0, StderrLogSink}};
   int next_id = 1;
 };
@@ -77,8 +79,13 @@ void StderrLogSink(LogLevel level, std::string_view msg) {
 LogMessage::~LogMessage() {
   auto& s = State();
   std::string msg = os_.str();
-  std::lock_guard lock(s.mu);
-  for (auto& [id, sink] : s.sinks) sink(level_, msg);
+  // Call the sinks outside the lock, so that a sink may log or change the sinks.
+  std::vector<LogSink> sinks;
+  {
+    std::lock_guard lock(s.mu);
+    for (auto& [id, sink] : s.sinks) sinks.push_back(sink);
+  }
+  for (auto& sink : sinks) sink(level_, msg);
 }
 
 void CheckFailed(const char* file, int line, const char* cond) {

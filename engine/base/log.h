@@ -15,7 +15,8 @@ using LogSink = std::function<void(LogLevel, std::string_view msg)>;
 
 void SetLogLevel(LogLevel level);
 LogLevel GetLogLevel();
-// Replaces all sinks with one. Returns the id usable with RemoveLogSink.
+// Adds a sink beside the others (the stderr sink is there from the start). Returns
+// the id usable with RemoveLogSink.
 int AddLogSink(LogSink sink);
 void RemoveLogSink(int id);
 void ClearLogSinks();

@@ -39,8 +39,13 @@ Result<std::string> ReadLink(const std::string& path) {
 Result<void> WriteStringToFile(const std::string& path, std::string_view data) {
   UniqueFd fd(open(path.c_str(), O_WRONLY | O_CLOEXEC));
   if (!fd) return ErrnoError() << "open " << path;
-  if (write(fd.get(), data.data(), data.size()) != ssize_t(data.size()))
-    return ErrnoError() << "write " << path;
+  while (!data.empty()) {
+    ssize_t n = write(fd.get(), data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoError() << "write " << path;
+    if (n == 0) return Err(EIO) << "write " << path << ": no progress";
+    data.remove_prefix(size_t(n));
+  }
   return Ok();
 }
 
@@ -88,10 +93,14 @@ std::string UnescapeOctal(std::string_view s) {
 
 namespace {
 
+// Assigns *out only when all of s is a number.
 template <class T>
 bool ParseNum(std::string_view s, T* out, int base = 10) {
-  auto r = std::from_chars(s.data(), s.data() + s.size(), *out, base);
-  return r.ec == std::errc() && r.ptr == s.data() + s.size();
+  T v{};
+  auto r = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size() || s.empty()) return false;
+  *out = v;
+  return true;
 }
 
 // Splits on runs of spaces, returning at most max_fields; the last takes the rest.
@@ -283,9 +292,9 @@ Result<FdInfo> ParseFdInfo(std::string_view text) {
     } else if (key == "flags") {
       have_flags = ParseNum(val, &fi.flags, 8);
     } else if (key == "mnt_id") {
-      ParseNum(val, &fi.mnt_id);
+      if (!ParseNum(val, &fi.mnt_id)) return Err(EINVAL) << "fdinfo: bad mnt_id '" << val << "'";
     } else if (key == "ino") {
-      ParseNum(val, &fi.ino);
+      if (!ParseNum(val, &fi.ino)) return Err(EINVAL) << "fdinfo: bad ino '" << val << "'";
     } else {
       fi.extra.emplace(key, std::string(val));
     }

@@ -80,7 +80,8 @@ struct FdInfo {
   uint32_t flags = 0;  // octal in the file
   int mnt_id = -1;
   uint64_t ino = 0;
-  std::map<std::string, std::string> extra;  // every other "key: value" line
+  // Every other "key: value" line; keys repeat (epoll's tfd:, inotify's wd: lines).
+  std::multimap<std::string, std::string> extra;
 };
 Result<FdInfo> ParseFdInfo(std::string_view text);
 Result<FdInfo> ReadFdInfo(pid_t pid, int fd);

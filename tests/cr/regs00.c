@@ -79,21 +79,42 @@ void regs_spin(struct regblock* b);
 #define NVEC 16
 static const char* const gpr_names[NGPR] = {"rbx", "rbp", "r12", "r13", "r14",
                                             "r15", "rdx", "r8",  "r9",  "r10"};
-#define VLOAD(op, reg)                                                                         \
-  V(op, OFF_VEC_IN, 0, reg)                                                                    \
-  V(op, OFF_VEC_IN, 1, reg) V(op, OFF_VEC_IN, 2, reg) V(op, OFF_VEC_IN, 3, reg)                \
-      V(op, OFF_VEC_IN, 4, reg) V(op, OFF_VEC_IN, 5, reg) V(op, OFF_VEC_IN, 6, reg)            \
-          V(op, OFF_VEC_IN, 7, reg) V(op, OFF_VEC_IN, 8, reg) V(op, OFF_VEC_IN, 9, reg)        \
-              V(op, OFF_VEC_IN, 10, reg) V(op, OFF_VEC_IN, 11, reg) V(op, OFF_VEC_IN, 12, reg) \
-                  V(op, OFF_VEC_IN, 13, reg) V(op, OFF_VEC_IN, 14, reg) V(op, OFF_VEC_IN, 15, reg)
-#define VSTORE(op, reg)                                                                       \
-  VS(op, OFF_VEC_OUT, 0, reg)                                                                 \
-  VS(op, OFF_VEC_OUT, 1, reg) VS(op, OFF_VEC_OUT, 2, reg) VS(op, OFF_VEC_OUT, 3, reg)         \
-      VS(op, OFF_VEC_OUT, 4, reg) VS(op, OFF_VEC_OUT, 5, reg) VS(op, OFF_VEC_OUT, 6, reg)     \
-          VS(op, OFF_VEC_OUT, 7, reg) VS(op, OFF_VEC_OUT, 8, reg) VS(op, OFF_VEC_OUT, 9, reg) \
-              VS(op, OFF_VEC_OUT, 10, reg) VS(op, OFF_VEC_OUT, 11, reg)                       \
-                  VS(op, OFF_VEC_OUT, 12, reg) VS(op, OFF_VEC_OUT, 13, reg)                   \
-                      VS(op, OFF_VEC_OUT, 14, reg) VS(op, OFF_VEC_OUT, 15, reg)
+/* clang-format off */
+#define VLOAD(op, reg) \
+  V(op, OFF_VEC_IN, 0, reg) \
+  V(op, OFF_VEC_IN, 1, reg) \
+  V(op, OFF_VEC_IN, 2, reg) \
+  V(op, OFF_VEC_IN, 3, reg) \
+  V(op, OFF_VEC_IN, 4, reg) \
+  V(op, OFF_VEC_IN, 5, reg) \
+  V(op, OFF_VEC_IN, 6, reg) \
+  V(op, OFF_VEC_IN, 7, reg) \
+  V(op, OFF_VEC_IN, 8, reg) \
+  V(op, OFF_VEC_IN, 9, reg) \
+  V(op, OFF_VEC_IN, 10, reg) \
+  V(op, OFF_VEC_IN, 11, reg) \
+  V(op, OFF_VEC_IN, 12, reg) \
+  V(op, OFF_VEC_IN, 13, reg) \
+  V(op, OFF_VEC_IN, 14, reg) \
+  V(op, OFF_VEC_IN, 15, reg)
+#define VSTORE(op, reg) \
+  VS(op, OFF_VEC_OUT, 0, reg) \
+  VS(op, OFF_VEC_OUT, 1, reg) \
+  VS(op, OFF_VEC_OUT, 2, reg) \
+  VS(op, OFF_VEC_OUT, 3, reg) \
+  VS(op, OFF_VEC_OUT, 4, reg) \
+  VS(op, OFF_VEC_OUT, 5, reg) \
+  VS(op, OFF_VEC_OUT, 6, reg) \
+  VS(op, OFF_VEC_OUT, 7, reg) \
+  VS(op, OFF_VEC_OUT, 8, reg) \
+  VS(op, OFF_VEC_OUT, 9, reg) \
+  VS(op, OFF_VEC_OUT, 10, reg) \
+  VS(op, OFF_VEC_OUT, 11, reg) \
+  VS(op, OFF_VEC_OUT, 12, reg) \
+  VS(op, OFF_VEC_OUT, 13, reg) \
+  VS(op, OFF_VEC_OUT, 14, reg) \
+  VS(op, OFF_VEC_OUT, 15, reg)
+/* clang-format on */
 #endif
 
 #if defined(__x86_64__)
@@ -202,16 +223,26 @@ __asm__(
 #define NGPR 5
 #define NVEC 8
 static const char* const gpr_names[NGPR] = {"ebx", "ebp", "esi", "edi", "edx"};
-#define VLOAD(op, reg)                                                              \
-  V(op, OFF_VEC_IN, 0, reg)                                                         \
-  V(op, OFF_VEC_IN, 1, reg) V(op, OFF_VEC_IN, 2, reg) V(op, OFF_VEC_IN, 3, reg)     \
-      V(op, OFF_VEC_IN, 4, reg) V(op, OFF_VEC_IN, 5, reg) V(op, OFF_VEC_IN, 6, reg) \
-          V(op, OFF_VEC_IN, 7, reg)
-#define VSTORE(op, reg)                                                                   \
-  VS(op, OFF_VEC_OUT, 0, reg)                                                             \
-  VS(op, OFF_VEC_OUT, 1, reg) VS(op, OFF_VEC_OUT, 2, reg) VS(op, OFF_VEC_OUT, 3, reg)     \
-      VS(op, OFF_VEC_OUT, 4, reg) VS(op, OFF_VEC_OUT, 5, reg) VS(op, OFF_VEC_OUT, 6, reg) \
-          VS(op, OFF_VEC_OUT, 7, reg)
+/* clang-format off */
+#define VLOAD(op, reg) \
+  V(op, OFF_VEC_IN, 0, reg) \
+  V(op, OFF_VEC_IN, 1, reg) \
+  V(op, OFF_VEC_IN, 2, reg) \
+  V(op, OFF_VEC_IN, 3, reg) \
+  V(op, OFF_VEC_IN, 4, reg) \
+  V(op, OFF_VEC_IN, 5, reg) \
+  V(op, OFF_VEC_IN, 6, reg) \
+  V(op, OFF_VEC_IN, 7, reg)
+#define VSTORE(op, reg) \
+  VS(op, OFF_VEC_OUT, 0, reg) \
+  VS(op, OFF_VEC_OUT, 1, reg) \
+  VS(op, OFF_VEC_OUT, 2, reg) \
+  VS(op, OFF_VEC_OUT, 3, reg) \
+  VS(op, OFF_VEC_OUT, 4, reg) \
+  VS(op, OFF_VEC_OUT, 5, reg) \
+  VS(op, OFF_VEC_OUT, 6, reg) \
+  VS(op, OFF_VEC_OUT, 7, reg)
+/* clang-format on */
 /* Stack frame after the prologue: 0 timespec (8), 8 block, 12 spin counter,
  * 16 caller FCW, 20 caller MXCSR; the argument is at 48(%esp). eax and ecx are
  * scratch; ebx is pushed around int $0x80 (it carries the syscall argument). */
