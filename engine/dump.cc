@@ -116,6 +116,7 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
     KLEAP_TRY(DumpMm(ctx, t, &mm));
     img::FdTable fds;
     KLEAP_TRY(DumpFds(ctx, t, &fds));
+    KLEAP_TRY(FaultPoint("dump-write"));
     KLEAP_TRY(images.WriteMessage(CoreImage(t.pid), core));
     KLEAP_TRY(images.WriteMessage(MmImage(t.pid), mm));
     KLEAP_TRY(images.WriteMessage(FdTableImage(t.pid), fds));

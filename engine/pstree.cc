@@ -3,6 +3,8 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <set>
 #include <sstream>
@@ -17,6 +19,13 @@ std::string Hex(uint64_t v) {
   std::ostringstream os;
   os << "0x" << std::hex << v;
   return os.str();
+}
+
+Result<void> FaultPoint(const char* name) {
+  const char* want = getenv("KLEAP_FAULT");
+  if (want && strcmp(want, name) == 0)
+    return Err(EIO) << "injected fault at " << name << " (KLEAP_FAULT)";
+  return Ok();
 }
 
 std::string Problem::ToString() const {

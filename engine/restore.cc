@@ -503,6 +503,7 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   mr.force_vdso_proxy = opts_.force_vdso_proxy;
   KLEAP_TRY(RestoreMm(mr));
   page_bytes_ += mr.page_bytes;
+  KLEAP_TRY(FaultPoint("restore-rebuild"));
   const uint64_t data = t.scratch + kScratchData;
   KLEAP_TRY(RestoreSigactions(leader, pid, data, *t.core));
   KLEAP_TRY(RestoreRlimits(pid, *t.core));

@@ -16,6 +16,11 @@
 #                  original tree must still PASS.
 #   change-file    dump, overwrite STATEDIR/lib.so with another ELF, restore must
 #                  fail naming STATEDIR/lib.so and leave no process behind.
+#   fault-dump     dump with KLEAP_FAULT=dump-write must fail, write no inventory,
+#                  and the tree must still be alive and PASS.
+#   fault-restore  restore with KLEAP_FAULT=restore-rebuild (tasks exist, one has its
+#                  memory rebuilt) must fail and leave no process behind; a second
+#                  restore without the fault must then succeed and PASS.
 #   plain          no kleap at all: start, ready, SIGUSR1, results (checks the
 #                  program's own checks).
 #
@@ -36,7 +41,7 @@ MODE=restore
 
 usage() {
   echo "usage: $0 --kleap PATH --prog PATH [--prog-arg X]... [--restore-arg X]..." \
-    "[--mode restore|leave-running|refuse|corrupt-image|pid-taken|change-file|plain]" \
+    "[--mode restore|leave-running|refuse|corrupt-image|pid-taken|change-file|fault-dump|fault-restore|plain]" \
     "[--expect STR]..." >&2
   exit 2
 }
@@ -55,7 +60,7 @@ while [ $# -gt 0 ]; do
 done
 
 case "$MODE" in
-  restore|leave-running|refuse|corrupt-image|pid-taken|change-file|plain) ;;
+  restore|leave-running|refuse|corrupt-image|pid-taken|change-file|fault-dump|fault-restore|plain) ;;
   *) echo "unknown mode: $MODE" >&2; usage ;;
 esac
 [ -n "$PROG" ] || usage
@@ -544,6 +549,37 @@ case "$MODE" in
     compare_tree "after the refused restore"
     signal_and_judge "the original tree after the refused restore"
     pass "restore refused because the pids are taken; the original tree is intact"
+    ;;
+
+  fault-dump)
+    KLEAP_FAULT=dump-write dump_tree
+    [ $KRC != 0 ] || fail "kleap dump succeeded through an injected fault"
+    kleap_output dump | grep -qF "injected fault at dump-write" ||
+      fail "kleap dump failed without naming the injected fault"
+    [ ! -e "$IMG/inventory.img" ] || fail "a failed dump committed an inventory"
+    check_not_stopped "after the failed dump"
+    compare_tree "after the failed dump"
+    signal_and_judge "after the failed dump"
+    pass "a dump that failed half-way left the tree running as before and no set behind"
+    ;;
+
+  fault-restore)
+    dump_tree
+    [ $KRC = 0 ] || fail "kleap dump exited $KRC"
+    wait_gone_after_dump
+    export KLEAP_FAULT=restore-rebuild
+    restore && fail "kleap restore succeeded through an injected fault"
+    unset KLEAP_FAULT
+    kleap_output restore | grep -qF "injected fault at restore-rebuild" ||
+      fail "kleap restore failed without naming the injected fault"
+    check_no_stray "after the failed restore"
+    wait_tree_gone 30 || fail "pids of the tree still in /proc 30 s after the failed restore:$LEFT"
+    restore || fail "the restore after the failed one exited $KRC"
+    [ "$RESTORED" = "$ROOT" ] || fail "kleap restore printed pid $RESTORED, the root was $ROOT"
+    for p in "${TREE[@]}"; do KNOWN[$p]=1; done
+    compare_tree "after the second restore"
+    signal_and_judge "after the second restore"
+    pass "a restore that failed with tasks half-built left none behind; the next one worked"
     ;;
 
   change-file)
