@@ -2,8 +2,11 @@
 // base), GDT TLS slots, rseq registration, clear_child_tid, comm, and the task's
 // personality, umask, cwd, root and rlimits.
 #include <linux/prctl.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -17,6 +20,7 @@ namespace kleap {
 namespace {
 
 constexpr int kRseqFlagUnregister = 1;
+constexpr int kIoprioWhoProcess = 1;
 
 void RegsToImage(const Regs& r, img::GpRegs* g) {
   g->set_r15(r.r15);
@@ -48,7 +52,72 @@ void RegsToImage(const Regs& r, img::GpRegs* g) {
   g->set_gs(r.gs);
 }
 
+// The robust list is kept per ABI: an ia32 thread's is the compat one, which only the
+// compat get_robust_list returns.
+Result<void> DumpRobustList(pid_t tid, ArchKind arch, img::ThreadCore* th) {
+  if (arch == ArchKind::kX86_64) {
+    uint64_t head = 0;
+    size_t len = 0;
+    if (syscall(SYS_get_robust_list, tid, &head, &len) < 0)
+      return ErrnoError() << "thread " << tid << ": get_robust_list";
+    th->set_robust_list(head);
+    th->set_robust_list_len(len);
+    return Ok();
+  }
+  char* low = LowPage();
+  if (!low) return Err(ENOMEM) << "no memory below 4 GiB for compat get_robust_list";
+  long r = LocalCompatSyscall(X86Arch::kGetRobustList, uint32_t(tid), uint32_t(uintptr_t(low)),
+                              uint32_t(uintptr_t(low + 4)));
+  if (r < 0) return Err(int(-r)) << "thread " << tid << ": compat get_robust_list";
+  uint32_t v[2];
+  memcpy(v, low, sizeof v);
+  th->set_robust_list(v[0]);
+  th->set_robust_list_len(v[1]);
+  return Ok();
+}
+
+Result<void> DumpScheduling(pid_t tid, img::ThreadCore* th) {
+  errno = 0;
+  int nice = getpriority(PRIO_PROCESS, id_t(tid));
+  if (nice == -1 && errno) return ErrnoError() << "thread " << tid << ": getpriority";
+  th->set_nice(nice);
+  int policy = sched_getscheduler(tid);
+  if (policy < 0) return ErrnoError() << "thread " << tid << ": sched_getscheduler";
+  th->set_sched_policy(uint32_t(policy));
+  sched_param sp{};
+  if (sched_getparam(tid, &sp) < 0) return ErrnoError() << "thread " << tid << ": sched_getparam";
+  th->set_sched_priority(uint32_t(sp.sched_priority));
+  cpu_set_t set;
+  if (sched_getaffinity(tid, sizeof set, &set) < 0)
+    return ErrnoError() << "thread " << tid << ": sched_getaffinity";
+  th->set_affinity(std::string(reinterpret_cast<const char*>(&set), sizeof set));
+  long io = syscall(SYS_ioprio_get, kIoprioWhoProcess, tid);
+  if (io < 0) return ErrnoError() << "thread " << tid << ": ioprio_get";
+  th->set_ioprio(uint32_t(io));
+  return Ok();
+}
+
 }  // namespace
+
+Result<void> RestoreScheduling(pid_t tid, const img::ThreadCore& th) {
+  std::string who = "thread " + std::to_string(tid);
+  sched_param sp{};
+  sp.sched_priority = int(th.sched_priority());
+  if (sched_setscheduler(tid, int(th.sched_policy()), &sp) < 0)
+    return ErrnoError() << who << ": set scheduling policy " << th.sched_policy() << " priority "
+                        << th.sched_priority();
+  if (setpriority(PRIO_PROCESS, id_t(tid), th.nice()) < 0)
+    return ErrnoError() << who << ": set nice " << th.nice();
+  if (th.affinity().size() == sizeof(cpu_set_t)) {
+    cpu_set_t set;
+    memcpy(&set, th.affinity().data(), sizeof set);
+    if (sched_setaffinity(tid, sizeof set, &set) < 0)
+      return ErrnoError() << who << ": set CPU affinity";
+  }
+  if (syscall(SYS_ioprio_set, kIoprioWhoProcess, tid, th.ioprio()) < 0)
+    return ErrnoError() << who << ": set I/O priority " << Hex(th.ioprio());
+  return Ok();
+}
 
 Regs RegsFromImage(const img::GpRegs& g) {
   Regs r{};
@@ -138,7 +207,15 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
     th->set_clear_child_tid(arch == ArchKind::kX86 ? uint32_t(tid_addr) : tid_addr);
     auto comm = ReadFileToString(ProcPath(pid, "task/" + std::to_string(tid) + "/comm"));
     th->set_comm(comm ? std::string(Trim(*comm)) : task.comm);
+    KLEAP_TRY(DumpRobustList(tid, arch, th));
+    KLEAP_TRY(DumpScheduling(tid, th));
+    th->set_timerslack_ns(KLEAP_TRY_CTX(
+        WithArch(arch,
+                 [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TIMERSLACK); }),
+        "thread " << tid << ": PR_GET_TIMERSLACK"));
   }
+  auto oom = ReadFileToString(ProcPath(pid, "oom_score_adj"));
+  if (oom) core->set_oom_score_adj(std::atoi(oom->c_str()));
   return Ok();
 }
 
@@ -161,6 +238,17 @@ Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
                   "thread " << tid << ": register rseq at " << Hex(th.rseq().abi_pointer()));
   KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kSetTidAddress, th.clear_child_tid()),
                 "thread " << tid << ": set_tid_address");
+  // The robust list goes in the thread's own ABI: an ia32 thread's is the compat one.
+  KLEAP_TRY_CTX(WithArch(ArchKind(th.arch()),
+                         [&](auto a) {
+                           return rs.Call(a.kKind, decltype(a)::kSetRobustList, th.robust_list(),
+                                          th.robust_list_len());
+                         }),
+                "thread " << tid << ": set_robust_list");
+  if (th.timerslack_ns())
+    KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_TIMERSLACK, th.timerslack_ns()),
+                  "thread " << tid << ": set timer slack " << th.timerslack_ns());
+  KLEAP_TRY(RestoreScheduling(tid, th));
   for (auto& t : th.tls()) {
     if (t.entry_number() < kGdtTlsMin || t.entry_number() >= kGdtTlsMin + kGdtTlsEntries)
       return Err(EINVAL) << "core image: thread " << tid << ": bad TLS entry " << t.entry_number();
@@ -191,6 +279,9 @@ Result<void> SetFinalRegisters(RemoteSyscalls& rs, const img::ThreadCore& th) {
 }
 
 Result<void> RestoreRlimits(pid_t pid, const img::TaskCore& core) {
+  auto oom =
+      WriteStringToFile(ProcPath(pid, "oom_score_adj"), std::to_string(core.oom_score_adj()));
+  if (!oom) return std::move(oom).error().Context("task " + std::to_string(pid));
   for (auto& l : core.rlimits()) {
     if (l.resource() >= RLIM_NLIMITS)
       return Err(EINVAL) << "core image of task " << pid << ": bad rlimit " << l.resource();

@@ -292,17 +292,12 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
 // 64-bit open() always adds O_LARGEFILE; an ia32 task's files may lack it, and only an
 // open through the compat entry (int $0x80, even from 64-bit code) leaves it out.
 int OpenLikeTask(const std::string& path, int flags, mode_t mode) {
-  if ((flags & kKernelOLargefile) || path.size() >= 4096) return open(path.c_str(), flags, mode);
-  static char* low = static_cast<char*>(
-      mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0));
-  if (low == MAP_FAILED) return open(path.c_str(), flags, mode);
+  char* low = LowPage();
+  if ((flags & kKernelOLargefile) || path.size() >= 4096 || !low)
+    return open(path.c_str(), flags, mode);
   memcpy(low, path.c_str(), path.size() + 1);
-  long ret;
-  constexpr long kOpenat32 = 295;
-  asm volatile("int $0x80"
-               : "=a"(ret)
-               : "a"(kOpenat32), "b"(AT_FDCWD), "c"(low), "d"(flags), "S"(mode)
-               : "memory", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15");
+  long ret = LocalCompatSyscall(X86Arch::kOpenat, uint32_t(AT_FDCWD), uint32_t(uintptr_t(low)),
+                                uint32_t(flags), mode);
   if (ret < 0) {
     errno = int(-ret);
     return -1;

@@ -564,7 +564,10 @@ Result<RestoreResult> RestoreSession::Run() {
     if (!r) return std::move(r).error().Context("resume");
   }
   success_ = true;
+  // The tasks hold their own references now.
   files_ = OpenFiles();
+  for (auto& [id, m] : shmem_) munmap(reinterpret_cast<void*>(m.addr), m.size);
+  shmem_.clear();
   RestoreResult res;
   res.root = root_;
   res.page_bytes = page_bytes_;

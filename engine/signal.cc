@@ -124,11 +124,14 @@ Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, uint64_t s
 
 Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch,
                              const img::ThreadCore& th) {
-  if (!th.has_altstack()) return Ok();
+  // Always set: a thread without one must not keep the restorer's.
   X64Arch::stack_t ss{};
-  ss.sp = th.altstack().sp();
-  ss.size = th.altstack().size();
-  ss.flags = th.altstack().flags();
+  ss.flags = SS_DISABLE;
+  if (th.has_altstack()) {
+    ss.sp = th.altstack().sp();
+    ss.size = th.altstack().size();
+    ss.flags = th.altstack().flags();
+  }
   KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), &ss, sizeof ss));
   KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kSigaltstack, scratch, 0),
                 "thread " << tid << ": sigaltstack");

@@ -2,6 +2,7 @@
 
 #include <elf.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "engine/base/unique_fd.h"
@@ -16,6 +17,24 @@ std::string_view ArchName(ArchKind a) {
       return "ia32";
   }
   return "unknown";
+}
+
+long LocalCompatSyscall(long nr, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4) {
+  long ret;
+  asm volatile("int $0x80"
+               : "=a"(ret)
+               : "a"(nr), "b"(a1), "c"(a2), "d"(a3), "S"(a4)
+               : "memory", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15");
+  return ret;
+}
+
+char* LowPage() {
+  static char* page = [] {
+    void* p =
+        mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+    return p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+  }();
+  return page;
 }
 
 ElfClass ReadElfClass(const char* path) {

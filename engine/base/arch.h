@@ -70,6 +70,7 @@ struct X64Arch {
     kSetTidAddress = 218,
     kOpenat = 257,
     kSetRobustList = 273,
+    kGetRobustList = 274,
     kRtTgsigqueueinfo = 297,
     kRseq = 334,
   };
@@ -123,6 +124,7 @@ struct X86Arch {
     kSetTidAddress = 258,
     kOpenat = 295,
     kSetRobustList = 311,
+    kGetRobustList = 312,
     kRtTgsigqueueinfo = 335,
     kRseq = 386,
   };
@@ -140,6 +142,14 @@ decltype(auto) WithArch(ArchKind a, F&& f) {
   }
   std::abort();
 }
+
+// Runs a syscall of this process through the ia32 entry (int $0x80 works from 64-bit
+// code too): the compat flavour of a syscall, for an ia32 task's state. Pointer
+// arguments must be below 4 GiB: see LowPage().
+long LocalCompatSyscall(long nr, uint32_t a1 = 0, uint32_t a2 = 0, uint32_t a3 = 0,
+                        uint32_t a4 = 0);
+// A page of this process below 4 GiB (MAP_32BIT), for compat syscall arguments.
+char* LowPage();
 
 // The ELF class of an executable decides the width a task starts in.
 enum class ElfClass { kUnknown, k32, k64 };
