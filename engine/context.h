@@ -64,6 +64,8 @@ Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id,
 std::vector<Problem> CheckFds(pid_t pid);
 std::vector<Problem> CheckMappings(pid_t pid);
 std::vector<Problem> CheckTaskState(pid_t pid);
+// Sessions and process groups whose leader is outside the tree.
+std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks);
 
 // ---- restore ----
 

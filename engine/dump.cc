@@ -12,8 +12,6 @@
 
 namespace kleap {
 
-std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks);
-
 std::string CoreImage(pid_t pid) {
   return "core-" + std::to_string(pid) + ".img";
 }
