@@ -12,6 +12,8 @@
 #include "engine/base/log.h"
 #include "engine/engine.h"
 #include "engine/images/image_set.h"
+#include "memstore/store.h"
+#include "memstore/store_cli.h"
 
 namespace kleap {
 namespace {
@@ -30,10 +32,14 @@ const char kUsage[] =
     "                                         rebuild the tree with the same PIDs and resume it\n"
     "  inspect DIR [--json]                  decode an image set\n"
     "  validate DIR                          check that a set is whole and restorable\n"
+    "  store info|ls|cat NAME|wipe [--backend pmem:/dev/pmemN|dir:PATH] [--json] [--verify] "
+    "[--yes]\n"
+    "                                         look into, or wipe, a memstore\n"
     "\n"
     "Options:\n"
     "  --tree PID        the root of the tree\n"
-    "  --images DIR      the image set (dump: an empty or new directory)\n"
+    "  --images DIR      the image set: a directory (dump: an empty or new one), or a\n"
+    "                    memstore, pmem:/dev/pmemN or dir:PATH\n"
     "  --leave-running   dump: let the tree run on afterwards instead of killing it\n"
     "  --detach          restore: print the root PID and return once the tree runs\n"
     "  --vdso-proxy      restore: use vDSO trampolines even when the kernel's vDSO is the same\n"
@@ -87,6 +93,23 @@ int Fail(const Error& e, const char* what) {
   return kExitFail;
 }
 
+// An image set is a directory, or a memstore: "pmem:/dev/pmem0" or "dir:PATH".
+bool IsStoreSpec(const std::string& s) {
+  return s.rfind("pmem:", 0) == 0 || s.rfind("dir:", 0) == 0;
+}
+
+Result<std::unique_ptr<ImageWriter>> OpenWriter(const std::string& images) {
+  if (!IsStoreSpec(images)) return CreateDirImageSet(images);
+  auto region = KLEAP_TRY(memstore::Region::Open(images));
+  return memstore::CreateStoreImageSet(std::move(region));
+}
+
+Result<std::unique_ptr<ImageReader>> OpenReader(const std::string& images) {
+  if (!IsStoreSpec(images)) return OpenDirImageSet(images);
+  auto region = KLEAP_TRY(memstore::Region::Open(images));
+  return memstore::OpenStoreImageSet(std::move(region));
+}
+
 int RunCheck(const Args& a) {
   auto rep = CheckTree(a.tree);
   if (!rep) return Fail(rep.error(), "check failed");
@@ -115,7 +138,7 @@ int RunCheck(const Args& a) {
 }
 
 int RunDump(const Args& a) {
-  auto w = CreateDirImageSet(a.images);
+  auto w = OpenWriter(a.images);
   if (!w) return Fail(w.error(), "dump failed");
   auto st = DumpTree({a.tree, a.leave_running}, **w);
   if (!st) return Fail(st.error(), "dump failed");
@@ -133,7 +156,7 @@ int RunDump(const Args& a) {
 }
 
 int RunRestore(const Args& a) {
-  auto r = OpenDirImageSet(a.images);
+  auto r = OpenReader(a.images);
   if (!r) return Fail(r.error(), "restore failed");
   RestoreOptions opts;
   opts.detach = a.detach;
@@ -158,7 +181,7 @@ int RunRestore(const Args& a) {
 
 int RunInspect(const Args& a) {
   if (a.positional.size() != 1) return Usage("inspect takes one image directory");
-  auto r = OpenDirImageSet(a.positional[0]);
+  auto r = OpenReader(a.positional[0]);
   if (!r) return Fail(r.error(), "inspect failed");
   auto text = InspectImages(**r, a.json);
   if (!text) return Fail(text.error(), "inspect failed");
@@ -168,7 +191,7 @@ int RunInspect(const Args& a) {
 
 int RunValidate(const Args& a) {
   if (a.positional.size() != 1) return Usage("validate takes one image directory");
-  auto r = OpenDirImageSet(a.positional[0]);
+  auto r = OpenReader(a.positional[0]);
   if (!r) return Fail(r.error(), "invalid image set");
   auto v = ValidateImages(**r);
   if (!v) return Fail(v.error(), "invalid image set");
@@ -178,6 +201,8 @@ int RunValidate(const Args& a) {
 }
 
 int Main(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "store")
+    return memstore::RunStoreCommand(std::vector<std::string>(argv + 2, argv + argc));
   Args a;
   for (int i = 1; i < argc; ++i) {
     std::string s = argv[i];

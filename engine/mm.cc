@@ -223,6 +223,7 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
   auto blob = KLEAP_TRY(ctx.images->CreateBlob(PagesImage(pid)));
   std::vector<uint8_t> buf(kCopyChunk);
   std::map<std::pair<uint64_t, uint64_t>, img::FileIdentity> ident_cache;
+  std::vector<std::pair<MapsEntry, std::string>> shmem_todo;
 
   for (auto& m : maps) {
     VmaClass c = ClassifyVma(m);
@@ -251,7 +252,7 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
       case img::Vma::ANON_SHARED:
         v->set_shmem_id(m.inode);
         v->set_path(m.path);
-        KLEAP_TRY_CTX(DumpShmem(ctx, pid, m), where);
+        shmem_todo.push_back({m, where});  // after the pages blob: one blob at a time
         break;
       case img::Vma::FILE_PRIVATE:
       case img::Vma::FILE_SHARED: {
@@ -284,6 +285,7 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
     }
   }
   KLEAP_TRY(blob->Close());
+  for (auto& [m, where] : shmem_todo) KLEAP_TRY_CTX(DumpShmem(ctx, pid, m), where);
   return ctx.images->WriteMessage(PagemapImage(pid), pm);
 }
 

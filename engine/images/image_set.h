@@ -31,6 +31,8 @@ class BlobWriter {
   virtual uint64_t size() const = 0;
 };
 
+// Blobs are written one at a time: a writer may lay them out one after another (the
+// memstore does), so the engine closes each blob before it creates the next.
 class ImageWriter {
  public:
   virtual ~ImageWriter() = default;

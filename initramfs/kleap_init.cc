@@ -1,0 +1,248 @@
+// kleap-init: the first userspace of the new kernel, run as PID 1 (init= or rdinit=).
+//
+// It finds the store named by kleap.resume=, validates it, and reports what it found.
+// (The restore of the tree itself is issue 7's.) On anything unexpected it logs the
+// reason to /dev/kmsg and execs the real init, so the machine always comes up: PID 1
+// must never exit or crash, since either panics the kernel. Fatal signals and
+// std::terminate take the same fallback path.
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "engine/base/proc.h"
+#include "memstore/store.h"
+
+namespace {
+
+int g_kmsg = -1;
+char g_fallback[256] = "";  // the real init, as a C string for the signal path
+
+// Writes one line to /dev/kmsg (and the console when kmsg is not there yet).
+// Async-signal-safe when `msg` is a plain C string.
+void Log(const char* msg) {
+  char line[1024];
+  int n = snprintf(line, sizeof line, "<6>kleap-init: %s\n", msg);
+  if (n < 0) return;
+  if (n >= int(sizeof line)) n = int(sizeof line) - 1;
+  if (g_kmsg >= 0 && write(g_kmsg, line, size_t(n)) == n) return;
+  (void)!write(STDERR_FILENO, line + 3, size_t(n - 3));
+}
+
+[[noreturn]] void ExecFallback(const char* why) {
+  char msg[512];
+  snprintf(msg, sizeof msg, "falling back to the normal boot: %s", why);
+  Log(msg);
+  const char* candidates[] = {g_fallback,  "/init",     "/sbin/init",
+                              "/etc/init", "/bin/init", "/bin/sh"};
+  for (const char* path : candidates) {
+    if (!path[0] || access(path, X_OK) != 0) continue;
+    char* const argv[] = {const_cast<char*>(path), nullptr};
+    char* const envp[] = {const_cast<char*>("HOME=/"), const_cast<char*>("TERM=linux"), nullptr};
+    execve(path, argv, envp);
+  }
+  Log("no init could be executed; waiting forever instead of exiting");
+  for (;;) pause();
+}
+
+void OnFatalSignal(int sig) {
+  char msg[64];
+  snprintf(msg, sizeof msg, "crashed with signal %d", sig);
+  ExecFallback(msg);
+}
+
+void InstallCrashPath() {
+  static char altstack[64 * 1024];
+  stack_t ss{};
+  ss.ss_sp = altstack;
+  ss.ss_size = sizeof altstack;
+  sigaltstack(&ss, nullptr);
+  struct sigaction sa {};
+  sa.sa_handler = OnFatalSignal;
+  sa.sa_flags = SA_ONSTACK | SA_NODEFER;
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS, SIGTRAP})
+    sigaction(sig, &sa, nullptr);
+  std::set_terminate([] { ExecFallback("internal error (std::terminate)"); });
+}
+
+uint64_t BoottimeNs() {
+  timespec ts;
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+// What kleap-init mounted, to undo before handing over.
+std::vector<std::string> g_mounted;
+
+void MountIfMissing(const char* fstype, const char* target) {
+  mkdir(target, 0755);
+  struct stat a, b;
+  std::string parent = std::string(target) + "/..";
+  if (stat(target, &a) == 0 && stat(parent.c_str(), &b) == 0 && a.st_dev != b.st_dev)
+    return;  // already a mount
+  if (mount(fstype, target, fstype, MS_NOSUID | MS_NOEXEC, nullptr) == 0)
+    g_mounted.push_back(target);
+}
+
+std::string Param(const std::string& cmdline, const std::string& key) {
+  std::string found;
+  for (auto& p : kleap::SplitString(std::string(kleap::Trim(cmdline)), ' ')) {
+    if (p == "--") break;
+    if (p.rfind(key + "=", 0) == 0) found = p.substr(key.size() + 1);  // the last one wins
+  }
+  return found;
+}
+
+bool Exists(const std::string& path) {
+  return access(path.c_str(), F_OK) == 0;
+}
+
+// Loads the legacy pmem modules when /dev/pmemN is not there: modprobe when the
+// initrd has one, else finit_module on the paths modules.dep gives.
+void LoadPmemModules() {
+  const char* modprobes[] = {"/sbin/modprobe", "/usr/sbin/modprobe", "/bin/modprobe"};
+  for (const char* mp : modprobes) {
+    if (access(mp, X_OK) != 0) continue;
+    for (const char* mod : {"nd_e820", "nd_pmem"}) {
+      pid_t pid = fork();
+      if (pid == 0) {
+        execl(mp, mp, "-q", mod, static_cast<char*>(nullptr));
+        _exit(127);
+      }
+      int st;
+      if (pid > 0) waitpid(pid, &st, 0);
+    }
+    return;
+  }
+  utsname u;
+  uname(&u);
+  std::string dir = std::string("/lib/modules/") + u.release;
+  auto dep = kleap::ReadFileToString(dir + "/modules.dep");
+  if (!dep) {
+    Log("no modprobe and no modules.dep: can't load the pmem modules");
+    return;
+  }
+  // "kernel/drivers/nvdimm/nd_pmem.ko: kernel/drivers/nvdimm/libnvdimm.ko ..."
+  for (const char* mod : {"nd_e820", "nd_pmem"}) {
+    for (auto& line : kleap::SplitString(*dep, '\n')) {
+      auto colon = line.find(':');
+      if (colon == std::string::npos) continue;
+      std::string path = line.substr(0, colon);
+      std::string base = path.substr(path.rfind('/') + 1);
+      if (base.rfind(std::string(mod) + ".ko", 0) != 0) continue;
+      std::vector<std::string> order =
+          kleap::SplitString(std::string(kleap::Trim(line.substr(colon + 1))), ' ');
+      order.insert(order.begin(), path);
+      for (auto it = order.rbegin(); it != order.rend(); ++it) {  // dependencies first
+        if (it->empty()) continue;
+        int fd = open((dir + "/" + *it).c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        bool compressed = it->size() > 3 && it->compare(it->size() - 3, 3, ".ko") != 0;
+        syscall(SYS_finit_module, fd, "", compressed ? 4 /* MODULE_INIT_COMPRESSED_FILE */ : 0);
+        close(fd);
+      }
+      break;
+    }
+  }
+}
+
+// Checks the store; returns the reason it can't be used, or "" when it is whole.
+std::string CheckStore(const std::string& spec) {
+  using namespace kleap::memstore;
+  auto parsed = ParseSpec(spec);
+  if (!parsed) return parsed.error().ToString();
+  if (parsed->first == "pmem" && !Exists(parsed->second)) {
+    LoadPmemModules();
+    for (int i = 0; i < 500 && !Exists(parsed->second); ++i)
+      usleep(10000);  // 5 s for udev-less device nodes
+    if (!Exists(parsed->second))
+      return "no store: " + parsed->second + " did not appear (is memmap= on the command line?)";
+  }
+  auto region = Region::Open(spec);
+  if (!region) return "no store: " + region.error().ToString();
+  auto info = ReadInfo(**region);
+  if (!info) return info.error().ToString();
+  uint64_t bytes = 0;
+  for (auto& b : info->blobs) {
+    auto v = VerifyBlob(**region, b);
+    if (!v) return v.error().ToString();
+    bytes += b.size;
+  }
+  char msg[512];
+  snprintf(
+      msg, sizeof msg,
+      "store whole: %s, %zu blobs, %llu bytes, generation %llu, written by kernel %s (boot %s)",
+      spec.c_str(), info->blobs.size(), (unsigned long long)bytes,
+      (unsigned long long)info->generation, info->writer_release.c_str(),
+      info->writer_boot_id.c_str());
+  Log(msg);
+  return "";
+}
+
+[[noreturn]] void Run() {
+  MountIfMissing("devtmpfs", "/dev");
+  g_kmsg = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
+  char start[96];
+  snprintf(start, sizeof start, "start %llu (CLOCK_BOOTTIME ns), pid %d",
+           (unsigned long long)BoottimeNs(), getpid());
+  Log(start);
+  MountIfMissing("proc", "/proc");
+  MountIfMissing("sysfs", "/sys");
+  auto cmdline = kleap::ReadFileToString("/proc/cmdline");
+  std::string cl = cmdline ? *cmdline : "";
+  std::string real_init = Param(cl, "kleap.init");
+  if (real_init.empty())
+    real_init = Exists("/init") && getpid() == 1 && !Exists("/sbin/init") ? "/init" : "/sbin/init";
+  snprintf(g_fallback, sizeof g_fallback, "%s", real_init.c_str());
+  std::string spec = Param(cl, "kleap.resume");
+  std::string why;
+  if (spec.empty()) {
+    why = "no kleap.resume= on the command line";
+  } else {
+    why = CheckStore(spec);
+    if (why.empty())
+      why = "the store is whole; restoring from it is not built yet, so the system boots normally";
+  }
+  // Hand over a system as the normal boot expects it.
+  for (auto it = g_mounted.rbegin(); it != g_mounted.rend(); ++it)
+    if (*it != "/dev") umount2(it->c_str(), MNT_DETACH);
+  ExecFallback(why.c_str());
+}
+
+// Not PID 1 (an admin or a test): check what a boot with this command line would find,
+// print it, and exit 0 when the store is whole, 1 otherwise. Nothing is mounted or exec'd.
+int CheckOnly(int argc, char** argv) {
+  std::string cl;
+  for (int i = 1; i + 1 < argc; ++i)
+    if (!strcmp(argv[i], "--cmdline")) cl = argv[i + 1];
+  if (cl.empty()) {
+    auto c = kleap::ReadFileToString("/proc/cmdline");
+    cl = c ? *c : "";
+  }
+  std::string spec = Param(cl, "kleap.resume");
+  std::string why = spec.empty() ? "no kleap.resume= on the command line" : CheckStore(spec);
+  if (why.empty()) return 0;
+  std::fprintf(stderr, "kleap-init: a boot would fall back to the normal init: %s\n", why.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (getpid() != 1) return CheckOnly(argc, argv);
+  InstallCrashPath();
+  Run();  // never returns
+  ExecFallback("internal error: Run returned");
+}

@@ -1,0 +1,439 @@
+#include "memstore/store.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/base/proc.h"
+
+namespace kleap::memstore {
+namespace {
+
+constexpr size_t kChunk = 1u << 20;
+constexpr char kDirFile[] = "kleap-store.img";
+constexpr uint64_t kDefaultDirSize = 16ull << 30;
+
+struct AlignedFree {
+  void operator()(void* p) const { free(p); }
+};
+using AlignedBuf = std::unique_ptr<uint8_t[], AlignedFree>;
+AlignedBuf AllocAligned(size_t n) {
+  return AlignedBuf(static_cast<uint8_t*>(aligned_alloc(kPage, AlignUp(n))));
+}
+
+bool Aligned(uint64_t off, const void* buf, size_t len) {
+  return off % kPage == 0 && len % kPage == 0 && reinterpret_cast<uintptr_t>(buf) % kPage == 0;
+}
+
+}  // namespace
+
+Result<std::pair<std::string, std::string>> ParseSpec(const std::string& spec) {
+  auto colon = spec.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == spec.size())
+    return Err(EINVAL) << "store '" << spec << "': expected pmem:/dev/pmemN or dir:PATH";
+  std::string backend = spec.substr(0, colon), path = spec.substr(colon + 1);
+  if (backend != "pmem" && backend != "dir")
+    return Err(EINVAL) << "store '" << spec << "': unknown backend '" << backend << "'";
+  return std::make_pair(backend, path);
+}
+
+Result<std::unique_ptr<Region>> Region::Open(const std::string& spec, uint64_t create_size) {
+  auto [backend, path] = KLEAP_TRY(ParseSpec(spec));
+  if (geteuid() != 0)
+    return Err(EPERM) << "store " << spec << ": root only (a store holds every secret in memory)";
+  std::unique_ptr<Region> r(new Region);
+  r->spec_ = spec;
+  if (backend == "pmem") {
+    r->fd_.reset(open(path.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC));
+    if (!r->fd_) return ErrnoError() << "store " << spec << ": open " << path;
+    struct stat st;
+    if (fstat(r->fd_.get(), &st) < 0 || !S_ISBLK(st.st_mode))
+      return Err(ENOTBLK) << "store " << spec << ": " << path << " is not a block device";
+    if (ioctl(r->fd_.get(), BLKGETSIZE64, &r->size_) < 0)
+      return ErrnoError() << "store " << spec << ": size of " << path;
+    r->direct_ = true;
+    r->path_ = path;
+  } else {
+    if (mkdir(path.c_str(), 0700) < 0 && errno != EEXIST)
+      return ErrnoError() << "store " << spec << ": mkdir " << path;
+    r->path_ = path + "/" + kDirFile;
+    r->fd_.reset(open(r->path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (!r->fd_) return ErrnoError() << "store " << spec << ": open " << r->path_;
+    struct stat st;
+    if (fstat(r->fd_.get(), &st) < 0)
+      return ErrnoError() << "store " << spec << ": stat " << r->path_;
+    // A new dir store is a sparse file; 16 GiB unless told otherwise.
+    if (create_size == 0 && st.st_size == 0) create_size = kDefaultDirSize;
+    if (create_size > uint64_t(st.st_size) && ftruncate(r->fd_.get(), off_t(create_size)) < 0)
+      return ErrnoError() << "store " << spec << ": size " << r->path_ << " to " << create_size;
+    r->size_ = std::max<uint64_t>(create_size, uint64_t(st.st_size));
+  }
+  return r;
+}
+
+Result<void> Region::Io(bool write, uint64_t off, void* buf, size_t len) {
+  if (off > size_ || len > size_ - off)
+    return Err(ENOSPC) << "store " << spec_ << ": " << (write ? "write" : "read") << " of " << len
+                       << " bytes at " << off << " is past the end (" << size_ << ")";
+  auto whole = [&](uint64_t o, uint8_t* p, size_t n) -> Result<void> {
+    while (n) {
+      ssize_t k = write ? pwrite(fd_.get(), p, n, off_t(o)) : pread(fd_.get(), p, n, off_t(o));
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0)
+        return ErrnoError() << "store " << spec_ << ": " << (write ? "write " : "read ") << n
+                            << " bytes at " << o;
+      p += k;
+      o += uint64_t(k);
+      n -= size_t(k);
+    }
+    return Ok();
+  };
+  if (!direct_ || Aligned(off, buf, len)) return whole(off, static_cast<uint8_t*>(buf), len);
+  // O_DIRECT wants whole aligned pages: go through a bounce page range.
+  uint64_t a = off & ~(kPage - 1), e = AlignUp(off + len);
+  AlignedBuf bounce = AllocAligned(size_t(e - a));
+  if (write && (a != off || e != off + len)) KLEAP_TRY(whole(a, bounce.get(), size_t(e - a)));
+  if (write) {
+    memcpy(bounce.get() + (off - a), buf, len);
+    return whole(a, bounce.get(), size_t(e - a));
+  }
+  KLEAP_TRY(whole(a, bounce.get(), size_t(e - a)));
+  memcpy(buf, bounce.get() + (off - a), len);
+  return Ok();
+}
+
+Result<void> Region::Read(uint64_t off, void* buf, size_t len) {
+  return Io(false, off, buf, len);
+}
+Result<void> Region::Write(uint64_t off, const void* buf, size_t len) {
+  return Io(true, off, const_cast<void*>(buf), len);
+}
+
+Result<void> Region::Sync() {
+  if (fdatasync(fd_.get()) < 0) return ErrnoError() << "store " << spec_ << ": sync";
+  return Ok();
+}
+
+Result<void> Region::Wipe() {
+  AlignedBuf zero = AllocAligned(kChunk);
+  memset(zero.get(), 0, kChunk);
+  for (uint64_t off = 0; off < size_; off += kChunk)
+    KLEAP_TRY(Write(off, zero.get(), size_t(std::min<uint64_t>(kChunk, size_ - off))));
+  return Sync();
+}
+
+Result<StoreInfo> ReadInfo(Region& region) {
+  AlignedBuf page = AllocAligned(kPage);
+  KLEAP_TRY(region.Read(0, page.get(), kPage));
+  Superblock sb = KLEAP_TRY(
+      ParseSuperblock(std::string_view(reinterpret_cast<char*>(page.get()), kPage), region.size()));
+  KLEAP_TRY(region.Read(sb.commit_offset, page.get(), kPage));
+  CommitRecord c =
+      KLEAP_TRY(ParseCommit(std::string_view(reinterpret_cast<char*>(page.get()), kPage), sb));
+  size_t table_len = size_t(AlignUp(c.blobs * sizeof(TableEntry)));
+  AlignedBuf table = AllocAligned(std::max<size_t>(table_len, kPage));
+  if (table_len) KLEAP_TRY(region.Read(sb.table_offset, table.get(), table_len));
+  StoreInfo info;
+  info.blobs = KLEAP_TRY(
+      ParseTable(std::string_view(reinterpret_cast<char*>(table.get()), table_len), sb, c));
+  info.spec = region.spec();
+  info.capacity = sb.capacity;
+  info.generation = sb.generation;
+  info.used = c.data_end;
+  info.created_ns = sb.created_ns;
+  info.committed_ns = c.committed_ns;
+  info.writer_release = sb.writer_release;
+  info.writer_boot_id = sb.writer_boot_id;
+  return info;
+}
+
+Result<void> VerifyBlob(Region& region, const BlobInfo& blob) {
+  AlignedBuf buf = AllocAligned(kChunk);
+  XXH3_state_t* st = XXH3_createState();
+  XXH3_64bits_reset(st);
+  Result<void> r = Ok();
+  for (uint64_t off = 0; off < blob.size && r; off += kChunk) {
+    size_t n = size_t(std::min<uint64_t>(kChunk, blob.size - off));
+    r = region.Read(blob.offset + off, buf.get(), n);
+    if (r) XXH3_64bits_update(st, buf.get(), n);
+  }
+  uint64_t h = XXH3_64bits_digest(st);
+  XXH3_freeState(st);
+  KLEAP_TRY(std::move(r));
+  if (h != blob.xxh3)
+    return Err(EBADMSG) << "store " << region.spec() << ": blob " << blob.name
+                        << " is damaged: checksum mismatch";
+  return Ok();
+}
+
+// ---- writing ----
+
+class StoreBlobWriter : public BlobWriter {
+ public:
+  StoreBlobWriter(StoreWriter& w, std::string name, uint64_t offset)
+      : w_(w), name_(std::move(name)), offset_(offset), stage_(AllocAligned(kChunk)) {
+    XXH3_64bits_reset(&state_);
+  }
+  ~StoreBlobWriter() override {
+    if (!closed_) (void)Close();
+  }
+  Result<void> Write(const void* data, size_t len) override {
+    XXH3_64bits_update(&state_, data, len);
+    auto* p = static_cast<const uint8_t*>(data);
+    while (len) {
+      // Aligned whole pages go straight to the region: one copy.
+      if (staged_ == 0 && Aligned(0, p, len - len % kPage) && len >= kPage) {
+        size_t n = len - len % kPage;
+        KLEAP_TRY(Put(p, n));
+        p += n;
+        len -= n;
+        continue;
+      }
+      size_t n = std::min(len, kChunk - staged_);
+      memcpy(stage_.get() + staged_, p, n);
+      staged_ += n;
+      p += n;
+      len -= n;
+      if (staged_ == kChunk) KLEAP_TRY(Flush());
+    }
+    return Ok();
+  }
+  Result<void> Close() override {
+    if (closed_) return Ok();
+    closed_ = true;
+    if (staged_) {
+      memset(stage_.get() + staged_, 0, size_t(AlignUp(staged_) - staged_));
+      size_t n = staged_;
+      KLEAP_TRY(Put(stage_.get(), size_t(AlignUp(n))));
+      written_ -= AlignUp(n) - n;
+      staged_ = 0;
+    }
+    TableEntry e{};
+    snprintf(e.name, sizeof e.name, "%s", name_.c_str());
+    e.offset = offset_;
+    e.size = written_;
+    e.xxh3 = XXH3_64bits_digest(&state_);
+    w_.table_.push_back(e);
+    w_.next_ = AlignUp(offset_ + written_);
+    w_.open_blob_ = false;
+    return Ok();
+  }
+  uint64_t size() const override { return written_ + staged_; }
+
+ private:
+  Result<void> Flush() {
+    KLEAP_TRY(Put(stage_.get(), staged_));
+    staged_ = 0;
+    return Ok();
+  }
+  Result<void> Put(const uint8_t* p, size_t n) {
+    uint64_t at = offset_ + written_;
+    if (at + n > w_.sb_.capacity)
+      return Err(ENOSPC) << "store " << w_.region_.spec() << " is full: blob " << name_
+                         << " needs more than the "
+                         << w_.sb_.capacity - std::min(at, w_.sb_.capacity) << " bytes left of "
+                         << w_.sb_.capacity;
+    KLEAP_TRY(w_.region_.Write(at, p, n));
+    written_ += n;
+    return Ok();
+  }
+  StoreWriter& w_;
+  std::string name_;
+  uint64_t offset_, written_ = 0;
+  AlignedBuf stage_;
+  size_t staged_ = 0;
+  XXH3_state_t state_;
+  bool closed_ = false;
+};
+
+Result<std::unique_ptr<StoreWriter>> StoreWriter::Begin(Region& region, uint64_t table_entries) {
+  uint64_t generation = 1;
+  AlignedBuf page = AllocAligned(kPage);
+  if (region.size() >= kPage) {
+    KLEAP_TRY(region.Read(0, page.get(), kPage));
+    auto old = ParseSuperblock(std::string_view(reinterpret_cast<char*>(page.get()), kPage),
+                               region.size());
+    if (old) generation = old->generation + 1;
+  }
+  std::unique_ptr<StoreWriter> w(new StoreWriter(region));
+  w->sb_ = KLEAP_TRY(NewSuperblock(region.size() & ~(kPage - 1), generation, table_entries));
+  utsname u;
+  uname(&u);
+  snprintf(w->sb_.writer_release, sizeof w->sb_.writer_release, "%s", u.release);
+  auto boot = ReadFileToString("/proc/sys/kernel/random/boot_id");
+  snprintf(w->sb_.writer_boot_id, sizeof w->sb_.writer_boot_id, "%s",
+           boot ? std::string(Trim(*boot)).c_str() : "");
+  SealSuperblock(&w->sb_);
+  // Invalidate whatever was there before writing anything else.
+  memset(page.get(), 0, kPage);
+  KLEAP_TRY(region.Write(w->sb_.commit_offset, page.get(), kPage));
+  KLEAP_TRY(region.Sync());
+  memcpy(page.get(), &w->sb_, sizeof w->sb_);
+  KLEAP_TRY(region.Write(0, page.get(), kPage));
+  w->next_ = w->sb_.data_offset;
+  return w;
+}
+
+Result<std::unique_ptr<BlobWriter>> StoreWriter::CreateBlob(const std::string& name) {
+  if (name.empty() || name.size() > kNameMax)
+    return Err(EINVAL) << "store: bad blob name '" << name << "'";
+  if (open_blob_)
+    return Err(EBUSY) << "store: blob " << name << " opened while another is being written";
+  if (table_.size() >= sb_.table_entries)
+    return Err(ENOSPC) << "store " << region_.spec() << ": table full (" << sb_.table_entries
+                       << " blobs)";
+  for (auto& e : table_)
+    if (name == e.name) return Err(EEXIST) << "store: blob " << name << " written twice";
+  open_blob_ = true;
+  return std::unique_ptr<BlobWriter>(new StoreBlobWriter(*this, name, next_));
+}
+
+Result<void> StoreWriter::Commit() {
+  if (open_blob_) return Err(EBUSY) << "store: commit with a blob still open";
+  size_t table_len = size_t(AlignUp(std::max<size_t>(table_.size() * sizeof(TableEntry), 1)));
+  AlignedBuf table = AllocAligned(table_len);
+  memset(table.get(), 0, table_len);
+  memcpy(table.get(), table_.data(), table_.size() * sizeof(TableEntry));
+  KLEAP_TRY(region_.Write(sb_.table_offset, table.get(), table_len));
+  KLEAP_TRY(region_.Sync());
+  CommitRecord c = NewCommit(sb_, table_, next_);
+  AlignedBuf page = AllocAligned(kPage);
+  memset(page.get(), 0, kPage);
+  memcpy(page.get(), &c, sizeof c);
+  KLEAP_TRY(region_.Write(sb_.commit_offset, page.get(), kPage));
+  return region_.Sync();
+}
+
+// ---- the engine's image-set interface ----
+
+namespace {
+
+class StoreImageWriter : public ImageWriter {
+ public:
+  StoreImageWriter(std::unique_ptr<Region> r, std::unique_ptr<StoreWriter> w)
+      : region_(std::move(r)), w_(std::move(w)) {}
+  Result<std::unique_ptr<BlobWriter>> CreateBlob(const std::string& name) override {
+    if (name == kInventoryName) return Err(EINVAL) << "bad image name '" << name << "'";
+    return w_->CreateBlob(name);
+  }
+  Result<void> Commit(img::Inventory inv) override {
+    inv.clear_images();
+    for (auto& b : w_->blobs()) {
+      img::ImageEntry* e = inv.add_images();
+      e->set_name(b.name);
+      e->set_size(b.size);
+      e->set_xxh3(b.xxh3);
+    }
+    std::string bytes = FrameMessage(inv);
+    auto b = KLEAP_TRY(w_->CreateBlob(kInventoryName));
+    KLEAP_TRY(b->Write(bytes.data(), bytes.size()));
+    KLEAP_TRY(b->Close());
+    return w_->Commit();
+  }
+  std::string Describe() const override { return region_->spec(); }
+
+ private:
+  std::unique_ptr<Region> region_;
+  std::unique_ptr<StoreWriter> w_;
+};
+
+class StoreBlobReader : public BlobReader {
+ public:
+  StoreBlobReader(Region& r, BlobInfo b) : region_(r), blob_(std::move(b)) {}
+  uint64_t size() const override { return blob_.size; }
+  Result<void> ReadAt(uint64_t off, void* buf, size_t len) override {
+    if (off > blob_.size || len > blob_.size - off)
+      return Err(EINVAL) << "store blob " << blob_.name << ": read past the end";
+    return region_.Read(blob_.offset + off, buf, len);
+  }
+  // No mapping of a pmem block device without the page cache: read the window instead.
+  Result<const uint8_t*> Map(uint64_t off, size_t len) override {
+    if (off > blob_.size || len > blob_.size - off)
+      return Err(EINVAL) << "store blob " << blob_.name << ": map past the end";
+    if (len > cap_) {
+      buf_ = AllocAligned(len);
+      cap_ = size_t(AlignUp(len));
+    }
+    KLEAP_TRY(region_.Read(blob_.offset + off, buf_.get(), len));
+    return static_cast<const uint8_t*>(buf_.get());
+  }
+
+ private:
+  Region& region_;
+  BlobInfo blob_;
+  AlignedBuf buf_;
+  size_t cap_ = 0;
+};
+
+class StoreImageReader : public ImageReader {
+ public:
+  explicit StoreImageReader(std::unique_ptr<Region> r) : region_(std::move(r)) {}
+  Result<void> Load() {
+    info_ = KLEAP_TRY(ReadInfo(*region_));
+    auto it = std::find_if(info_.blobs.begin(), info_.blobs.end(),
+                           [](auto& b) { return b.name == kInventoryName; });
+    if (it == info_.blobs.end())
+      return Err(ENOENT) << "store " << region_->spec() << " holds no image set (no "
+                         << kInventoryName << ")";
+    KLEAP_TRY(VerifyBlob(*region_, *it));
+    std::string bytes(it->size, '\0');
+    KLEAP_TRY(region_->Read(it->offset, bytes.data(), bytes.size()));
+    KLEAP_TRY(UnframeMessage(kInventoryName, bytes, &inventory_));
+    if (inventory_.format_version() != kImageFormatVersion)
+      return Err(EINVAL) << "store " << region_->spec() << ": image format version "
+                         << inventory_.format_version();
+    return Ok();
+  }
+  Result<std::unique_ptr<BlobReader>> OpenBlob(const std::string& name) override {
+    const img::ImageEntry* e = Find(name);
+    if (!e) return Err(ENOENT) << name << ": not listed in the inventory of " << region_->spec();
+    auto it = std::find_if(info_.blobs.begin(), info_.blobs.end(),
+                           [&](auto& b) { return b.name == name; });
+    if (it == info_.blobs.end())
+      return Err(ENOENT) << "image " << name << " is missing from store " << region_->spec();
+    if (it->size != e->size())
+      return Err(EINVAL) << "image " << name << " is damaged: size " << it->size
+                         << ", inventory says " << e->size();
+    return std::unique_ptr<BlobReader>(new StoreBlobReader(*region_, *it));
+  }
+  std::string Describe() const override { return region_->spec(); }
+  Result<std::vector<std::string>> ListStored() override {
+    std::vector<std::string> out;
+    for (auto& b : info_.blobs) out.push_back(b.name);
+    return out;
+  }
+
+ private:
+  std::unique_ptr<Region> region_;
+  StoreInfo info_;
+};
+
+}  // namespace
+
+std::vector<BlobInfo> StoreWriter::blobs() const {
+  std::vector<BlobInfo> out;
+  for (auto& e : table_) out.push_back({e.name, e.offset, e.size, e.xxh3});
+  return out;
+}
+
+Result<std::unique_ptr<ImageWriter>> CreateStoreImageSet(std::unique_ptr<Region> region) {
+  auto w = KLEAP_TRY(StoreWriter::Begin(*region));
+  return std::unique_ptr<ImageWriter>(new StoreImageWriter(std::move(region), std::move(w)));
+}
+
+Result<std::unique_ptr<ImageReader>> OpenStoreImageSet(std::unique_ptr<Region> region) {
+  auto r = std::make_unique<StoreImageReader>(std::move(region));
+  KLEAP_TRY(r->Load());
+  return std::unique_ptr<ImageReader>(std::move(r));
+}
+
+}  // namespace kleap::memstore
