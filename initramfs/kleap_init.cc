@@ -7,9 +7,11 @@
 // std::terminate take the same fallback path.
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -109,6 +111,12 @@ bool Exists(const std::string& path) {
   return access(path.c_str(), F_OK) == 0;
 }
 
+// Started as rdinit= from an initramfs, whose own /init is the normal boot.
+bool InInitramfs() {
+  struct statfs fs;
+  return statfs("/", &fs) == 0 && (fs.f_type == RAMFS_MAGIC || fs.f_type == TMPFS_MAGIC);
+}
+
 // Loads the legacy pmem modules when /dev/pmemN is not there: modprobe when the
 // initrd has one, else finit_module on the paths modules.dep gives.
 void LoadPmemModules() {
@@ -203,8 +211,7 @@ std::string CheckStore(const std::string& spec) {
   auto cmdline = kleap::ReadFileToString("/proc/cmdline");
   std::string cl = cmdline ? *cmdline : "";
   std::string real_init = Param(cl, "kleap.init");
-  if (real_init.empty())
-    real_init = Exists("/init") && getpid() == 1 && !Exists("/sbin/init") ? "/init" : "/sbin/init";
+  if (real_init.empty()) real_init = InInitramfs() && Exists("/init") ? "/init" : "/sbin/init";
   snprintf(g_fallback, sizeof g_fallback, "%s", real_init.c_str());
   std::string spec = Param(cl, "kleap.resume");
   std::string why;
