@@ -100,7 +100,7 @@ bool IsStoreSpec(const std::string& s) {
 
 Result<std::unique_ptr<ImageWriter>> OpenWriter(const std::string& images) {
   if (!IsStoreSpec(images)) return CreateDirImageSet(images);
-  auto region = KLEAP_TRY(memstore::Region::Open(images));
+  auto region = KLEAP_TRY(memstore::Region::Create(images));
   return memstore::CreateStoreImageSet(std::move(region));
 }
 

@@ -46,7 +46,16 @@ Result<std::pair<std::string, std::string>> ParseSpec(const std::string& spec) {
   return std::make_pair(backend, path);
 }
 
-Result<std::unique_ptr<Region>> Region::Open(const std::string& spec, uint64_t create_size) {
+Result<std::unique_ptr<Region>> Region::Open(const std::string& spec) {
+  return OpenImpl(spec, false, 0);
+}
+
+Result<std::unique_ptr<Region>> Region::Create(const std::string& spec, uint64_t create_size) {
+  return OpenImpl(spec, true, create_size);
+}
+
+Result<std::unique_ptr<Region>> Region::OpenImpl(const std::string& spec, bool create,
+                                                 uint64_t create_size) {
   auto [backend, path] = KLEAP_TRY(ParseSpec(spec));
   if (geteuid() != 0)
     return Err(EPERM) << "store " << spec << ": root only (a store holds every secret in memory)";
@@ -63,16 +72,19 @@ Result<std::unique_ptr<Region>> Region::Open(const std::string& spec, uint64_t c
     r->direct_ = true;
     r->path_ = path;
   } else {
-    if (mkdir(path.c_str(), 0700) < 0 && errno != EEXIST)
+    // Only a writer creates a dir store: a reader's typo must not leave one behind.
+    if (create && mkdir(path.c_str(), 0700) < 0 && errno != EEXIST)
       return ErrnoError() << "store " << spec << ": mkdir " << path;
     r->path_ = path + "/" + kDirFile;
-    r->fd_.reset(open(r->path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    r->fd_.reset(open(r->path_.c_str(), O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600));
+    if (!r->fd_ && errno == ENOENT && !create)
+      return Err(ENOENT) << "store " << spec << ": no store at " << path;
     if (!r->fd_) return ErrnoError() << "store " << spec << ": open " << r->path_;
     struct stat st;
     if (fstat(r->fd_.get(), &st) < 0)
       return ErrnoError() << "store " << spec << ": stat " << r->path_;
     // A new dir store is a sparse file; 16 GiB unless told otherwise.
-    if (create_size == 0 && st.st_size == 0) create_size = kDefaultDirSize;
+    if (create && create_size == 0 && st.st_size == 0) create_size = kDefaultDirSize;
     if (create_size > uint64_t(st.st_size) && ftruncate(r->fd_.get(), off_t(create_size)) < 0)
       return ErrnoError() << "store " << spec << ": size " << r->path_ << " to " << create_size;
     r->size_ = std::max<uint64_t>(create_size, uint64_t(st.st_size));
@@ -126,8 +138,24 @@ Result<void> Region::Sync() {
 Result<void> Region::Wipe() {
   AlignedBuf zero = AllocAligned(kChunk);
   memset(zero.get(), 0, kChunk);
-  for (uint64_t off = 0; off < size_; off += kChunk)
-    KLEAP_TRY(Write(off, zero.get(), size_t(std::min<uint64_t>(kChunk, size_ - off))));
+  auto zero_range = [&](uint64_t from, uint64_t to) -> Result<void> {
+    for (uint64_t off = from; off < to; off += kChunk)
+      KLEAP_TRY(Write(off, zero.get(), size_t(std::min<uint64_t>(kChunk, to - off))));
+    return Ok();
+  };
+  if (direct_) {
+    KLEAP_TRY(zero_range(0, size_));  // pmem: every byte
+  } else {
+    // A sparse file: overwrite what is allocated, not the holes.
+    for (off_t off = 0;;) {
+      off_t data = lseek(fd_.get(), off, SEEK_DATA);
+      if (data < 0) break;
+      off_t hole = lseek(fd_.get(), data, SEEK_HOLE);
+      if (hole < 0) hole = off_t(size_);
+      KLEAP_TRY(zero_range(uint64_t(data), std::min<uint64_t>(uint64_t(hole), size_)));
+      off = hole;
+    }
+  }
   return Sync();
 }
 
@@ -187,6 +215,25 @@ class StoreBlobWriter : public BlobWriter {
     if (!closed_) (void)Close();
   }
   Result<void> Write(const void* data, size_t len) override {
+    if (failed_) return Err(EIO) << "store: blob " << name_ << " already failed";
+    auto r = WriteImpl(data, len);
+    if (!r) Fail(r.error());
+    return r;
+  }
+  Result<void> Close() override {
+    if (closed_)
+      return failed_ ? Result<void>(Err(EIO) << "store: blob " << name_ << " failed") : Ok();
+    closed_ = true;
+    w_.open_blob_ = false;
+    if (failed_) return Err(EIO) << "store: blob " << name_ << " failed and was not recorded";
+    auto r = Finish();
+    if (!r) Fail(r.error());
+    return r;
+  }
+  uint64_t size() const override { return written_ + staged_; }
+
+ private:
+  Result<void> WriteImpl(const void* data, size_t len) {
     XXH3_64bits_update(&state_, data, len);
     auto* p = static_cast<const uint8_t*>(data);
     while (len) {
@@ -207,9 +254,7 @@ class StoreBlobWriter : public BlobWriter {
     }
     return Ok();
   }
-  Result<void> Close() override {
-    if (closed_) return Ok();
-    closed_ = true;
+  Result<void> Finish() {
     if (staged_) {
       memset(stage_.get() + staged_, 0, size_t(AlignUp(staged_) - staged_));
       size_t n = staged_;
@@ -224,12 +269,16 @@ class StoreBlobWriter : public BlobWriter {
     e.xxh3 = XXH3_64bits_digest(&state_);
     w_.table_.push_back(e);
     w_.next_ = AlignUp(offset_ + written_);
-    w_.open_blob_ = false;
     return Ok();
   }
-  uint64_t size() const override { return written_ + staged_; }
-
- private:
+  // A blob that failed is never recorded, and its generation can't be committed.
+  void Fail(const Error& e) {
+    failed_ = true;
+    if (!w_.has_failed_) {
+      w_.failed_ = e;
+      w_.has_failed_ = true;
+    }
+  }
   Result<void> Flush() {
     KLEAP_TRY(Put(stage_.get(), staged_));
     staged_ = 0;
@@ -252,7 +301,7 @@ class StoreBlobWriter : public BlobWriter {
   AlignedBuf stage_;
   size_t staged_ = 0;
   XXH3_state_t state_;
-  bool closed_ = false;
+  bool closed_ = false, failed_ = false;
 };
 
 Result<std::unique_ptr<StoreWriter>> StoreWriter::Begin(Region& region, uint64_t table_entries) {
@@ -299,10 +348,12 @@ Result<std::unique_ptr<BlobWriter>> StoreWriter::CreateBlob(const std::string& n
 
 Result<void> StoreWriter::Commit() {
   if (open_blob_) return Err(EBUSY) << "store: commit with a blob still open";
+  if (has_failed_)
+    return Error(failed_).Context("store " + region_.spec() + ": not committed, a blob failed");
   size_t table_len = size_t(AlignUp(std::max<size_t>(table_.size() * sizeof(TableEntry), 1)));
   AlignedBuf table = AllocAligned(table_len);
   memset(table.get(), 0, table_len);
-  memcpy(table.get(), table_.data(), table_.size() * sizeof(TableEntry));
+  if (!table_.empty()) memcpy(table.get(), table_.data(), table_.size() * sizeof(TableEntry));
   KLEAP_TRY(region_.Write(sb_.table_offset, table.get(), table_len));
   KLEAP_TRY(region_.Sync());
   CommitRecord c = NewCommit(sb_, table_, next_);

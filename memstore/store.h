@@ -17,8 +17,11 @@ namespace kleap::memstore {
 // A byte range a store lives in: a pmem block device or a file.
 class Region {
  public:
-  // "pmem:/dev/pmem0" or "dir:/var/lib/kleap/store". `create_size` sizes a new dir store.
-  static Result<std::unique_ptr<Region>> Open(const std::string& spec, uint64_t create_size = 0);
+  // An existing region: "pmem:/dev/pmem0" or "dir:/var/lib/kleap/store".
+  static Result<std::unique_ptr<Region>> Open(const std::string& spec);
+  // The same for a writer: a dir store is created when missing (a sparse file of
+  // `create_size` bytes, 16 GiB when 0), and grown to `create_size`.
+  static Result<std::unique_ptr<Region>> Create(const std::string& spec, uint64_t create_size = 0);
   const std::string& spec() const { return spec_; }
   uint64_t size() const { return size_; }
   bool direct() const { return direct_; }
@@ -30,6 +33,8 @@ class Region {
 
  private:
   Region() = default;
+  static Result<std::unique_ptr<Region>> OpenImpl(const std::string& spec, bool create,
+                                                  uint64_t create_size);
   Result<void> Io(bool write, uint64_t off, void* buf, size_t len);
   std::string spec_, path_;
   UniqueFd fd_;
@@ -66,6 +71,8 @@ class StoreWriter {
   std::vector<TableEntry> table_;
   uint64_t next_ = 0;
   bool open_blob_ = false;
+  Error failed_;  // a blob failed: this generation can't be committed
+  bool has_failed_ = false;
 };
 
 // The engine's image-set interface over a store.

@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
   }
   if (spec.empty()) return std::fprintf(stderr, "memstore-stress: --backend is required\n"), 2;
   uint64_t create = verb == "write" && spec.rfind("dir:", 0) == 0 ? (mib + 64) << 20 : 0;
-  auto region = Region::Open(spec, create);
+  auto region = verb == "write" ? Region::Create(spec, create) : Region::Open(spec);
   if (!region) return Fail(region.error());
   std::vector<uint64_t> buf((1 << 20) / 8);
   auto t0 = std::chrono::steady_clock::now();
