@@ -43,9 +43,11 @@ void Log(const char* msg) {
   (void)!write(STDERR_FILENO, line + 3, size_t(n - 3));
 }
 
-[[noreturn]] void ExecFallback(const char* why) {
+// Execs the real init. `fallback` says the boot could not go on as planned.
+[[noreturn]] void ExecInit(const char* why, bool fallback) {
   char msg[512];
-  snprintf(msg, sizeof msg, "falling back to the normal boot: %s", why);
+  snprintf(msg, sizeof msg, "%s: %s",
+           fallback ? "falling back to the normal boot" : "handing over to the normal init", why);
   Log(msg);
   const char* candidates[] = {g_fallback,  "/init",     "/sbin/init",
                               "/etc/init", "/bin/init", "/bin/sh"};
@@ -57,6 +59,10 @@ void Log(const char* msg) {
   }
   Log("no init could be executed; waiting forever instead of exiting");
   for (;;) pause();
+}
+
+[[noreturn]] void ExecFallback(const char* why) {
+  ExecInit(why, true);
 }
 
 void OnFatalSignal(int sig) {
@@ -215,17 +221,21 @@ std::string CheckStore(const std::string& spec) {
   snprintf(g_fallback, sizeof g_fallback, "%s", real_init.c_str());
   std::string spec = Param(cl, "kleap.resume");
   std::string why;
+  bool whole = false;
   if (spec.empty()) {
     why = "no kleap.resume= on the command line";
   } else {
     why = CheckStore(spec);
-    if (why.empty())
-      why = "the store is whole; restoring from it is not built yet, so the system boots normally";
+    whole = why.empty();
+    if (whole)
+      why =
+          "the store is whole; the restore from it is not built yet (issue 7), so the normal init "
+          "goes on";
   }
   // Hand over a system as the normal boot expects it.
   for (auto it = g_mounted.rbegin(); it != g_mounted.rend(); ++it)
     if (*it != "/dev") umount2(it->c_str(), MNT_DETACH);
-  ExecFallback(why.c_str());
+  ExecInit(why.c_str(), !whole);
 }
 
 // Not PID 1 (an admin or a test): check what a boot with this command line would find,

@@ -13,6 +13,7 @@ packages=(
   libgtest-dev
   clang-format
   procps psmisc
+  qemu-system-x86 busybox-static cpio xz-utils
 )
 export DEBIAN_FRONTEND=noninteractive
 missing=()

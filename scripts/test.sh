@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's second command: installs what kleap needs, builds it from scratch with
-# warnings as errors, checks formatting, and runs the unit and cr test tiers.
+# warnings as errors, checks formatting, and runs the unit, cr, workload and vm test tiers.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$top/build-test}
@@ -9,4 +9,4 @@ build=${BUILD_DIR:-$top/build-test}
 rm -rf "$build"
 BUILD_DIR=$build "$top/scripts/build.sh" -DKLEAP_WERROR=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
 cd "$build"
-ctest -L '^(unit|cr|workload)$' --output-on-failure --timeout 300
+ctest -L '^(unit|cr|workload|vm)$' --output-on-failure --timeout 300
