@@ -71,7 +71,12 @@ run_one() {
       match($0, /"op" *: *"[a-z]+"/) { op = substr($0, RSTART, RLENGTH); gsub(/.*"op" *: *"|"/, "", op) }
       match($0, /"bytes" *: *[0-9]+/) { b = substr($0, RSTART, RLENGTH); gsub(/[^0-9]/, "", b) }
       match($0, /"seconds" *: *[0-9.eE+-]+/) { s = substr($0, RSTART, RLENGTH); sub(/.*: */, "", s)
-        if (op != "" && s > 0) printf "%s_mibps=%.1f\n", op, b / s / 1048576 }'
+        if (op != "" && s > 0) printf "%s_mibps=%.1f\n", op, b / s / 1048576 }
+      # memcpy_bw: {"op":"memcpy",...,"hot_gbps":G,...,"fresh_gbps":F}
+      op == "memcpy" && match($0, /"hot_gbps" *: *[0-9.]+/) { g = substr($0, RSTART, RLENGTH); sub(/.*: */, "", g)
+        printf "memcpy_hot_mibps=%.1f\n", g * 1e9 / 1048576 }
+      op == "memcpy" && match($0, /"fresh_gbps" *: *[0-9.]+/) { g = substr($0, RSTART, RLENGTH); sub(/.*: */, "", g)
+        printf "memcpy_fresh_mibps=%.1f\n", g * 1e9 / 1048576 }'
   } >"$bdir/$kind-$i.kv"
   return 0
 }
@@ -104,7 +109,7 @@ for kind in "${kinds[@]}"; do
 done
 
 keys=(boot_host boot_uptime kexec_load kexec_gap kexec_to_init_host new_uptime_at_init
-  new_printk_run_init write_mibps verify_mibps)
+  new_printk_run_init write_mibps verify_mibps memcpy_hot_mibps memcpy_fresh_mibps)
 declare -A med=()
 for kind in "${kinds[@]}"; do
   for key in "${keys[@]}"; do

@@ -269,6 +269,8 @@ store_phase2_common() {
 }
 
 prep_write() {
+  # The baseline of the same run: memcpy bandwidth in this guest (bench only).
+  if command -v memcpy_bw >/dev/null 2>&1; then run_json memcpy_bw --mib 64 --runs 3; fi
   run_json memstore-stress write --backend pmem:/dev/pmem0 --size "$_size" --seed 7 ||
     fail "memstore-stress write"
 }
