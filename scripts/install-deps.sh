@@ -9,7 +9,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   gcc-multilib g++-multilib
   protobuf-compiler libprotobuf-dev
-  libcap-dev libxxhash-dev
+  libcap-dev libxxhash-dev libsystemd-dev dbus libglib2.0-bin
   libgtest-dev
   clang-format
   procps psmisc
