@@ -8,11 +8,13 @@ while (($#)); do
     --kleapd) KLEAPD=$2; shift 2 ;;
     --ok-prog) OK_PROG=$2; shift 2 ;;
     --refused-prog) BAD_PROG=$2; shift 2 ;;
+    --upgrade-kernel) UK=$2; shift 2 ;;
     *) echo "kleapd-test: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 if [[ -z ${DBUS_SESSION_BUS_ADDRESS:-} ]]; then
-  exec dbus-run-session -- "$0" --kleapd "$KLEAPD" --ok-prog "$OK_PROG" --refused-prog "$BAD_PROG"
+  exec dbus-run-session -- "$0" --kleapd "$KLEAPD" --ok-prog "$OK_PROG" --refused-prog "$BAD_PROG" \
+    --upgrade-kernel "$UK"
 fi
 pids=()
 dirs=()
@@ -55,11 +57,21 @@ out=$(call Check 'a{sv}' 1 tree u "$STARTED")
 grep -q '"dumpable" b true' <<<"$out"; check "Check: a plain tree is dumpable" $? "$out"
 grep -q '"problems" a(isss) 0' <<<"$out"; check "Check: no problems listed" $? "$out"
 
+# upgrade-kernel is a client of the same API.
+out=$("$UK" --user status); rc=$?
+grep -q "Running kernel: $(uname -r)" <<<"$out" && [[ $rc == 0 ]]; check "upgrade-kernel status" $? "rc $rc: $out"
+out=$("$UK" --user --json check --tree "$STARTED" --kernel "$KLEAPD"); rc=$?
+grep -q '"upgradable":true' <<<"$out" && [[ $rc == 0 ]]; check "upgrade-kernel check: upgradable, exit 0" $? "rc $rc: $out"
+out=$("$UK" --user check --tree "$STARTED" --kernel /nonexistent/vmlinuz); rc=$?
+[[ $rc == 2 ]] && grep -q "target kernel: none found" <<<"$out"; check "upgrade-kernel check: no kernel, exit 2" $? "rc $rc: $out"
+
 start_prog "$BAD_PROG"
 out=$(call Check 'a{sv}' 1 tree u "$STARTED")
 grep -q '"dumpable" b false' <<<"$out"; check "Check: a tree with io_uring is not dumpable" $? "$out"
 grep -q "io_uring is not supported" <<<"$out"; check "Check: the io_uring fd is named with its reason" $? "$out"
 grep -q "$STARTED \"fd " <<<"$out"; check "Check: the problem names the pid and the fd" $? "$out"
+out=$("$UK" --user check --tree "$STARTED" --kernel "$KLEAPD"); rc=$?
+[[ $rc == 1 ]] && grep -q "pid $STARTED fd .*io_uring is not supported" <<<"$out"; check "upgrade-kernel check: blocked, exit 1, names pid and fd" $? "rc $rc: $out"
 
 out=$(send "{'bogus': <'x'>}")
 grep -q "org.freedesktop.DBus.Error.InvalidArgs: Unknown option 'bogus'" <<<"$out"; check "unknown option: InvalidArgs naming the key" $? "$out"
@@ -68,5 +80,5 @@ grep -q "org.freedesktop.DBus.Error.InvalidArgs: Option 'tree' must be a PID" <<
 out=$(send "{'tree': <uint32 999999>}")
 grep -q "org.kleap.Upgrader1.Error.TaskGone" <<<"$out"; check "a tree that doesn't exist: TaskGone" $? "$out"
 
-echo "$((10 - fails)) passed, $fails failed"
+echo "$((14 - fails)) passed, $fails failed"
 ((fails == 0))
