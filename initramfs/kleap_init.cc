@@ -43,6 +43,12 @@ void Log(const char* msg) {
   (void)!write(STDERR_FILENO, line + 3, size_t(n - 3));
 }
 
+// Whether `path` is this very program (async-signal-safe: stat only).
+bool SameFileSafe(const char* path) {
+  struct stat sa, sb;
+  return stat(path, &sa) == 0 && stat("/proc/self/exe", &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 // Execs the real init. `fallback` says the boot could not go on as planned.
 [[noreturn]] void ExecInit(const char* why, bool fallback) {
   char msg[512];
@@ -52,7 +58,7 @@ void Log(const char* msg) {
   const char* candidates[] = {g_fallback,  "/init",     "/sbin/init",
                               "/etc/init", "/bin/init", "/bin/sh"};
   for (const char* path : candidates) {
-    if (!path[0] || access(path, X_OK) != 0) continue;
+    if (!path[0] || access(path, X_OK) != 0 || SameFileSafe(path)) continue;
     char* const argv[] = {const_cast<char*>(path), nullptr};
     char* const envp[] = {const_cast<char*>("HOME=/"), const_cast<char*>("TERM=linux"), nullptr};
     execve(path, argv, envp);
@@ -115,6 +121,11 @@ std::string Param(const std::string& cmdline, const std::string& key) {
 
 bool Exists(const std::string& path) {
   return access(path.c_str(), F_OK) == 0;
+}
+
+bool SameFile(const std::string& a, const char* b) {
+  struct stat sa, sb;
+  return stat(a.c_str(), &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 // Started as rdinit= from an initramfs, whose own /init is the normal boot.
@@ -218,6 +229,10 @@ std::string CheckStore(const std::string& spec) {
   std::string cl = cmdline ? *cmdline : "";
   std::string real_init = Param(cl, "kleap.init");
   if (real_init.empty()) real_init = InInitramfs() && Exists("/init") ? "/init" : "/sbin/init";
+  if (SameFile(real_init, "/proc/self/exe")) {
+    Log("kleap.init= names kleap-init itself; using /sbin/init");
+    real_init = InInitramfs() && Exists("/init") ? "/init" : "/sbin/init";
+  }
   snprintf(g_fallback, sizeof g_fallback, "%s", real_init.c_str());
   std::string spec = Param(cl, "kleap.resume");
   std::string why;

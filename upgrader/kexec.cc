@@ -55,11 +55,20 @@ Result<std::string> BuildCmdline(const CmdlineOptions& o) {
     init_args.assign(dashdash, params.end());
     params.erase(dashdash, params.end());
   }
+  std::string entry_key = o.entry.empty() ? "" : Key(o.entry);
+  std::string entry_path = o.entry.empty() ? "" : o.entry.substr(o.entry.find('=') + 1);
   for (auto& p : params) {
     std::string k = Key(p);
+    std::string v = p.find('=') == std::string::npos ? "" : p.substr(p.find('=') + 1);
+    // The real init of an earlier upgrade is carried forward, never kleap-init itself.
+    if (k == "kleap.init") {
+      if (v != entry_path) real_init = v;
+      continue;
+    }
     if (k.rfind("kleap.", 0) == 0) continue;
-    if (!o.entry.empty() && (k == "init" || k == "rdinit")) {
-      if (k == Key(o.entry)) real_init = p.substr(p.find('=') + 1);
+    // Only the parameter the entry takes over moves to kleap.init=; the other stays.
+    if (!entry_key.empty() && k == entry_key) {
+      if (v != entry_path && real_init.empty()) real_init = v;
       continue;
     }
     if (k == "memmap") memmaps.push_back(p);

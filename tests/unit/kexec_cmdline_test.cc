@@ -27,8 +27,8 @@ TEST(KexecCmdline, OldInitMovesToKleapInit) {
   ASSERT_TRUE(r) << r.error().ToString();
   EXPECT_EQ(
       *r,
-      "root=/dev/sda memmap=1G!4G kleap.resume=pmem:/dev/pmem0 kleap.init=/lib/systemd/systemd "
-      "init=/usr/lib/kleap/kleap-init");
+      "root=/dev/sda rdinit=/init2 memmap=1G!4G kleap.resume=pmem:/dev/pmem0 "
+      "kleap.init=/lib/systemd/systemd init=/usr/lib/kleap/kleap-init");
 }
 
 TEST(KexecCmdline, OldKleapParametersAreReplaced) {
@@ -37,7 +37,7 @@ TEST(KexecCmdline, OldKleapParametersAreReplaced) {
   o.store = "pmem:/dev/pmem1";
   auto r = BuildCmdline(o);
   ASSERT_TRUE(r);
-  EXPECT_EQ(*r, "console=ttyS0 memmap=256M!768M kleap.resume=pmem:/dev/pmem1");
+  EXPECT_EQ(*r, "console=ttyS0 memmap=256M!768M kleap.resume=pmem:/dev/pmem1 kleap.init=/x");
 }
 
 TEST(KexecCmdline, InitArgumentsStayAfterDashDash) {
@@ -51,6 +51,32 @@ TEST(KexecCmdline, InitArgumentsStayAfterDashDash) {
   EXPECT_EQ(*r,
             "console=ttyS0 memmap=256M!768M kleap.resume=pmem:/dev/pmem0 rdinit=/kleap-init "
             "kleaptest.phase=2 -- --single arg");
+}
+
+TEST(KexecCmdline, ASecondUpgradeKeepsTheRealInit) {
+  // The command line a first upgrade left: kleap-init must not become its own fallback.
+  CmdlineOptions o;
+  o.current = "root=/dev/sda memmap=1G!4G kleap.resume=pmem:/dev/pmem0 kleap.init=/sbin/init "
+              "init=/usr/lib/kleap/kleap-init";
+  o.store = "pmem:/dev/pmem0";
+  o.entry = "init=/usr/lib/kleap/kleap-init";
+  auto r = BuildCmdline(o);
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(*r,
+            "root=/dev/sda memmap=1G!4G kleap.resume=pmem:/dev/pmem0 kleap.init=/sbin/init "
+            "init=/usr/lib/kleap/kleap-init");
+}
+
+TEST(KexecCmdline, OnlyTheEntrysOwnParameterMoves) {
+  CmdlineOptions o;
+  o.current = "init=/lib/systemd/systemd-custom memmap=256M!768M";
+  o.store = "pmem:/dev/pmem0";
+  o.entry = "rdinit=/kleap-init";
+  auto r = BuildCmdline(o);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(*r,
+            "init=/lib/systemd/systemd-custom memmap=256M!768M kleap.resume=pmem:/dev/pmem0 "
+            "rdinit=/kleap-init");
 }
 
 TEST(KexecCmdline, PmemStoreNeedsAMemmapRegion) {
