@@ -1,5 +1,6 @@
 // check: what in a tree can't be carried, found through /proc without stopping a task.
 #include <algorithm>
+#include <map>
 #include <set>
 
 #include "engine/context.h"
@@ -39,7 +40,17 @@ std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
   std::vector<Problem> out;
   std::set<pid_t> pids;
   for (auto& t : tasks) pids.insert(t.pid);
+  std::map<pid_t, const TaskInfo*> by_pid;
+  for (auto& t : tasks) by_pid[t.pid] = &t;
   for (auto& t : tasks) {
+    // A task inherits its session from the parent that creates it on restore: one in
+    // another session than its parent's must lead that session itself.
+    auto parent = by_pid.find(t.ppid);
+    if (parent != by_pid.end() && t.sid != parent->second->sid && t.sid != t.pid) {
+      out.push_back({t.pid, "task", "session " + std::to_string(t.sid),
+                     "the task is in another session than its parent and doesn't lead it"});
+      continue;
+    }
     if (!pids.count(t.sid))
       out.push_back({t.pid, "task", "session " + std::to_string(t.sid),
                      "the session leader is outside the tree; start the tree in a session of its "

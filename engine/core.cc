@@ -274,7 +274,15 @@ Result<void> SetFinalRegisters(RemoteSyscalls& rs, const img::ThreadCore& th) {
     return Err(EINVAL) << "core image: thread " << th.tid() << ": cs " << Hex(regs.cs)
                        << " contradicts its arch";
   KLEAP_TRY(pt::SetXstate(th.tid(), th.xstate()));
-  rs.SetFinalState(regs, th.blocked());
+  // Written and checked now: a thread whose registers the kernel refuses (a bad selector
+  // or base in a damaged image) must fail the restore, not run half-set.
+  KLEAP_TRY_CTX(pt::SetRegs(th.tid(), regs), "thread " << th.tid() << ": final registers");
+  KLEAP_TRY(pt::SetSigmask(th.tid(), th.blocked()));
+  auto back = KLEAP_TRY(pt::GetRegs(th.tid()));
+  if (back.rip != regs.rip || back.rsp != regs.rsp || back.fs_base != regs.fs_base ||
+      back.gs_base != regs.gs_base)
+    return Err(EINVAL) << "thread " << th.tid() << ": the kernel did not take the final registers";
+  rs.Disarm();
   return Ok();
 }
 

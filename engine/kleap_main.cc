@@ -1,4 +1,5 @@
 // kleap: the engine's command line.
+#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -110,6 +111,8 @@ Result<std::unique_ptr<ImageReader>> OpenReader(const std::string& images) {
   return memstore::OpenStoreImageSet(std::move(region));
 }
 
+int RunDumpBlocked(const Args& a);
+
 int RunCheck(const Args& a) {
   auto rep = CheckTree(a.tree);
   if (!rep) return Fail(rep.error(), "check failed");
@@ -138,6 +141,18 @@ int RunCheck(const Args& a) {
 }
 
 int RunDump(const Args& a) {
+  // While the tree is seized, Ctrl-C or a TERM waits for the dump to finish or fail:
+  // either way the tree is left as the failure rule says.
+  sigset_t block, old;
+  sigemptyset(&block);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&block, sig);
+  sigprocmask(SIG_BLOCK, &block, &old);
+  int code = RunDumpBlocked(a);
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+  return code;
+}
+
+int RunDumpBlocked(const Args& a) {
   auto w = OpenWriter(a.images);
   if (!w) return Fail(w.error(), "dump failed");
   auto st = DumpTree({a.tree, a.leave_running}, **w);

@@ -343,6 +343,7 @@ class PageWriter {
       if (blob_off < win_off_ || blob_off >= win_off_ + win_len_) {
         win_off_ = blob_off;
         win_len_ = size_t(std::min<uint64_t>(kRestoreWindow, blob_->size() - blob_off));
+        if (win_len_ == 0) return Err(EINVAL) << "page run past the end of the pages image";
         win_ = KLEAP_TRY(blob_->Map(win_off_, win_len_));
       }
       size_t n = size_t(std::min<uint64_t>(len, win_off_ + win_len_ - blob_off));

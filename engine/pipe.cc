@@ -92,10 +92,10 @@ Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, OpenFiles& files) {
   } else {
     // Further descriptions, and FIFO ends, are opened anew through /proc.
     std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
-    fd.reset(OpenLikeTask(self,
-                          (write_end ? O_WRONLY : O_RDONLY) | O_NONBLOCK | O_CLOEXEC |
-                              (int(end.flags()) & kKernelOLargefile),
-                          0));
+    // A FIFO opened O_RDWR stays O_RDWR.
+    int mode = (end.flags() & O_ACCMODE) == O_RDWR ? O_RDWR : write_end ? O_WRONLY : O_RDONLY;
+    fd.reset(OpenLikeTask(
+        self, mode | O_NONBLOCK | O_CLOEXEC | (int(end.flags()) & kKernelOLargefile), 0));
   }
   if (!fd) return ErrnoError() << "reopen pipe " << end.pipe_id();
   int fl = int(end.flags()) & (O_NONBLOCK | O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME);

@@ -84,7 +84,25 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
         return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in process group " << t.pgid()
                            << ", whose leader is not in the set";
     }
+    if (core.arch() > uint32_t(ArchKind::kX86))
+      return Err(EINVAL) << CoreImage(t.pid()) << ": unknown arch " << core.arch();
     auto& mm = plan.mms.at(t.pid());
+    if (mm.arch() > uint32_t(ArchKind::kX86))
+      return Err(EINVAL) << MmImage(t.pid()) << ": unknown arch " << mm.arch();
+    // Page runs: inside their mappings, in order, and exactly as many bytes as the blob
+    // holds (checked when the blob is opened), with no arithmetic that can wrap.
+    {
+      uint64_t prev = 0;
+      int v = 0;
+      for (auto& r : plan.pagemaps.at(t.pid()).runs()) {
+        while (v < mm.vmas_size() && mm.vmas(v).end() <= r.vaddr()) ++v;
+        if (r.vaddr() % 4096 || r.vaddr() < prev || r.nr_pages() == 0 || v == mm.vmas_size() ||
+            r.vaddr() < mm.vmas(v).start() || r.nr_pages() > (mm.vmas(v).end() - r.vaddr()) / 4096)
+          return Err(EINVAL) << PagemapImage(t.pid()) << ": page run at " << Hex(r.vaddr())
+                             << " of " << r.nr_pages() << " pages lies outside its mapping";
+        prev = r.vaddr() + r.nr_pages() * 4096;
+      }
+    }
     uint64_t prev_end = 0;
     for (auto& v : mm.vmas()) {
       if (v.start() >= v.end() || v.start() % 4096 || v.end() % 4096 || v.start() < prev_end ||
@@ -173,7 +191,17 @@ Result<void> CheckPidsFree(const RestorePlan& plan) {
 }
 
 Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan) {
-  for (auto& [pid, pm] : plan.pagemaps) KLEAP_TRY(images.VerifyImage(pm.blob()));
+  for (auto& [pid, pm] : plan.pagemaps) {
+    uint64_t bytes = 0;
+    for (auto& r : pm.runs()) bytes += r.nr_pages() * 4096;  // each run was bounded by its mapping
+    const img::ImageEntry* e = images.Find(pm.blob());
+    if (!e)
+      return Err(EINVAL) << PagemapImage(pid) << ": its blob " << pm.blob() << " is not in the set";
+    if (e->size() != bytes)
+      return Err(EINVAL) << "image " << pm.blob() << " is damaged: " << e->size()
+                         << " bytes, its page runs need " << bytes;
+    KLEAP_TRY(images.VerifyImage(pm.blob()));
+  }
   for (auto& o : plan.shmem.objects()) KLEAP_TRY(images.VerifyImage(o.blob()));
   return Ok();
 }

@@ -65,6 +65,13 @@ Result<std::map<std::string, uint64_t>> VdsoSymbolsT(const std::string& img) {
       if (type != STT_FUNC) continue;
       const char* name = img.data() + str.sh_offset + s.st_name;
       size_t maxlen = str.sh_size - s.st_name;
+      // Entry points must lie inside the image with room for a jump: images are untrusted.
+      constexpr uint64_t kJumpRoom = sizeof(Sym) == sizeof(Elf64_Sym) ? 14 : 5;
+      if (uint64_t(s.st_value) < base ||
+          uint64_t(s.st_value) - base > img.size() - std::min<uint64_t>(img.size(), kJumpRoom) ||
+          img.size() < kJumpRoom)
+        return Err(EINVAL) << "vdso: symbol " << std::string(name, strnlen(name, maxlen))
+                           << " lies outside the image";
       out[std::string(name, strnlen(name, maxlen))] = uint64_t(s.st_value) - base;
     }
   }

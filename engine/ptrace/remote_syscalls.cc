@@ -103,6 +103,11 @@ Result<uint64_t> RemoteSyscalls::Call(ArchKind arch, long nr, uint64_t a1, uint6
     return Err(EIO) << "thread " << tid_ << ": injected syscall " << nr << " entered as "
                     << long(entry.orig_rax);
   Regs exit = KLEAP_TRY(NextSyscallStop(tid_));
+  // Between calls the thread holds its own registers and mask again, so that if kleap
+  // dies now the kernel resumes a thread that runs on as before.
+  KLEAP_TRY(pt::SetRegs(tid_, final_regs_ ? *final_regs_ : saved_));
+  KLEAP_TRY(pt::SetSigmask(tid_, final_regs_ ? final_mask_ : saved_mask_));
+  mask_blocked_ = false;
   int64_t ret =
       arch == ArchKind::kX86_64 ? int64_t(exit.rax) : int64_t(int32_t(uint32_t(exit.rax)));
   if (ret < 0 && ret > -4096) return Err(int(-ret)) << "syscall " << nr << " in thread " << tid_;
