@@ -46,7 +46,8 @@ void Log(const char* msg) {
 // Whether `path` is this very program (async-signal-safe: stat only).
 bool SameFileSafe(const char* path) {
   struct stat sa, sb;
-  return stat(path, &sa) == 0 && stat("/proc/self/exe", &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  return stat(path, &sa) == 0 && stat("/proc/self/exe", &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
 }
 
 // Execs the real init. `fallback` says the boot could not go on as planned.
@@ -125,7 +126,8 @@ bool Exists(const std::string& path) {
 
 bool SameFile(const std::string& a, const char* b) {
   struct stat sa, sb;
-  return stat(a.c_str(), &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  return stat(a.c_str(), &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+         sa.st_ino == sb.st_ino;
 }
 
 // Started as rdinit= from an initramfs, whose own /init is the normal boot.

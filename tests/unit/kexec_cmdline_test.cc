@@ -25,10 +25,9 @@ TEST(KexecCmdline, OldInitMovesToKleapInit) {
   o.entry = "init=/usr/lib/kleap/kleap-init";
   auto r = BuildCmdline(o);
   ASSERT_TRUE(r) << r.error().ToString();
-  EXPECT_EQ(
-      *r,
-      "root=/dev/sda rdinit=/init2 memmap=1G!4G kleap.resume=pmem:/dev/pmem0 "
-      "kleap.init=/lib/systemd/systemd init=/usr/lib/kleap/kleap-init");
+  EXPECT_EQ(*r,
+            "root=/dev/sda rdinit=/init2 memmap=1G!4G kleap.resume=pmem:/dev/pmem0 "
+            "kleap.init=/lib/systemd/systemd init=/usr/lib/kleap/kleap-init");
 }
 
 TEST(KexecCmdline, OldKleapParametersAreReplaced) {
@@ -56,8 +55,9 @@ TEST(KexecCmdline, InitArgumentsStayAfterDashDash) {
 TEST(KexecCmdline, ASecondUpgradeKeepsTheRealInit) {
   // The command line a first upgrade left: kleap-init must not become its own fallback.
   CmdlineOptions o;
-  o.current = "root=/dev/sda memmap=1G!4G kleap.resume=pmem:/dev/pmem0 kleap.init=/sbin/init "
-              "init=/usr/lib/kleap/kleap-init";
+  o.current =
+      "root=/dev/sda memmap=1G!4G kleap.resume=pmem:/dev/pmem0 kleap.init=/sbin/init "
+      "init=/usr/lib/kleap/kleap-init";
   o.store = "pmem:/dev/pmem0";
   o.entry = "init=/usr/lib/kleap/kleap-init";
   auto r = BuildCmdline(o);
