@@ -214,6 +214,11 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
                  [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TIMERSLACK); }),
         "thread " << tid << ": PR_GET_TIMERSLACK"));
   }
+  RemoteSyscalls& leader = ctx.tree->Thread(pid);
+  core->set_dumpable(uint32_t(KLEAP_TRY_CTX(
+      WithArch(task.arch,
+               [&](auto a) { return leader.Call(a.kKind, decltype(a)::kPrctl, PR_GET_DUMPABLE); }),
+      "task " << pid << ": PR_GET_DUMPABLE")));
   auto oom = ReadFileToString(ProcPath(pid, "oom_score_adj"));
   if (oom) core->set_oom_score_adj(std::atoi(oom->c_str()));
   return Ok();

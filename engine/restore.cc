@@ -549,6 +549,11 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
                 "task " << pid << ": close the restorer's fds");
   for (auto& th : t.core->threads())
     KLEAP_TRY(RestoreCreds(*threads_.at(th.tid()), th.tid(), data, t.core->creds()));
+  // Credentials changes reset dumpable; the task's own comes back after them. (2, the
+  // suid_dumpable mode, can't be set by prctl: the uid change gave it already.)
+  if (t.core->dumpable() <= 1)
+    KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_DUMPABLE, t.core->dumpable()),
+                  "task " << pid << ": set dumpable " << t.core->dumpable());
   // The scratch page goes last; after this the threads only get their final registers.
   KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kMunmap, t.scratch, kScratchSize),
                 "task " << pid << ": unmap the scratch page");

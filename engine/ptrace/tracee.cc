@@ -55,17 +55,36 @@ Result<int> WaitStop(pid_t tid) {
 Result<void> SeizeAndStop(pid_t tid, bool exit_kill) {
   KLEAP_TRY(Seize(tid, exit_kill));
   KLEAP_TRY(Interrupt(tid));
-  // A signal may be reported before the interrupt stop; it stays pending for later
-  // delivery only if we don't resume it here, so re-queue it by resuming with it after
-  // the dump. Keep it simple: note any signal stop and wait for the event stop.
-  for (;;) {
-    int st = KLEAP_TRY(WaitStop(tid));
+  // A thread in uninterruptible sleep (a FUSE request, a dead NFS server) never stops:
+  // give up after a deadline and name it, instead of hanging with half the tree frozen.
+  constexpr int kDeadlineMs = 10000;
+  for (int waited_us = 0;;) {
+    int st;
+    pid_t r = waitpid(tid, &st, __WALL | WNOHANG);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoError() << "wait for thread " << tid;
+    }
+    if (r == 0) {
+      if (waited_us >= kDeadlineMs * 1000) {
+        auto stat = ReadFileToString(ProcPath(tid, "stat"));
+        std::string state = "?";
+        if (stat) {
+          auto close = stat->rfind(')');
+          if (close != std::string::npos && close + 2 < stat->size()) state = stat->substr(close + 2, 1);
+        }
+        return Err(ETIMEDOUT) << "thread " << tid << " did not stop within " << kDeadlineMs / 1000
+                              << " s (state " << state << "; uninterruptible sleep?)";
+      }
+      usleep(1000);
+      waited_us += 1000;
+      continue;
+    }
+    if (WIFEXITED(st) || WIFSIGNALED(st)) return Err(ESRCH) << "thread " << tid << " exited while being stopped";
     if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP) return Ok();
     if (WIFSTOPPED(st)) {
       // A signal-delivery stop: let the signal through; the interrupt stop follows.
-      int sig = WSTOPSIG(st);
-      if (Ptrace(PTRACE_CONT, tid, 0, uint64_t(sig)) < 0)
-        return ErrnoError() << "resume thread " << tid;
+      if (Ptrace(PTRACE_CONT, tid, 0, uint64_t(WSTOPSIG(st))) < 0) return ErrnoError() << "resume thread " << tid;
     }
   }
 }

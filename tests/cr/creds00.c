@@ -116,6 +116,9 @@ static int drop(char* why, size_t n) {
   if (syscall(SYS_capset, &h, d) != 0) return snprintf(why, n, "capset: %s", strerror(errno)), -1;
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
     return snprintf(why, n, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno)), -1;
+  /* The uid change cleared dumpable; set it again, so a restore that loses it shows. */
+  if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0)
+    return snprintf(why, n, "PR_SET_DUMPABLE: %s", strerror(errno)), -1;
   return 0;
 }
 
