@@ -36,6 +36,12 @@ struct DumpContext {
   std::vector<SeenFile> seen_files;
   img::FileTable files;
   uint64_t next_file_id = 1;
+  // Pipes are told apart by (dev, inode): FIFOs on two tmpfs mounts can share an inode.
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> pipe_ids;
+  uint64_t PipeId(uint64_t dev, uint64_t ino) {
+    auto [it, added] = pipe_ids.emplace(std::make_pair(dev, ino), pipe_ids.size() + 1);
+    return it->second;
+  }
   img::ShmemTable shmem;
   uint64_t page_bytes = 0;
 };

@@ -261,11 +261,12 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
     uint32_t flags = d.info.flags & ~uint32_t(O_CLOEXEC);
     if (d.type == FdType::kPipe || d.type == FdType::kFifo) {
       img::PipeEnd* pe = fo->mutable_pipe();
-      pe->set_pipe_id(d.st.st_ino);
+      uint64_t pipe_id = ctx.PipeId(d.st.st_dev, d.st.st_ino);
+      pe->set_pipe_id(pipe_id);
       pe->set_flags(flags);
       pe->set_fifo(d.type == FdType::kFifo);
       if (d.type == FdType::kFifo) pe->set_fifo_path(d.link);
-      KLEAP_TRY_CTX(DumpPipeData(ctx, pid, fd, d.st.st_ino, d.type == FdType::kFifo, d.link),
+      KLEAP_TRY_CTX(DumpPipeData(ctx, pid, fd, pipe_id, d.type == FdType::kFifo, d.link),
                     "task " << pid << " fd " << fd);
       continue;
     }

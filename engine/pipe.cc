@@ -19,7 +19,7 @@ Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id,
   UniqueFd rd(open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
   if (!rd)
     return ErrnoError() << "open a read end of "
-                        << (fifo ? fifo_path : "pipe:[" + std::to_string(pipe_id) + "]");
+                        << (fifo ? fifo_path : "pipe " + std::to_string(pipe_id));
   int size = fcntl(rd.get(), F_GETPIPE_SZ);
   if (size < 0) return ErrnoError() << "get the size of pipe " << pipe_id;
   int tmp[2];
