@@ -71,7 +71,8 @@ Result<void> SeizeAndStop(pid_t tid, bool exit_kill) {
         std::string state = "?";
         if (stat) {
           auto close = stat->rfind(')');
-          if (close != std::string::npos && close + 2 < stat->size()) state = stat->substr(close + 2, 1);
+          if (close != std::string::npos && close + 2 < stat->size())
+            state = stat->substr(close + 2, 1);
         }
         return Err(ETIMEDOUT) << "thread " << tid << " did not stop within " << kDeadlineMs / 1000
                               << " s (state " << state << "; uninterruptible sleep?)";
@@ -80,11 +81,13 @@ Result<void> SeizeAndStop(pid_t tid, bool exit_kill) {
       waited_us += 1000;
       continue;
     }
-    if (WIFEXITED(st) || WIFSIGNALED(st)) return Err(ESRCH) << "thread " << tid << " exited while being stopped";
+    if (WIFEXITED(st) || WIFSIGNALED(st))
+      return Err(ESRCH) << "thread " << tid << " exited while being stopped";
     if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP) return Ok();
     if (WIFSTOPPED(st)) {
       // A signal-delivery stop: let the signal through; the interrupt stop follows.
-      if (Ptrace(PTRACE_CONT, tid, 0, uint64_t(WSTOPSIG(st))) < 0) return ErrnoError() << "resume thread " << tid;
+      if (Ptrace(PTRACE_CONT, tid, 0, uint64_t(WSTOPSIG(st))) < 0)
+        return ErrnoError() << "resume thread " << tid;
     }
   }
 }
