@@ -67,6 +67,33 @@ Result<std::vector<pid_t>> ChildrenOf(const TaskInfo& t) {
   return std::vector<pid_t>(kids.begin(), kids.end());
 }
 
+// A thread stopped inside an rseq critical section would resume mid-section, after a
+// migration the kernel never saw. Do what the kernel does on preemption: send it to the
+// section's abort handler and clear rseq_cs, before anything reads its registers.
+Result<void> AbortRseqCriticalSection(pid_t tid) {
+  RseqConfig cfg = KLEAP_TRY(pt::GetRseq(tid));
+  if (!cfg.rseq_abi_pointer) return Ok();
+  constexpr uint64_t kRseqCsOffset = 8;  // struct rseq: cpu_id_start, cpu_id, rseq_cs
+  uint64_t cs_ptr = 0;
+  if (!ReadRemote(tid, RemotePtr(cfg.rseq_abi_pointer + kRseqCsOffset), &cs_ptr, sizeof cs_ptr))
+    return Ok();
+  if (!cs_ptr) return Ok();
+  struct {
+    uint32_t version, flags;
+    uint64_t start_ip, post_commit_offset, abort_ip;
+  } cs{};
+  if (!ReadRemote(tid, RemotePtr(cs_ptr), &cs, sizeof cs)) return Ok();
+  Regs regs = KLEAP_TRY(pt::GetRegs(tid));
+  if (regs.rip < cs.start_ip || regs.rip - cs.start_ip >= cs.post_commit_offset) return Ok();
+  regs.rip = cs.abort_ip;
+  KLEAP_TRY(pt::SetRegs(tid, regs));
+  uint64_t zero = 0;
+  KLEAP_TRY(WriteRemote(tid, RemotePtr(cfg.rseq_abi_pointer + kRseqCsOffset), &zero, sizeof zero));
+  KLOG(kDebug) << "thread " << tid << ": in an rseq critical section, sent to its abort handler "
+               << Hex(cs.abort_ip);
+  return Ok();
+}
+
 }  // namespace
 
 Result<std::vector<TaskInfo>> WalkTree(pid_t root) {
@@ -117,6 +144,7 @@ Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
       }
       seized.insert(tid);
       seized_order_.push_back(tid);
+      KLEAP_TRY_CTX(AbortRseqCriticalSection(tid), "task " << pid);
       auto rs = RemoteSyscalls::Create(tid);
       if (!rs) return std::move(rs).error().Context("task " + std::to_string(pid));
       threads_[tid] = std::make_unique<RemoteSyscalls>(std::move(*rs));
