@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/base/json.h"
 #include "engine/base/log.h"
 #include "engine/engine.h"
 #include "engine/images/image_set.h"
@@ -66,23 +67,6 @@ int Usage(const std::string& msg) {
   return kExitUsage;
 }
 
-std::string JsonEscape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '"' || c == '\\')
-      out += '\\', out += c;
-    else if (c == '\n')
-      out += "\\n";
-    else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else
-      out += c;
-  }
-  return out;
-}
-
 long MaxRssKib() {
   rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -124,9 +108,8 @@ int RunCheck(const Args& a) {
        << ",\"dumpable\":" << (rep->problems.empty() ? "true" : "false") << ",\"problems\":[";
     for (size_t i = 0; i < rep->problems.size(); ++i) {
       auto& p = rep->problems[i];
-      os << (i ? "," : "") << "{\"pid\":" << p.pid << ",\"object\":\"" << JsonEscape(p.object)
-         << "\",\"what\":\"" << JsonEscape(p.what) << "\",\"reason\":\"" << JsonEscape(p.reason)
-         << "\"}";
+      os << (i ? "," : "") << "{\"pid\":" << p.pid << ",\"object\":" << JsonString(p.object)
+         << ",\"what\":" << JsonString(p.what) << ",\"reason\":" << JsonString(p.reason) << "}";
     }
     os << "]}\n";
     std::fputs(os.str().c_str(), stdout);

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "engine/base/json.h"
 #include "engine/base/log.h"
 #include "memstore/store.h"
 
@@ -20,21 +21,6 @@ int Usage(const std::string& msg) {
                "[--json] [--verify] [--yes]\n",
                msg.c_str());
   return 2;
-}
-
-std::string Json(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      char b[8];
-      snprintf(b, sizeof b, "\\u%04x", c);
-      out += b;
-      continue;
-    }
-    out += c;
-  }
-  return out + "\"";
 }
 
 }  // namespace
@@ -86,7 +72,7 @@ int RunStoreCommand(const std::vector<std::string>& args) {
       return 1;
     }
     if (json)
-      std::printf("{\"store\":%s,\"wiped_bytes\":%" PRIu64 "}\n", Json(spec).c_str(),
+      std::printf("{\"store\":%s,\"wiped_bytes\":%" PRIu64 "}\n", JsonString(spec).c_str(),
                   (*region)->size());
     else
       std::printf("%s: wiped %" PRIu64 " bytes\n", spec.c_str(), (*region)->size());
@@ -95,8 +81,8 @@ int RunStoreCommand(const std::vector<std::string>& args) {
   auto info = ReadInfo(**region);
   if (!info) {
     if (json)
-      std::printf("{\"store\":%s,\"whole\":false,\"reason\":%s}\n", Json(spec).c_str(),
-                  Json(info.error().ToString()).c_str());
+      std::printf("{\"store\":%s,\"whole\":false,\"reason\":%s}\n", JsonString(spec).c_str(),
+                  JsonString(info.error().ToString()).c_str());
     else
       std::printf("%s: not a whole store: %s\n", spec.c_str(), info.error().ToString().c_str());
     return 1;
@@ -130,18 +116,18 @@ int RunStoreCommand(const std::vector<std::string>& args) {
   }
   if (json) {
     std::ostringstream os;
-    os << "{\"store\":" << Json(spec) << ",\"whole\":" << (bad.empty() ? "true" : "false")
+    os << "{\"store\":" << JsonString(spec) << ",\"whole\":" << (bad.empty() ? "true" : "false")
        << ",\"verified\":" << (verify ? "true" : "false");
-    if (!bad.empty()) os << ",\"reason\":" << Json(bad);
+    if (!bad.empty()) os << ",\"reason\":" << JsonString(bad);
     os << ",\"capacity\":" << info->capacity << ",\"used\":" << info->used
        << ",\"generation\":" << info->generation
-       << ",\"writer_release\":" << Json(info->writer_release)
-       << ",\"writer_boot_id\":" << Json(info->writer_boot_id)
+       << ",\"writer_release\":" << JsonString(info->writer_release)
+       << ",\"writer_boot_id\":" << JsonString(info->writer_boot_id)
        << ",\"created_ns\":" << info->created_ns << ",\"committed_ns\":" << info->committed_ns
        << ",\"blobs\":[";
     for (size_t i = 0; i < info->blobs.size(); ++i) {
       auto& b = info->blobs[i];
-      os << (i ? "," : "") << "{\"name\":" << Json(b.name) << ",\"offset\":" << b.offset
+      os << (i ? "," : "") << "{\"name\":" << JsonString(b.name) << ",\"offset\":" << b.offset
          << ",\"size\":" << b.size << ",\"xxh3\":\"" << std::hex << b.xxh3 << std::dec << "\"}";
     }
     os << "]}\n";

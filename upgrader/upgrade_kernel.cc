@@ -8,7 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "engine/base/json.h"
+
 namespace {
+
+using kleap::JsonString;
 
 constexpr int kExitDone = 0, kExitFailed = 1, kExitNothing = 2, kExitNotPermitted = 77;
 constexpr char kBusName[] = "org.kleap.Upgrader1";
@@ -27,21 +31,6 @@ struct Problem {
   int pid;
   std::string object, what, reason;
 };
-
-std::string Json(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      char b[8];
-      snprintf(b, sizeof b, "\\u%04x", c);
-      out += b;
-      continue;
-    }
-    out += c;
-  }
-  return out + "\"";
-}
 
 int BusError(const char* what, const sd_bus_error* e, int r) {
   std::fprintf(stderr, "upgrade-kernel: %s: %s\n", what,
@@ -70,8 +59,8 @@ int Status(sd_bus* bus, bool json) {
   }
   if (json) {
     std::printf("{\"state\":%s,\"running_kernel\":%s,\"default_target\":%s,\"memstore\":%s}\n",
-                Json(values[0]).c_str(), Json(values[1]).c_str(), Json(values[2]).c_str(),
-                Json(values[3]).c_str());
+                JsonString(values[0]).c_str(), JsonString(values[1]).c_str(),
+                JsonString(values[2]).c_str(), JsonString(values[3]).c_str());
   } else {
     std::printf("State:          %s\nRunning kernel: %s\nDefault target: %s\nMemstore:       %s\n",
                 values[0].c_str(), values[1].c_str(),
@@ -143,11 +132,11 @@ int Check(sd_bus* bus, bool json, uint32_t tree, const std::string& kernel) {
         "{\"upgradable\":%s,\"dumpable\":%s,\"tasks\":%u,\"threads\":%u,\"target_kernel\":%s,"
         "\"target_kernel_found\":%s,\"problems\":[",
         upgradable ? "true" : "false", dumpable ? "true" : "false", tasks, threads,
-        Json(target).c_str(), found ? "true" : "false");
+        JsonString(target).c_str(), found ? "true" : "false");
     for (size_t i = 0; i < problems.size(); ++i)
       std::printf("%s{\"pid\":%d,\"object\":%s,\"what\":%s,\"reason\":%s}", i ? "," : "",
-                  problems[i].pid, Json(problems[i].object).c_str(), Json(problems[i].what).c_str(),
-                  Json(problems[i].reason).c_str());
+                  problems[i].pid, JsonString(problems[i].object).c_str(),
+                  JsonString(problems[i].what).c_str(), JsonString(problems[i].reason).c_str());
     std::printf("]}\n");
   } else {
     for (auto& p : problems)
