@@ -62,21 +62,22 @@ std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
   return out;
 }
 
+std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
+  std::vector<Problem> out = CheckTreeShape(tasks);
+  for (auto& t : tasks)
+    for (auto&& part : {CheckTaskState(t.pid), CheckFds(t.pid), CheckMappings(t.pid)})
+      out.insert(out.end(), part.begin(), part.end());
+  return out;
+}
+
 Result<CheckReport> CheckTree(pid_t root) {
   CheckReport rep;
   auto tasks = KLEAP_TRY(WalkTree(root));
   for (auto& t : tasks) {
     rep.pids.push_back(t.pid);
     rep.threads += t.tids.size();
-    auto a = CheckTaskState(t.pid);
-    auto b = CheckFds(t.pid);
-    auto c = CheckMappings(t.pid);
-    rep.problems.insert(rep.problems.end(), a.begin(), a.end());
-    rep.problems.insert(rep.problems.end(), b.begin(), b.end());
-    rep.problems.insert(rep.problems.end(), c.begin(), c.end());
   }
-  auto shape = CheckTreeShape(tasks);
-  rep.problems.insert(rep.problems.end(), shape.begin(), shape.end());
+  rep.problems = CheckTasks(tasks);
   return rep;
 }
 

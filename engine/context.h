@@ -72,6 +72,8 @@ std::vector<Problem> CheckMappings(pid_t pid);
 std::vector<Problem> CheckTaskState(pid_t pid);
 // Sessions and process groups whose leader is outside the tree.
 std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks);
+// Everything above, for every task: what check reports and dump refuses.
+std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks);
 
 // ---- restore ----
 
@@ -112,6 +114,8 @@ struct MmHelpers {
 };
 
 Result<RestorePlan> LoadPlan(ImageReader& images);
+// LoadPlan has bounded every page run by its mapping; this checks the blobs hold them.
+Result<void> CheckPageBlobSizes(ImageReader& images, const RestorePlan& plan);
 Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan);
 Result<void> CheckPidsFree(const RestorePlan& plan);
 // Checks that every file the set maps or opens is the one that was dumped.

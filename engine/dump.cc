@@ -79,16 +79,8 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   stats.freeze_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  std::vector<Problem> problems = CheckTreeShape(tree->tasks());
-  for (auto& t : tree->tasks()) {
-    {
-      auto* list = &problems;
-      auto a = CheckTaskState(t.pid), b = CheckFds(t.pid), c = CheckMappings(t.pid);
-      list->insert(list->end(), a.begin(), a.end());
-      list->insert(list->end(), b.begin(), b.end());
-      list->insert(list->end(), c.begin(), c.end());
-    }
-  }
+  // The same checks as `kleap check`, now on the frozen tree.
+  std::vector<Problem> problems = CheckTasks(tree->tasks());
   KLEAP_TRY(Refuse(problems));
   for (auto& t : tree->tasks()) KLEAP_TRY(FindGadgets(*tree, t));
 

@@ -124,25 +124,7 @@ Result<void> ValidateImages(ImageReader& images) {
       plan.pstree.tasks(0).pid() != plan.pstree.root_pid())
     return Err(EINVAL) << "pstree.img: root pid " << plan.pstree.root_pid()
                        << " disagrees with the inventory's " << inv.root_pid();
-  for (auto& [pid, pm] : plan.pagemaps) {
-    const img::MmImage& mm = plan.mms.at(pid);
-    uint64_t bytes = 0;
-    int v = 0;
-    for (auto& r : pm.runs()) {
-      while (v < mm.vmas_size() && mm.vmas(v).end() <= r.vaddr()) ++v;
-      if (v == mm.vmas_size() || r.vaddr() < mm.vmas(v).start() ||
-          r.vaddr() + r.nr_pages() * 4096 > mm.vmas(v).end())
-        return Err(EINVAL) << PagemapImage(pid) << ": page run at " << Hex(r.vaddr())
-                           << " lies outside every mapping";
-      bytes += r.nr_pages() * 4096;
-    }
-    const img::ImageEntry* blob = images.Find(pm.blob());
-    if (!blob)
-      return Err(EINVAL) << PagemapImage(pid) << ": its blob " << pm.blob() << " is missing";
-    if (blob->size() != bytes)
-      return Err(EINVAL) << pm.blob() << ": " << blob->size() << " bytes, its page runs need "
-                         << bytes;
-  }
+  KLEAP_TRY(CheckPageBlobSizes(images, plan));
   for (auto& f : plan.files.files())
     if (f.has_reg() && f.reg().deleted() && !images.Find(f.reg().ghost_blob()))
       return Err(EINVAL) << "files.img: deleted file " << f.reg().path() << " has no content image";

@@ -190,7 +190,7 @@ Result<void> CheckPidsFree(const RestorePlan& plan) {
   return Ok();
 }
 
-Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan) {
+Result<void> CheckPageBlobSizes(ImageReader& images, const RestorePlan& plan) {
   for (auto& [pid, pm] : plan.pagemaps) {
     uint64_t bytes = 0;
     for (auto& r : pm.runs()) bytes += r.nr_pages() * 4096;  // each run was bounded by its mapping
@@ -200,8 +200,13 @@ Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan) {
     if (e->size() != bytes)
       return Err(EINVAL) << "image " << pm.blob() << " is damaged: " << e->size()
                          << " bytes, its page runs need " << bytes;
-    KLEAP_TRY(images.VerifyImage(pm.blob()));
   }
+  return Ok();
+}
+
+Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan) {
+  KLEAP_TRY(CheckPageBlobSizes(images, plan));
+  for (auto& [pid, pm] : plan.pagemaps) KLEAP_TRY(images.VerifyImage(pm.blob()));
   for (auto& o : plan.shmem.objects()) KLEAP_TRY(images.VerifyImage(o.blob()));
   return Ok();
 }

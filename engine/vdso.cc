@@ -85,6 +85,17 @@ Result<std::map<std::string, uint64_t>> VdsoSymbols(const std::string& img, Arch
   return VdsoSymbolsT<Elf64_Ehdr, Elf64_Phdr, Elf64_Shdr, Elf64_Sym>(img);
 }
 
+// Bounds of the whole [vvar...][vdso] block, once its parts are known.
+Block Bounded(Block b) {
+  b.start = b.vdso_start;
+  b.end = b.vdso_end;
+  for (auto& [s, e] : b.vvars) {
+    b.start = std::min(b.start, s);
+    b.end = std::max(b.end, e);
+  }
+  return b;
+}
+
 Block DumpedBlock(const img::MmImage& mm) {
   Block b;
   for (auto& v : mm.vmas()) {
@@ -95,13 +106,7 @@ Block DumpedBlock(const img::MmImage& mm) {
       b.vvars.push_back({v.start(), v.end()});
     }
   }
-  b.start = b.vdso_start;
-  b.end = b.vdso_end;
-  for (auto& [s, e] : b.vvars) {
-    b.start = std::min(b.start, s);
-    b.end = std::max(b.end, e);
-  }
-  return b;
+  return Bounded(b);
 }
 
 Result<Block> LiveBlock(pid_t pid) {
@@ -115,13 +120,7 @@ Result<Block> LiveBlock(pid_t pid) {
     }
   }
   if (!b.vdso_start) return Err(ENOENT) << "pid " << pid << ": no [vdso] after mapping it";
-  b.start = b.vdso_start;
-  b.end = b.vdso_end;
-  for (auto& [s, e] : b.vvars) {
-    b.start = std::min(b.start, s);
-    b.end = std::max(b.end, e);
-  }
-  return b;
+  return Bounded(b);
 }
 
 // A free range of `size` bytes in the dumped layout, searched downward from the top of

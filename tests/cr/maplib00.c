@@ -31,29 +31,6 @@ static unsigned char* read_all(int fd, size_t* len) {
   return p;
 }
 
-static int maps_line(uintptr_t addr, char* out, size_t n) {
-  static char buf[128 * 1024];
-  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  size_t len = 0;
-  ssize_t r;
-  while ((r = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
-  close(fd);
-  buf[len] = '\0';
-  for (char *l = buf, *next; l && *l; l = next) {
-    next = strchr(l, '\n');
-    if (next) *next++ = '\0';
-    unsigned long long lo, hi;
-    if (sscanf(l, "%llx-%llx", &lo, &hi) == 2 && addr >= lo && addr < hi) {
-      size_t k = strlen(l) < n - 1 ? strlen(l) : n - 1;
-      memcpy(out, l, k);
-      out[k] = '\0';
-      return 0;
-    }
-  }
-  return -1;
-}
-
 int main(int argc, char** argv) {
   wl_init(argc, argv);
   int self = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
@@ -69,7 +46,7 @@ int main(int argc, char** argv) {
   close(fd);
   char path[4096], line[4096];
   snprintf(path, sizeof path, "%s/lib.so", wl_statedir);
-  if (maps_line((uintptr_t)map, line, sizeof line) != 0) wl_die("main", "mapping not in maps");
+  if (wl_maps_line((uintptr_t)map, line, sizeof line) != 0) wl_die("main", "mapping not in maps");
   wl_log("%zu bytes of lib.so at %p: %s", len, (void*)map, line);
   wl_ready("main");
   struct wl_check c;
@@ -78,7 +55,7 @@ int main(int argc, char** argv) {
     return wl_check_result("main", &c);
   wl_check(&c, memcmp(map, image, len) == 0, "the mapping of lib.so no longer shows its bytes");
   char now[4096];
-  if (wl_check(&c, maps_line((uintptr_t)map, now, sizeof now) == 0, "no mapping at %p any more",
+  if (wl_check(&c, wl_maps_line((uintptr_t)map, now, sizeof now) == 0, "no mapping at %p any more",
                (void*)map)) {
     wl_check(&c, strcmp(now, line) == 0, "maps line '%s', was '%s'", now, line);
     char tail[4200];

@@ -79,28 +79,9 @@ static void* ticker(void* arg) {
 
 /* Finds the /proc/self/maps line containing addr; fills line. */
 static int find_mapping(uintptr_t addr, char* line, size_t n) {
-  static char buf[256 * 1024];
-  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  size_t len = 0;
-  ssize_t r;
-  while ((r = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
-  close(fd);
-  buf[len] = '\0';
-  for (char *l = buf, *next; l && *l; l = next) {
-    next = strchr(l, '\n');
-    if (next) *next++ = '\0';
-    unsigned long long lo, hi;
-    char perms[8];
-    if (sscanf(l, "%llx-%llx %7s", &lo, &hi, perms) != 3) continue;
-    if (addr >= lo && addr < hi) {
-      size_t k = strlen(l) < n - 1 ? strlen(l) : n - 1;
-      memcpy(line, l, k);
-      line[k] = '\0';
-      return perms[0] == 'r' ? 1 : 0;
-    }
-  }
-  return -1;
+  if (wl_maps_line(addr, line, n) != 0) return -1;
+  const char* perms = strchr(line, ' ');
+  return perms && perms[1] == 'r' ? 1 : 0;
 }
 
 static void check_clock(struct wl_check* c, const char* name, clockid_t clk, int64_t tolerance) {

@@ -332,3 +332,26 @@ long wl_pattern_diff(const void* buf, size_t len, uint32_t seed) {
   }
   return -1;
 }
+
+int wl_maps_line(uintptr_t addr, char* out, size_t n) {
+  static char buf[256 * 1024];
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t len = 0;
+  ssize_t r;
+  while ((r = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
+  close(fd);
+  buf[len] = '\0';
+  for (char *l = buf, *next; l && *l; l = next) {
+    next = strchr(l, '\n');
+    if (next) *next++ = '\0';
+    unsigned long long lo, hi;
+    if (sscanf(l, "%llx-%llx", &lo, &hi) == 2 && addr >= lo && addr < hi) {
+      size_t k = strlen(l) < n - 1 ? strlen(l) : n - 1;
+      memcpy(out, l, k);
+      out[k] = '\0';
+      return 0;
+    }
+  }
+  return -1;
+}

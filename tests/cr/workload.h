@@ -54,6 +54,9 @@ void wl_ready(const char* roles);
 /* Waits for SIGUSR1 (polls wl_usr1 every 20 ms); -1 after 10 minutes of
  * waiting (time spent frozen does not count). */
 int wl_wait(void);
+/* Copies the /proc/self/maps line of the mapping holding addr into out (cut to n);
+ * 0 when found, -1 otherwise. */
+int wl_maps_line(uintptr_t addr, char* out, size_t n);
 /* Reaps every wl_fork()ed child. 0 when each exited normally within timeout_ms;
  * else -1 with the reason in why (killed by a signal, not exiting, not our child). */
 int wl_reap_children(int timeout_ms, char* why, size_t n);
