@@ -14,6 +14,8 @@ packages=(
   clang-format
   procps psmisc
   qemu-system-x86 busybox-static cpio xz-utils
+  polkitd
+  libnl-3-dev libnl-route-3-dev libnftables-dev nftables iproute2
 )
 export DEBIAN_FRONTEND=noninteractive
 missing=()
