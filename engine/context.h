@@ -63,8 +63,6 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
 Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core);
 Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm);
 Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* fds);
-Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id, bool fifo,
-                          const std::string& fifo_path);
 
 // Check-side classification, shared by check and dump.
 std::vector<Problem> CheckFds(pid_t pid);
@@ -102,7 +100,8 @@ inline constexpr int kKernelOLargefile = 0100000;
 int OpenLikeTask(const std::string& path, int flags, mode_t mode);
 Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out);
 Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out);
-Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, OpenFiles& files);
+// Every file object has a known kind whose fields make sense (files.img is untrusted).
+Result<void> ValidateFileObjects(const img::FileTable& files);
 // In a new task, before ptrace takes over: put every fd of its table in place and close
 // everything else below `keep_from`.
 Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int keep_from);

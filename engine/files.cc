@@ -1,6 +1,7 @@
-// Open files: regular files (also deleted ones, with their content), directories, the
-// character devices kleap carries, and the fd tables that point at them. Pipes and
-// FIFOs are in pipe.cc.
+// Open files: the fd tables, the table of fd kinds that dump and restore dispatch on
+// (kFdKinds), and the kinds that are files by path: regular files (also deleted ones,
+// with their content), directories and the character devices kleap carries. The other
+// kinds live in a file of their own (files.h lists them).
 #include <elf.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -16,22 +17,24 @@
 #include <cstring>
 
 #include "engine/base/log.h"
-#include "engine/context.h"
+#include "engine/files.h"
 
 namespace kleap {
+
+Result<UniqueFd> GrabFd(pid_t pid, int fd) {
+  UniqueFd pidfd(int(syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd) return ErrnoError() << "pidfd_open " << pid;
+  UniqueFd copy(int(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
+  if (!copy) return ErrnoError() << "pidfd_getfd " << pid << " fd " << fd;
+  return copy;
+}
+
 namespace {
 
 constexpr const char* kDeletedSuffix = " (deleted)";
 
 bool EndsWith(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-}
-
-int PidfdOpen(pid_t pid) {
-  return int(syscall(SYS_pidfd_open, pid, 0));
-}
-int PidfdGetfd(int pidfd, int fd) {
-  return int(syscall(SYS_pidfd_getfd, pidfd, fd, 0));
 }
 
 // The devices a task can reopen by path with nothing lost.
@@ -41,10 +44,9 @@ bool CarriedCharDevice(dev_t rdev) {
 }
 
 std::string SocketWhat(pid_t pid, int fd, const std::string& link) {
-  UniqueFd pidfd(PidfdOpen(pid));
-  if (!pidfd) return link;
-  UniqueFd sock(PidfdGetfd(pidfd.get(), fd));
-  if (!sock) return link;
+  auto grabbed = GrabFd(pid, fd);
+  if (!grabbed) return link;
+  UniqueFd sock = std::move(*grabbed);
   int domain = 0, type = 0;
   socklen_t len = sizeof domain;
   getsockopt(sock.get(), SOL_SOCKET, SO_DOMAIN, &domain, &len);
@@ -64,23 +66,56 @@ std::string SocketWhat(pid_t pid, int fd, const std::string& link) {
   return link + " (" + d + ", " + t + ")";
 }
 
-}  // namespace
-
-enum class FdType { kRegular, kDirectory, kCharDevice, kPipe, kFifo, kUnsupported };
-
-struct FdDesc {
-  int fd = -1;
-  FdType type = FdType::kUnsupported;
-  std::string link;
-  struct stat st {};
-  FdInfo info;
-  bool deleted = false;
-  std::string what, reason;  // for kUnsupported
+// The anon_inode: files by their name in /proc/PID/fd; a reason when refused.
+constexpr struct {
+  const char* name;
+  FdType type;
+  const char* reason;
+} kAnonInodes[] = {
+    {"[eventfd]", FdType::kEventfd, nullptr},
+    {"[io_uring]", FdType::kUnsupported, "io_uring is not supported"},
 };
+
+// How each kind of fd is carried. Dump dispatches on the type DescribeFd found, restore
+// on the kind of the FileObject; several types can share one image kind.
+struct FdKind {
+  FdType type;
+  img::FileObject::KindCase image_kind;
+  // Why this particular fd can't be carried (check and dump both ask), or "".
+  std::string (*refuse)(const FdDesc&);
+  Result<void> (*dump)(DumpContext&, const FdDesc&, img::FileObject*);
+  // Restore side: the image is untrusted; checked before anything is created.
+  Result<void> (*validate)(const img::FileObject&);
+  Result<UniqueFd> (*open)(const img::FileObject&, ImageReader&, OpenFiles&);
+};
+
+constexpr FdKind kFdKinds[] = {
+    {FdType::kRegular, img::FileObject::kReg, nullptr, DumpRegFile, nullptr, OpenRegFile},
+    {FdType::kDirectory, img::FileObject::kReg, nullptr, DumpRegFile, nullptr, OpenRegFile},
+    {FdType::kCharDevice, img::FileObject::kReg, nullptr, DumpRegFile, nullptr, OpenRegFile},
+    {FdType::kPipe, img::FileObject::kPipe, nullptr, DumpPipeEnd, nullptr, OpenPipeEnd},
+    {FdType::kFifo, img::FileObject::kPipe, nullptr, DumpPipeEnd, nullptr, OpenPipeEnd},
+    {FdType::kEventfd, img::FileObject::kEventfd, RefuseEventfd, DumpEventfd, ValidateEventfd,
+     OpenEventfd},
+};
+
+const FdKind* KindOf(FdType t) {
+  for (auto& k : kFdKinds)
+    if (k.type == t) return &k;
+  return nullptr;
+}
+const FdKind* KindOf(img::FileObject::KindCase c) {
+  for (auto& k : kFdKinds)
+    if (k.image_kind == c) return &k;
+  return nullptr;
+}
+
+}  // namespace
 
 // Describes an fd without changing the task.
 Result<FdDesc> DescribeFd(pid_t pid, int fd) {
   FdDesc d;
+  d.pid = pid;
   d.fd = fd;
   std::string path = ProcPath(pid, "fd/" + std::to_string(fd));
   d.link = KLEAP_TRY(ReadLink(path));
@@ -91,8 +126,13 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
     d.what = SocketWhat(pid, fd, d.link);
     d.reason = "sockets are not supported yet";
   } else if (d.link.rfind("anon_inode:", 0) == 0) {
-    d.reason = d.link.substr(11) + " is not supported yet";
-    if (d.link.find("io_uring") != std::string::npos) d.reason = "io_uring is not supported";
+    std::string name = d.link.substr(11);
+    d.reason = name + " is not supported yet";
+    for (auto& a : kAnonInodes)
+      if (name == a.name) {
+        d.type = a.type;
+        d.reason = a.reason ? a.reason : "";
+      }
   } else if (d.link.rfind("pipe:", 0) == 0) {
     d.type = FdType::kPipe;
   } else if (S_ISFIFO(d.st.st_mode)) {
@@ -127,6 +167,8 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
     d.type = FdType::kUnsupported;
     d.reason = "the file was replaced since it was opened";
   }
+  if (d.reason.empty())
+    if (const FdKind* k = KindOf(d.type); k && k->refuse) d.reason = k->refuse(d);
   if (!d.reason.empty()) d.type = FdType::kUnsupported;
   return d;
 }
@@ -238,6 +280,25 @@ Result<void> DumpGhostContent(DumpContext& ctx, pid_t pid, int fd, uint64_t id, 
 
 }  // namespace
 
+Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
+  img::RegFile* reg = fo->mutable_reg();
+  reg->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));
+  reg->set_pos(d.info.pos);
+  reg->set_mode(d.st.st_mode);
+  std::string path = d.deleted ? d.link.substr(0, d.link.size() - strlen(kDeletedSuffix)) : d.link;
+  reg->set_path(path);
+  img::FileIdentity ident;
+  ident.set_dev(d.st.st_dev);
+  ident.set_ino(d.st.st_ino);
+  ident.set_size(uint64_t(d.st.st_size));
+  *reg->mutable_identity() = ident;
+  if (d.deleted) {
+    reg->set_deleted(true);
+    KLEAP_TRY(DumpGhostContent(ctx, d.pid, d.fd, fo->id(), reg));
+  }
+  return Ok();
+}
+
 Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table) {
   pid_t pid = task.pid;
   table->set_pid(pid);
@@ -258,34 +319,7 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
     ctx.seen_files.push_back({pid, fd, id, d.st.st_dev, d.st.st_ino});
     img::FileObject* fo = ctx.files.add_files();
     fo->set_id(id);
-    uint32_t flags = d.info.flags & ~uint32_t(O_CLOEXEC);
-    if (d.type == FdType::kPipe || d.type == FdType::kFifo) {
-      img::PipeEnd* pe = fo->mutable_pipe();
-      uint64_t pipe_id = ctx.PipeId(d.st.st_dev, d.st.st_ino);
-      pe->set_pipe_id(pipe_id);
-      pe->set_flags(flags);
-      pe->set_fifo(d.type == FdType::kFifo);
-      if (d.type == FdType::kFifo) pe->set_fifo_path(d.link);
-      KLEAP_TRY_CTX(DumpPipeData(ctx, pid, fd, pipe_id, d.type == FdType::kFifo, d.link),
-                    "task " << pid << " fd " << fd);
-      continue;
-    }
-    img::RegFile* reg = fo->mutable_reg();
-    reg->set_flags(flags);
-    reg->set_pos(d.info.pos);
-    reg->set_mode(d.st.st_mode);
-    std::string path =
-        d.deleted ? d.link.substr(0, d.link.size() - strlen(kDeletedSuffix)) : d.link;
-    reg->set_path(path);
-    img::FileIdentity ident;
-    ident.set_dev(d.st.st_dev);
-    ident.set_ino(d.st.st_ino);
-    ident.set_size(uint64_t(d.st.st_size));
-    *reg->mutable_identity() = ident;
-    if (d.deleted) {
-      reg->set_deleted(true);
-      KLEAP_TRY_CTX(DumpGhostContent(ctx, pid, fd, id, reg), "task " << pid << " fd " << fd);
-    }
+    KLEAP_TRY_CTX(KindOf(d.type)->dump(ctx, d, fo), "task " << pid << " fd " << fd);
   }
   return Ok();
 }
@@ -306,7 +340,8 @@ int OpenLikeTask(const std::string& path, int flags, mode_t mode) {
   return int(ret);
 }
 
-Result<UniqueFd> OpenRegFile(const img::RegFile& reg, ImageReader& images) {
+Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, OpenFiles&) {
+  const img::RegFile& reg = fo.reg();
   int flags = int(reg.flags()) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC);
   UniqueFd fd;
   if (reg.deleted()) {
@@ -349,18 +384,21 @@ Result<UniqueFd> OpenRegFile(const img::RegFile& reg, ImageReader& images) {
   return fd;
 }
 
+Result<void> ValidateFileObjects(const img::FileTable& files) {
+  for (auto& fo : files.files()) {
+    const FdKind* k = KindOf(fo.kind_case());
+    if (!k) return Err(EINVAL) << "files.img: file " << fo.id() << " has no known kind";
+    if (k->validate) KLEAP_TRY(k->validate(fo));
+  }
+  return Ok();
+}
+
 Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out) {
   KLEAP_TRY(OpenPipes(plan, out));
   for (auto& fo : plan.files.files()) {
-    UniqueFd fd;
-    if (fo.has_pipe()) {
-      fd = KLEAP_TRY_CTX(OpenPipeEnd(fo.pipe(), *out), "file " << fo.id());
-    } else if (fo.has_reg()) {
-      fd = KLEAP_TRY(OpenRegFile(fo.reg(), images));
-    } else {
-      return Err(EINVAL) << "files.img: file " << fo.id() << " has no known kind";
-    }
-    out->by_id[fo.id()] = std::move(fd);
+    const FdKind* k = KindOf(fo.kind_case());
+    if (!k) return Err(EINVAL) << "files.img: file " << fo.id() << " has no known kind";
+    out->by_id[fo.id()] = KLEAP_TRY(k->open(fo, images, *out));
   }
   return Ok();
 }

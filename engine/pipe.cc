@@ -5,9 +5,10 @@
 #include <vector>
 
 #include "engine/base/log.h"
-#include "engine/context.h"
+#include "engine/files.h"
 
 namespace kleap {
+namespace {
 
 // Copies what is buffered in a pipe without consuming it: tee() into a pipe of our own.
 Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id, bool fifo,
@@ -44,6 +45,8 @@ Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id,
   return Ok();
 }
 
+}  // namespace
+
 Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out) {
   for (auto& p : plan.files.pipes()) {
     if (p.data().size() > p.size())
@@ -78,12 +81,25 @@ Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out) {
   return Ok();
 }
 
-Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, OpenFiles& files) {
+Result<void> DumpPipeEnd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
+  bool fifo = d.type == FdType::kFifo;
+  img::PipeEnd* pe = fo->mutable_pipe();
+  uint64_t pipe_id = ctx.PipeId(d.st.st_dev, d.st.st_ino);
+  pe->set_pipe_id(pipe_id);
+  pe->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));
+  pe->set_fifo(fifo);
+  if (fifo) pe->set_fifo_path(d.link);
+  return DumpPipeData(ctx, d.pid, d.fd, pipe_id, fifo, d.link);
+}
+
+Result<UniqueFd> OpenPipeEnd(const img::FileObject& fo, ImageReader&, OpenFiles& files) {
+  const img::PipeEnd& end = fo.pipe();
   bool write_end = (end.flags() & O_ACCMODE) == O_WRONLY;
   auto& holders = write_end ? files.pipe_writes : files.pipes;
   auto it = holders.find(end.pipe_id());
   if (it == holders.end())
-    return Err(EINVAL) << "files.img: pipe end of unknown pipe " << end.pipe_id();
+    return Err(EINVAL) << "files.img: file " << fo.id() << ": pipe end of unknown pipe "
+                       << end.pipe_id();
   UniqueFd fd;
   if (!end.fifo() && files.pipe_ends_used.insert({end.pipe_id(), write_end}).second) {
     // The first description of each direction is the end pipe2() made: it has exactly
@@ -97,7 +113,7 @@ Result<UniqueFd> OpenPipeEnd(const img::PipeEnd& end, OpenFiles& files) {
     fd.reset(OpenLikeTask(
         self, mode | O_NONBLOCK | O_CLOEXEC | (int(end.flags()) & kKernelOLargefile), 0));
   }
-  if (!fd) return ErrnoError() << "reopen pipe " << end.pipe_id();
+  if (!fd) return ErrnoError() << "file " << fo.id() << ": reopen pipe " << end.pipe_id();
   int fl = int(end.flags()) & (O_NONBLOCK | O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME);
   if (fcntl(fd.get(), F_SETFL, fl) < 0)
     return ErrnoError() << "set flags of pipe " << end.pipe_id();

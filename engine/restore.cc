@@ -112,6 +112,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
       prev_end = v.end();
     }
   }
+  KLEAP_TRY(ValidateFileObjects(plan.files));
   std::set<uint64_t> file_ids;
   for (auto& f : plan.files.files()) file_ids.insert(f.id());
   for (auto& [pid, table] : plan.fdtables)

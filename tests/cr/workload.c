@@ -278,6 +278,13 @@ void wl_die(const char* role, const char* fmt, ...) {
   exit(1);
 }
 
+int wl_await(const char* role, struct wl_check* c) {
+  wl_check_init(c);
+  if (wl_wait() == 0) return 0;
+  wl_result(role, 0, "timeout waiting for SIGUSR1");
+  return -1;
+}
+
 void wl_check_init(struct wl_check* c) {
   c->failures = 0;
   c->why[0] = '\0';
@@ -333,15 +340,21 @@ long wl_pattern_diff(const void* buf, size_t len, uint32_t seed) {
   return -1;
 }
 
-int wl_maps_line(uintptr_t addr, char* out, size_t n) {
-  static char buf[256 * 1024];
-  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+/* Reads a whole (small) file into buf, NUL-terminated; -1 when it can't be opened. */
+static int read_whole(const char* path, char* buf, size_t n) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   size_t len = 0;
   ssize_t r;
-  while ((r = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)r;
+  while ((r = read(fd, buf + len, n - 1 - len)) > 0) len += (size_t)r;
   close(fd);
   buf[len] = '\0';
+  return 0;
+}
+
+int wl_maps_line(uintptr_t addr, char* out, size_t n) {
+  static char buf[256 * 1024];
+  if (read_whole("/proc/self/maps", buf, sizeof buf) != 0) return -1;
   for (char *l = buf, *next; l && *l; l = next) {
     next = strchr(l, '\n');
     if (next) *next++ = '\0';
@@ -354,4 +367,24 @@ int wl_maps_line(uintptr_t addr, char* out, size_t n) {
     }
   }
   return -1;
+}
+
+int wl_fdinfo(int fd, const char* prefix, char* out, size_t n) {
+  static char buf[64 * 1024];
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
+  if (read_whole(path, buf, sizeof buf) != 0) return -1;
+  size_t plen = strlen(prefix), o = 0;
+  int found = 0;
+  if (n) out[0] = '\0';
+  for (char *l = buf, *next; l && *l; l = next) {
+    next = strchr(l, '\n');
+    if (next) *next++ = '\0';
+    if (strncmp(l, prefix, plen) != 0) continue;
+    const char* v = l + plen;
+    while (*v == ' ' || *v == '\t') v++;
+    if (o < n) o += (size_t)snprintf(out + o, n - o, "%s%s", found ? "\n" : "", v);
+    found++;
+  }
+  return found;
 }

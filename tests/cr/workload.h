@@ -57,6 +57,10 @@ int wl_wait(void);
 /* Copies the /proc/self/maps line of the mapping holding addr into out (cut to n);
  * 0 when found, -1 otherwise. */
 int wl_maps_line(uintptr_t addr, char* out, size_t n);
+/* The lines of /proc/self/fdinfo/FD that start with prefix (e.g. "eventfd-count:",
+ * "tfd:"), each without the prefix and its leading blanks, joined by '\n' into out
+ * (cut to n). Returns how many lines matched, -1 when fdinfo can't be read. */
+int wl_fdinfo(int fd, const char* prefix, char* out, size_t n);
 /* Reaps every wl_fork()ed child. 0 when each exited normally within timeout_ms;
  * else -1 with the reason in why (killed by a signal, not exiting, not our child). */
 int wl_reap_children(int timeout_ms, char* why, size_t n);
@@ -79,6 +83,9 @@ struct wl_check {
 void wl_check_init(struct wl_check* c);
 /* Returns ok; when !ok records the formatted reason. */
 int wl_check(struct wl_check* c, int ok, const char* fmt, ...) WL_PRINTF(3, 4);
+/* wl_wait(), then wl_check_init(c): 0 after SIGUSR1; on a timeout writes
+ * result.<role> as FAIL and returns -1. */
+int wl_await(const char* role, struct wl_check* c);
 /* Writes result.<role> from c; returns the process exit code (0 pass, 1 fail). */
 int wl_check_result(const char* role, const struct wl_check* c);
 

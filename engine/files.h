@@ -1,0 +1,54 @@
+// Kinds of fds and the per-kind dump and restore steps that files.cc dispatches to
+// through its table (kFdKinds). Each kind's two sides live in its own file:
+// files.cc (regular files, directories, devices), pipe.cc, eventfd.cc.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <string>
+
+#include "engine/base/proc.h"
+#include "engine/context.h"
+
+namespace kleap {
+
+enum class FdType {
+  kRegular,
+  kDirectory,
+  kCharDevice,
+  kPipe,
+  kFifo,
+  kEventfd,
+  kUnsupported,
+};
+
+// One fd of a task as /proc shows it, without changing the task.
+struct FdDesc {
+  pid_t pid = 0;
+  int fd = -1;
+  FdType type = FdType::kUnsupported;
+  std::string link;
+  struct stat st {};
+  FdInfo info;
+  bool deleted = false;
+  std::string what, reason;  // for kUnsupported
+};
+
+Result<FdDesc> DescribeFd(pid_t pid, int fd);
+// A copy of a task's fd in this process (pidfd_getfd): the same open file description.
+Result<UniqueFd> GrabFd(pid_t pid, int fd);
+
+// ---- per kind: dump fills the FileObject's kind, open makes it in the controller ----
+
+Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+Result<void> DumpPipeEnd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<UniqueFd> OpenPipeEnd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+std::string RefuseEventfd(const FdDesc& d);
+Result<void> DumpEventfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<void> ValidateEventfd(const img::FileObject& fo);
+Result<UniqueFd> OpenEventfd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+}  // namespace kleap
