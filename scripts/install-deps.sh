@@ -12,7 +12,7 @@ packages=(
   libcap-dev libxxhash-dev libsystemd-dev dbus libglib2.0-bin
   libgtest-dev
   clang-format
-  procps psmisc
+  procps psmisc jq
   qemu-system-x86 busybox-static cpio xz-utils
   polkitd
   libnl-3-dev libnl-route-3-dev libnftables-dev nftables iproute2

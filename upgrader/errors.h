@@ -14,6 +14,10 @@ inline constexpr char kErrNotDumpable[] = "org.kleap.Upgrader1.Error.NotDumpable
 inline constexpr char kErrMemstoreTooSmall[] = "org.kleap.Upgrader1.Error.MemstoreTooSmall";
 inline constexpr char kErrTaskGone[] = "org.kleap.Upgrader1.Error.TaskGone";
 inline constexpr char kErrFailed[] = "org.kleap.Upgrader1.Error.Failed";
+inline constexpr char kErrCanceled[] = "org.kleap.Upgrader1.Error.Canceled";
+inline constexpr char kErrNotCancelable[] = "org.kleap.Upgrader1.Error.NotCancelable";
+inline constexpr char kErrNotSupported[] = "org.kleap.Upgrader1.Error.NotSupported";
+inline constexpr char kErrKexecUnavailable[] = "org.kleap.Upgrader1.Error.KexecUnavailable";
 
 // The error name for an errno from the engine, the memstore or kexec staging. Where
 // an errno is ambiguous (ENOENT: a kernel or a task?) the caller names the error itself.

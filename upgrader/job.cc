@@ -1,0 +1,274 @@
+// The upgrade pipeline, phase by phase, on the job's worker thread.
+#include "upgrader/job.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <sstream>
+#include <utility>
+
+#include "engine/base/proc.h"
+#include "engine/engine.h"
+#include "memstore/store.h"
+#include "upgrader/errors.h"
+#include "upgrader/kexec.h"
+
+namespace kleap::upgrader {
+
+const char* PhaseName(Phase p) {
+  switch (p) {
+    case Phase::kCheck:
+      return "check";
+    case Phase::kStage:
+      return "stage";
+    case Phase::kFreeze:
+      return "freeze";
+    case Phase::kDump:
+      return "dump";
+    case Phase::kKexec:
+      return "kexec";
+    case Phase::kRestore:
+      return "restore";
+    case Phase::kDone:
+      return "done";
+    case Phase::kFailed:
+      return "failed";
+  }
+  return "?";
+}
+
+std::string NewestKernel(const std::string& running, const std::string& boot) {
+  DIR* d = opendir(boot.c_str());
+  if (!d) return "";
+  std::string best;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.rfind("vmlinuz-", 0) != 0 || name.substr(8) == running) continue;
+    if (best.empty() || strverscmp(name.c_str(), best.c_str()) > 0) best = name;
+  }
+  closedir(d);
+  return best.empty() ? "" : boot + "/" + best;
+}
+
+std::string InitrdFor(const std::string& kernel) {
+  auto slash = kernel.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : kernel.substr(0, slash);
+  std::string base = slash == std::string::npos ? kernel : kernel.substr(slash + 1);
+  if (base.rfind("vmlinuz-", 0) != 0) return "";
+  std::string initrd = dir + "/initrd.img-" + base.substr(8);
+  return access(initrd.c_str(), R_OK) == 0 ? initrd : "";
+}
+
+namespace {
+
+// A failure with the D-Bus error name the caller gets.
+struct Failure {
+  const char* name;
+  std::string message;
+};
+
+Failure FromError(const Error& e) {
+  return {ErrorNameFor(e.code()), e.ToString()};
+}
+
+// The private memory a tree would put into the store: anonymous and shmem pages, as
+// /proc/PID/smaps_rollup counts them. An estimate: the dump also writes metadata.
+uint64_t EstimateMemory(const std::vector<pid_t>& pids) {
+  uint64_t kib = 0;
+  for (pid_t pid : pids) {
+    auto text = ReadFileToString("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    if (!text) continue;  // gone meanwhile: the freeze will notice
+    std::istringstream in(*text);
+    std::string key;
+    uint64_t v;
+    while (in >> key) {
+      if ((key == "Anonymous:" || key == "Pss_Shmem:") && in >> v) kib += v;
+    }
+  }
+  return kib * 1024;
+}
+
+}  // namespace
+
+Job::Job(uint32_t id, JobRequest req, int wake_fd)
+    : id_(id),
+      path_("/org/kleap/Upgrader1/job/" + std::to_string(id)),
+      req_(std::move(req)),
+      wake_fd_(wake_fd) {}
+
+Job::~Job() {
+  cancel_ = true;
+  if (worker_.joinable()) worker_.join();
+}
+
+void Job::Start() {
+  worker_ = std::thread([this] { Run(); });
+}
+
+void Job::Join() {
+  if (worker_.joinable()) worker_.join();
+}
+
+bool Job::Cancel(uid_t by) {
+  std::lock_guard lock(mu_);
+  if (state_.finished || !state_.cancelable) return false;
+  canceled_by_ = by;
+  cancel_ = true;
+  return true;
+}
+
+JobState Job::state() const {
+  std::lock_guard lock(mu_);
+  return state_;
+}
+
+std::vector<JobState> Job::TakeChanges() {
+  std::lock_guard lock(mu_);
+  return std::exchange(changes_, {});
+}
+
+void Job::Set(Phase p, uint32_t progress, bool cancelable) {
+  {
+    std::lock_guard lock(mu_);
+    state_.phase = p;
+    state_.progress = progress;
+    state_.cancelable = cancelable;
+    changes_.push_back(state_);
+  }
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof one);
+}
+
+bool Job::Pause() {
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(req_.phase_delay_ms);
+  while (!cancel_ && std::chrono::steady_clock::now() < end) usleep(10000);
+  return !cancel_;
+}
+
+void Job::Finish(JobReport r) {
+  {
+    std::lock_guard lock(mu_);
+    r.failed_in = state_.phase;
+    state_.report = std::move(r);
+    state_.phase = state_.report.success ? Phase::kDone : Phase::kFailed;
+    if (state_.report.success) state_.progress = 100;
+    state_.cancelable = false;
+    state_.finished = true;
+    changes_.push_back(state_);
+  }
+  uint64_t one = 1;
+  (void)!write(wake_fd_, &one, sizeof one);
+}
+
+void Job::Run() {
+  auto t0 = std::chrono::steady_clock::now();
+  JobReport rep;
+  bool staged = false;
+  auto fail = [&](Failure f) {
+    if (staged) {
+      // Leave the machine as it was: no kernel left loaded by us.
+      if (auto r = Unload(); !r)
+        f.message += "; and unloading the staged kernel failed: " + r.error().ToString();
+    }
+    rep.success = false;
+    rep.error_name = f.name;
+    rep.message = f.message;
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    Finish(rep);
+  };
+  auto canceled = [&] {
+    return Failure{kErrCanceled, "canceled by uid " + std::to_string(canceled_by_.load()) +
+                                     "; nothing was changed"};
+  };
+
+  // check: the tree can be carried and the target kernel is there.
+  Set(Phase::kCheck, 0, true);
+  if (kill(req_.tree, 0) < 0 && errno == ESRCH)
+    return fail({kErrTaskGone, "no process " + std::to_string(req_.tree) + " to carry"});
+  rep.kernel = req_.kernel;
+  if (rep.kernel.empty()) {
+    rep.kernel = NewestKernel(req_.running);
+    if (rep.kernel.empty())
+      return fail(
+          {kErrKernelNotFound, "no kernel under /boot other than the running " + req_.running});
+  }
+  if (access(rep.kernel.c_str(), R_OK) < 0)
+    return fail({kErrKernelNotFound, "kernel " + rep.kernel + ": " + strerror(errno)});
+  rep.initrd = req_.kernel.empty() && req_.initrd.empty() ? InitrdFor(rep.kernel) : req_.initrd;
+  if (!rep.initrd.empty() && access(rep.initrd.c_str(), R_OK) < 0)
+    return fail({kErrKernelNotFound, "initrd " + rep.initrd + ": " + strerror(errno)});
+  auto check = CheckTree(req_.tree);
+  if (!check) return fail(FromError(check.error()));
+  rep.tasks = uint32_t(check->pids.size());
+  rep.threads = uint32_t(check->threads);
+  if (!check->problems.empty()) {
+    std::string msg = std::to_string(check->problems.size()) +
+                      " thing(s) can't be carried: " + check->problems[0].ToString();
+    if (check->problems.size() > 1) msg += " (and more: run upgrade-kernel check)";
+    return fail({kErrNotDumpable, msg});
+  }
+  rep.memory_bytes = EstimateMemory(check->pids);
+  Set(Phase::kCheck, 10, true);
+  if (!Pause()) return fail(canceled());
+
+  // stage: the store can hold the tree, and the new kernel is loaded.
+  Set(Phase::kStage, 15, true);
+  auto region = memstore::Region::Open(req_.memstore);
+  if (!region) return fail(FromError(Error(region.error()).Context("memstore")));
+  // The images carry some metadata beside the pages: keep an eighth free.
+  if ((*region)->size() - (*region)->size() / 8 < rep.memory_bytes)
+    return fail({kErrMemstoreTooSmall,
+                 "memstore " + req_.memstore + " holds " + std::to_string((*region)->size() >> 20) +
+                     " MiB; the tree needs about " + std::to_string(rep.memory_bytes >> 20) +
+                     " MiB plus an eighth for metadata"});
+  auto loaded = IsLoaded();
+  if (!loaded)
+    return fail({kErrKexecUnavailable,
+                 "the running kernel can't kexec (" + loaded.error().ToString() + ")"});
+  if (*loaded)
+    return fail({kErrUpgradeInProgress,
+                 "a kexec kernel is already loaded by someone else; kleap leaves it alone "
+                 "(kleap-kexec unload removes it)"});
+  CmdlineOptions co;
+  co.current = req_.cmdline;
+  if (co.current.empty()) {
+    auto cur = ReadFileToString("/proc/cmdline");
+    if (!cur) return fail(FromError(cur.error()));
+    co.current = std::string(Trim(*cur));
+  }
+  co.store = req_.memstore;
+  co.entry = req_.entry;
+  auto cmdline = BuildCmdline(co);
+  if (!cmdline) return fail(FromError(cmdline.error()));
+  rep.cmdline = *cmdline;
+  if (cancel_) return fail(canceled());
+  if (auto r = Load({rep.kernel, rep.initrd, rep.cmdline}); !r) return fail(FromError(r.error()));
+  staged = true;
+  Set(Phase::kStage, 30, true);
+  if (!Pause()) return fail(canceled());
+
+  if (req_.dry_run) {
+    staged = false;
+    if (auto r = Unload(); !r) return fail(FromError(Error(r.error()).Context("unload")));
+    rep.success = true;
+    std::ostringstream m;
+    m << "dry run: " << rep.tasks << " tasks (" << rep.threads << " threads, about "
+      << (rep.memory_bytes >> 20) << " MiB) can be carried into " << rep.kernel
+      << "; it was staged and unloaded again";
+    rep.message = m.str();
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return Finish(rep);
+  }
+  // freeze, dump, kexec: the whole-system freeze and the dump into the memstore join
+  // here with the end-to-end upgrade; until then a real upgrade stops before the
+  // freeze, with the machine as it was.
+  return fail({kErrNotSupported,
+               "the freeze/dump/kexec orchestration is not part of this kleapd yet; "
+               "stopped before the freeze, nothing was changed (use dry-run)"});
+}
+
+}  // namespace kleap::upgrader
