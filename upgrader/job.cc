@@ -152,7 +152,7 @@ bool Job::Pause() {
 void Job::Finish(JobReport r) {
   {
     std::lock_guard lock(mu_);
-    r.failed_in = state_.phase;
+    r.failed_in = r.success ? Phase::kDone : state_.phase;
     state_.report = std::move(r);
     state_.phase = state_.report.success ? Phase::kDone : Phase::kFailed;
     if (state_.report.success) state_.progress = 100;

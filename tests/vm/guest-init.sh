@@ -4,7 +4,7 @@
 #
 # Kernel command line:
 #   kleaptest.scenario=NAME   boot | kexec-plain | store-kexec | store-damaged |
-#                             kexec-nostore
+#                             kexec-nostore | dbus-dry-run
 #   kleaptest.phase=N         1 (default) on the first kernel, 2 after the kexec
 #   kleaptest.sum=MD5         phase 1 -> 2: checksum of the pattern left on /dev/pmem0
 #   kleaptest.kexec=tools     kexec-plain: use kexec-tools even if kleap-kexec is here
@@ -14,6 +14,10 @@
 #   kleaptest.size=MIB        store-*: memstore-stress --size (default 240: 256 does
 #                             not fit the 256 MiB region with the store's own metadata)
 #   kleaptest.watchdog=S      power off after S seconds whatever happens (default 150)
+#
+# dbus-dry-run: a system dbus-daemon and kleapd in the guest; upgrade-kernel runs a
+# dry-run upgrade to 6.12 through the D-Bus API, which must stage the kernel, unload
+# it and succeed, changing nothing.
 #
 # Markers on the console, one a line: "KLEAPTEST: <what>". Every run ends with
 # "KLEAPTEST: PASS <scenario>" or "KLEAPTEST: FAIL <scenario>: <why>" (or a kexec),
@@ -324,8 +328,48 @@ scn_kexec_nostore() {
   if [ "$PHASE" = 1 ]; then store_phase1 prep_wipe; else fallback_check "no store"; fi
 }
 
+# A dry run through the D-Bus API: check and stage for real (kexec_file_load of 6.12),
+# then unload; the tree and the machine are as they were.
+scn_dbus_dry_run() {
+  load_pmem
+  need_tools kleapd upgrade-kernel dbus-daemon kleap-kexec
+  expect_kernel 6.1.
+  expect_pmem
+  run dbus-daemon --config-file=/etc/kleap-system-bus.conf --fork --nopidfile || fail "dbus-daemon"
+  kleapd --no-exit-on-idle --memstore pmem:/dev/pmem0 --entry rdinit=/kleap-init &
+  _i=0
+  until timeout 2 upgrade-kernel status >/dev/null 2>&1; do
+    [ $_i -lt 100 ] || fail "kleapd did not come up on the system bus"
+    usleep 100000
+    _i=$((_i + 1))
+  done
+  run upgrade-kernel status || fail "upgrade-kernel status"
+  # The tree to carry: a process in a session of its own.
+  setsid sleep 3600 </dev/null >/dev/null 2>&1 &
+  _tree=$!
+  _t0=$(uptime_s)
+  upgrade-kernel upgrade --dry-run --tree "$_tree" /kernels/vmlinuz-6.12 \
+    --initrd /kernels/initrd.cpio.gz >/tmp/dry.out 2>&1
+  _rc=$?
+  mark "TIME dry-run-s $(elapsed "$_t0")"
+  cat /tmp/dry.out
+  [ $_rc -eq 0 ] || fail "upgrade-kernel upgrade --dry-run exited $_rc"
+  for _p in check stage; do
+    grep -q "^phase: $_p" /tmp/dry.out || fail "no phase $_p in upgrade-kernel's output"
+  done
+  grep -q "dry run: 1 tasks .* can be carried into /kernels/vmlinuz-6.12; it was staged and unloaded again" \
+    /tmp/dry.out || fail "the dry run's message is not the expected one"
+  [ "$(kleap-kexec status)" = "not loaded" ] || fail "a kernel is still loaded after the dry run"
+  kill -0 "$_tree" || fail "the tree did not survive the dry run"
+  run_json upgrade-kernel --json status || fail "upgrade-kernel --json status"
+  upgrade-kernel --json status | grep -q '"success":true' || fail "LastUpgrade does not say success"
+  kill "$_tree"
+  pass
+}
+
 case $SCENARIO in
   boot) scn_boot ;;
+  dbus-dry-run) scn_dbus_dry_run ;;
   kexec-plain) scn_kexec_plain ;;
   store-kexec) scn_store_kexec ;;
   store-damaged) scn_store_damaged ;;

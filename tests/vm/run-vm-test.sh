@@ -11,7 +11,8 @@
 # Exit: 0 pass, 1 fail (the console's tail is printed, the full log kept), 77 skip
 # (no QEMU, busybox-static, kernels, or binaries the scenario needs; reason printed).
 #
-# Scenarios: boot, kexec-plain, store-kexec, store-damaged, kexec-nostore; and
+# Scenarios: boot, kexec-plain, store-kexec, store-damaged, kexec-nostore,
+# dbus-dry-run; and
 # `shell` (interactive: the guest's console on this terminal, no timeout).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,6 +44,7 @@ case $scenario in
   boot) need=(); limit=90 ;;
   kexec-plain) need=(); limit=180 ;;
   store-kexec | store-damaged | kexec-nostore) need=("${KLEAP_VM_PROJECT_BINS[@]}"); limit=240 ;;
+  dbus-dry-run) need=(kleapd upgrade-kernel kleap-kexec); limit=180 ;;
   shell) need=(); limit=86400 ;;
   *) echo "run-vm-test: unknown scenario $scenario" >&2; exit 2 ;;
 esac

@@ -391,6 +391,27 @@ vm__build_guest() {
       mv "$stage/bin/kleap-init" "$stage/kleap-init" && ln -s /kleap-init "$stage/bin/kleap-init" || return 1
     fi
   done
+  # A system bus for kleapd: the host's dbus-daemon with a config that lets root do
+  # everything (the guest has no other users).
+  if command -v dbus-daemon >/dev/null 2>&1; then
+    vm__install_file "$(command -v dbus-daemon)" "$stage/usr/bin/dbus-daemon" || return 1
+    vm__install_libs "$stage" "$(command -v dbus-daemon)" || return 1
+    mkdir -p "$stage/run/dbus" && cat >"$stage/etc/kleap-system-bus.conf" <<'BUS' || return 1
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=/run/dbus/system_bus_socket</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*"/>
+    <allow receive_sender="*"/>
+  </policy>
+</busconfig>
+BUS
+  fi
   vm__install_modules "$stage" "$KLEAP_VM_K61_MODULES" || return 1
   vm__install_modules "$stage" "$KLEAP_VM_K612_MODULES" || return 1
   install -m 755 "$KLEAP_VM_DIR/guest-init.sh" "$stage/init" || return 1
@@ -623,7 +644,7 @@ vm_timings() {
 }
 
 # The project's binaries that go into the guest.
-KLEAP_VM_PROJECT_BINS=(kleap kleap-init kleap-kexec memstore-stress)
+KLEAP_VM_PROJECT_BINS=(kleap kleap-init kleap-kexec memstore-stress kleapd upgrade-kernel)
 
 # vm_find_bins DIR BIN...: prints BIN... and, one a line, those of
 # KLEAP_VM_PROJECT_BINS not among them that are found under DIR (a build tree).
