@@ -65,12 +65,12 @@ Result<void> Refuse(const std::vector<Problem>& problems) {
   return e;
 }
 
+}  // namespace
+
 std::string BootId() {
   auto s = ReadFileToString("/proc/sys/kernel/random/boot_id");
   return s ? std::string(Trim(*s)) : std::string();
 }
-
-}  // namespace
 
 Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   auto t0 = std::chrono::steady_clock::now();

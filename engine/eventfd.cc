@@ -4,29 +4,12 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include <charconv>
-
 #include "engine/files.h"
 
 namespace kleap {
-namespace {
 
 // The counter can't exceed this: a write that would is refused by the kernel.
 constexpr uint64_t kEventfdMax = ~uint64_t(0) - 1;
-
-Result<uint64_t> HexField(const FdDesc& d, const char* key) {
-  auto it = d.info.extra.find(key);
-  if (it == d.info.extra.end())
-    return Err(ENOTSUP) << "eventfd: fdinfo has no '" << key << "' (kernel too old)";
-  uint64_t v = 0;
-  const std::string& s = it->second;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 16);
-  if (ec != std::errc() || end != s.data() + s.size())
-    return Err(EINVAL) << "eventfd: bad " << key << " '" << s << "' in fdinfo";
-  return v;
-}
-
-}  // namespace
 
 std::string RefuseEventfd(const FdDesc& d) {
   // Linux 6.3 added the mode to fdinfo; without it the mode can't be told.
@@ -38,8 +21,8 @@ std::string RefuseEventfd(const FdDesc& d) {
 Result<void> DumpEventfd(DumpContext&, const FdDesc& d, img::FileObject* fo) {
   img::Eventfd* e = fo->mutable_eventfd();
   e->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));
-  e->set_count(KLEAP_TRY(HexField(d, "eventfd-count")));
-  e->set_semaphore(KLEAP_TRY(HexField(d, "eventfd-semaphore")) != 0);
+  e->set_count(KLEAP_TRY(FdInfoNumber(d.info, "eventfd-count", 16)));
+  e->set_semaphore(KLEAP_TRY(FdInfoNumber(d.info, "eventfd-semaphore", 16)) != 0);
   return Ok();
 }
 
@@ -48,10 +31,7 @@ Result<void> ValidateEventfd(const img::FileObject& fo) {
   if (e.count() > kEventfdMax)
     return Err(EINVAL) << "files.img: eventfd " << fo.id() << ": counter " << e.count()
                        << " is above the maximum";
-  if ((e.flags() & O_ACCMODE) != O_RDWR || (e.flags() & ~uint32_t(O_ACCMODE | O_NONBLOCK)))
-    return Err(EINVAL) << "files.img: eventfd " << fo.id() << ": bad flags 0" << std::oct
-                       << e.flags();
-  return Ok();
+  return ValidateAnonFlags(fo, "eventfd", e.flags(), O_RDWR);
 }
 
 Result<UniqueFd> OpenEventfd(const img::FileObject& fo, ImageReader&, OpenFiles&) {

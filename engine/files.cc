@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 
 #include "engine/base/log.h"
@@ -27,6 +28,25 @@ Result<UniqueFd> GrabFd(pid_t pid, int fd) {
   UniqueFd copy(int(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
   if (!copy) return ErrnoError() << "pidfd_getfd " << pid << " fd " << fd;
   return copy;
+}
+
+Result<uint64_t> FdInfoNumber(const FdInfo& info, const char* key, int base) {
+  auto it = info.extra.find(key);
+  if (it == info.extra.end()) return Err(ENOTSUP) << "fdinfo has no '" << key << "'";
+  uint64_t v = 0;
+  const std::string& s = it->second;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v, base);
+  if (ec != std::errc() || end != s.data() + s.size())
+    return Err(EINVAL) << "fdinfo: bad " << key << " '" << s << "'";
+  return v;
+}
+
+Result<void> ValidateAnonFlags(const img::FileObject& fo, const char* kind, uint32_t flags,
+                               uint32_t accmode) {
+  if ((flags & O_ACCMODE) != accmode || (flags & ~uint32_t(O_ACCMODE | O_NONBLOCK)))
+    return Err(EINVAL) << "files.img: " << kind << " " << fo.id() << ": bad flags 0" << std::oct
+                       << flags;
+  return Ok();
 }
 
 namespace {
@@ -73,6 +93,7 @@ constexpr struct {
   const char* reason;
 } kAnonInodes[] = {
     {"[eventfd]", FdType::kEventfd, nullptr},
+    {"[timerfd]", FdType::kTimerfd, nullptr},
     {"[io_uring]", FdType::kUnsupported, "io_uring is not supported"},
 };
 
@@ -97,6 +118,8 @@ constexpr FdKind kFdKinds[] = {
     {FdType::kFifo, img::FileObject::kPipe, nullptr, DumpPipeEnd, nullptr, OpenPipeEnd},
     {FdType::kEventfd, img::FileObject::kEventfd, RefuseEventfd, DumpEventfd, ValidateEventfd,
      OpenEventfd},
+    {FdType::kTimerfd, img::FileObject::kTimerfd, nullptr, DumpTimerfd, ValidateTimerfd,
+     OpenTimerfd},
 };
 
 const FdKind* KindOf(FdType t) {

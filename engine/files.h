@@ -1,6 +1,6 @@
 // Kinds of fds and the per-kind dump and restore steps that files.cc dispatches to
 // through its table (kFdKinds). Each kind's two sides live in its own file:
-// files.cc (regular files, directories, devices), pipe.cc, eventfd.cc.
+// files.cc (regular files, directories, devices), pipe.cc, eventfd.cc, timerfd.cc.
 #pragma once
 
 #include <sys/stat.h>
@@ -19,6 +19,7 @@ enum class FdType {
   kPipe,
   kFifo,
   kEventfd,
+  kTimerfd,
   kUnsupported,
 };
 
@@ -35,6 +36,12 @@ struct FdDesc {
 };
 
 Result<FdDesc> DescribeFd(pid_t pid, int fd);
+// A number from a "key: value" line of fdinfo, in the given base.
+Result<uint64_t> FdInfoNumber(const FdInfo& info, const char* key, int base);
+// The open flags of an anon-inode file object: the access mode its kind always has,
+// and maybe O_NONBLOCK, nothing else.
+Result<void> ValidateAnonFlags(const img::FileObject& fo, const char* kind, uint32_t flags,
+                               uint32_t accmode);
 // A copy of a task's fd in this process (pidfd_getfd): the same open file description.
 Result<UniqueFd> GrabFd(pid_t pid, int fd);
 
@@ -50,5 +57,9 @@ std::string RefuseEventfd(const FdDesc& d);
 Result<void> DumpEventfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<void> ValidateEventfd(const img::FileObject& fo);
 Result<UniqueFd> OpenEventfd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+Result<void> DumpTimerfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<void> ValidateTimerfd(const img::FileObject& fo);
+Result<UniqueFd> OpenTimerfd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
 
 }  // namespace kleap
