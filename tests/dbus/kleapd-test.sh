@@ -250,6 +250,23 @@ json_job=$(jq -r .job <<<"$out")
 [[ $(last_job) == "$json_job" ]]; check "LastUpgrade names the job upgrade-kernel followed" $? "$(prop LastUpgrade)"
 idle; check "after a failed dry run kleapd is idle again" $? "$(prop State)"
 
+# --- The question before the point of no return. -------------------------------------------
+out=$("$UK" --user upgrade --tree "$TREE" "$KERNEL" </dev/null 2>&1); rc=$?
+[[ $rc == 1 ]] && grep -q "stdin is not a terminal, so there is no one to ask before the point of no return; pass --yes" <<<"$out"
+check "upgrade without --yes and without a terminal: refused, exit 1" $? "rc $rc: $out"
+if command -v script >/dev/null; then
+  out=$(echo n | script -qec "$UK --user upgrade --tree $TREE $KERNEL" /dev/null 2>&1); rc=$?
+  [[ $rc == 2 ]] && grep -qE "Upgrade to $KERNEL now\? 1 tasks \([0-9]+ threads\) will be frozen" <<<"$out" &&
+    grep -q "not upgrading" <<<"$out"
+  check "upgrade on a terminal: asks first; 'n' stops it, exit 2" $? "rc $rc: $out"
+  out=$(script -qec "$UK --user upgrade --dry-run --tree $TREE $KERNEL" /dev/null 2>&1); rc=$?
+  grep -q $'\r\[#*  *\] *15% stage' <<<"$out"
+  check "upgrade on a terminal: a progress bar" $? "rc $rc: $out"
+else
+  echo "note: no script(1) (bsdutils): the terminal prompt and progress bar are not tested"
+fi
+idle; check "no job started by the refused or answered-no upgrades" $? "$(prop State)"
+
 # --- One upgrade at a time; cancel. ---------------------------------------------------------
 out=$("$UK" --user --json upgrade --dry-run --no-block --tree "$TREE" "$KERNEL"); rc=$?
 job=$(jq -r .job <<<"$out")
