@@ -94,6 +94,7 @@ constexpr struct {
 } kAnonInodes[] = {
     {"[eventfd]", FdType::kEventfd, nullptr},
     {"[timerfd]", FdType::kTimerfd, nullptr},
+    {"[signalfd]", FdType::kSignalfd, nullptr},
     {"[io_uring]", FdType::kUnsupported, "io_uring is not supported"},
 };
 
@@ -120,6 +121,8 @@ constexpr FdKind kFdKinds[] = {
      OpenEventfd},
     {FdType::kTimerfd, img::FileObject::kTimerfd, nullptr, DumpTimerfd, ValidateTimerfd,
      OpenTimerfd},
+    {FdType::kSignalfd, img::FileObject::kSignalfd, nullptr, DumpSignalfd, ValidateSignalfd,
+     OpenSignalfd},
 };
 
 const FdKind* KindOf(FdType t) {

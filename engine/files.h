@@ -1,6 +1,7 @@
 // Kinds of fds and the per-kind dump and restore steps that files.cc dispatches to
 // through its table (kFdKinds). Each kind's two sides live in its own file:
-// files.cc (regular files, directories, devices), pipe.cc, eventfd.cc, timerfd.cc.
+// files.cc (regular files, directories, devices), pipe.cc, eventfd.cc,
+// timerfd.cc, signalfd.cc.
 #pragma once
 
 #include <sys/stat.h>
@@ -20,6 +21,7 @@ enum class FdType {
   kFifo,
   kEventfd,
   kTimerfd,
+  kSignalfd,
   kUnsupported,
 };
 
@@ -61,5 +63,9 @@ Result<UniqueFd> OpenEventfd(const img::FileObject& fo, ImageReader& images, Ope
 Result<void> DumpTimerfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<void> ValidateTimerfd(const img::FileObject& fo);
 Result<UniqueFd> OpenTimerfd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+Result<void> DumpSignalfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<void> ValidateSignalfd(const img::FileObject& fo);
+Result<UniqueFd> OpenSignalfd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
 
 }  // namespace kleap

@@ -106,7 +106,9 @@ int main(int argc, char** argv) {
   struct wl_check c;
   if (wl_await("main", &c) != 0) return 1;
 
-  for (size_t i = 0; i < sizeof all / sizeof *all; i++) compare(&c, all[i]);
+  /* shared: the child compares it, then adds 1 meanwhile; read below. */
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+    if (all[i] != &shared) compare(&c, all[i]);
   uint64_t v = 0;
   wl_check(&c, write_u64(dup40.fd, 5) == 0 && read_u64(big.fd, &v) == 0 && v == big_v + 5,
            "big: read %llu after adding 5 through fd 40, want %llu", (unsigned long long)v,
