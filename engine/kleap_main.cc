@@ -14,6 +14,7 @@
 #include "engine/base/log.h"
 #include "engine/engine.h"
 #include "engine/images/image_set.h"
+#include "engine/net/netconf.h"
 #include "memstore/store.h"
 #include "memstore/store_cli.h"
 
@@ -34,12 +35,17 @@ const char kUsage[] =
     "                                         rebuild the tree with the same PIDs and resume it\n"
     "  inspect DIR [--json]                  decode an image set\n"
     "  validate DIR                          check that a set is whole and restorable\n"
+    "  net dump|restore (--netns NAME|--pid PID) --images DIR\n"
+    "                                         the network configuration of a network namespace\n"
+    "  net show --images DIR [--json]        decode a network image\n"
     "  store info|ls|cat NAME|wipe [--backend pmem:/dev/pmemN|dir:PATH] [--json] [--verify] "
     "[--yes]\n"
     "                                         look into, or wipe, a memstore\n"
     "\n"
     "Options:\n"
     "  --tree PID        the root of the tree\n"
+    "  --netns NAME      net: the namespace /run/netns/NAME (as `ip netns` names it)\n"
+    "  --pid PID         net: the network namespace of task PID\n"
     "  --images DIR      the image set: a directory (dump: an empty or new one), or a\n"
     "                    memstore, pmem:/dev/pmemN or dir:PATH\n"
     "  --leave-running   dump: let the tree run on afterwards instead of killing it\n"
@@ -58,6 +64,8 @@ struct Args {
   std::string command;
   std::vector<std::string> positional;
   pid_t tree = 0;
+  pid_t pid = 0;
+  std::string netns;
   std::string images;
   bool json = false, leave_running = false, detach = false, vdso_proxy = false, stats = false;
 };
@@ -181,9 +189,44 @@ int RunInspect(const Args& a) {
   if (a.positional.size() != 1) return Usage("inspect takes one image directory");
   auto r = OpenReader(a.positional[0]);
   if (!r) return Fail(r.error(), "inspect failed");
-  auto text = InspectImages(**r, a.json);
+  // A network image set is decoded by its own code.
+  auto text =
+      (*r)->Has(net::kNetNsImage) ? net::ShowNetImage(**r, a.json) : InspectImages(**r, a.json);
   if (!text) return Fail(text.error(), "inspect failed");
   std::fputs(text->c_str(), stdout);
+  return kExitOk;
+}
+
+int RunNet(const Args& a) {
+  const std::string sub = a.positional.empty() ? "" : a.positional[0];
+  if (a.positional.size() != 1) return Usage("net takes one of dump, restore, show");
+  if (a.images.empty()) return Usage("net " + sub + " needs --images DIR");
+  if (sub == "show") {
+    auto r = OpenReader(a.images);
+    if (!r) return Fail(r.error(), "net show failed");
+    auto text = net::ShowNetImage(**r, a.json);
+    if (!text) return Fail(text.error(), "net show failed");
+    std::fputs(text->c_str(), stdout);
+    return kExitOk;
+  }
+  if (sub != "dump" && sub != "restore") return Usage("unknown net command " + sub);
+  if (a.netns.empty() == (a.pid == 0))
+    return Usage("net " + sub + " needs --netns NAME or --pid PID");
+  auto ns = a.netns.empty() ? net::NetnsByPid(a.pid) : net::NetnsByName(a.netns);
+  if (!ns) return Usage(ns.error().ToString());
+  if (sub == "dump") {
+    auto w = OpenWriter(a.images);
+    if (!w) return Fail(w.error(), "net dump failed");
+    auto st = net::DumpNetns(*ns, **w);
+    if (!st) return Fail(st.error(), "net dump failed");
+    KLOG(kInfo) << "dumped the network configuration of " << ns->label << " into " << a.images;
+    return kExitOk;
+  }
+  auto r = OpenReader(a.images);
+  if (!r) return Fail(r.error(), "net restore failed");
+  auto st = net::RestoreNetns(*ns, **r);
+  if (!st) return Fail(st.error(), "net restore failed");
+  KLOG(kInfo) << "restored the network configuration of " << ns->label << " from " << a.images;
   return kExitOk;
 }
 
@@ -215,13 +258,17 @@ int Main(int argc, char** argv) {
     } else if (s == "--version") {
       std::printf("kleap %s\n", KLEAP_VERSION);
       return kExitOk;
-    } else if (s == "--tree") {
-      const char* v = need("--tree");
-      if (!v) return Usage("--tree needs a PID");
+    } else if (s == "--tree" || s == "--pid") {
+      const char* v = need(s.c_str());
+      if (!v) return Usage(s + " needs a PID");
       char* end;
       long pid = strtol(v, &end, 10);
-      if (*end || pid <= 0) return Usage(std::string("--tree: not a PID: ") + v);
-      a.tree = pid_t(pid);
+      if (*end || pid <= 0) return Usage(s + ": not a PID: " + v);
+      (s == "--tree" ? a.tree : a.pid) = pid_t(pid);
+    } else if (s == "--netns") {
+      const char* v = need("--netns");
+      if (!v) return Usage("--netns needs a name");
+      a.netns = v;
     } else if (s == "--images") {
       const char* v = need("--images");
       if (!v) return Usage("--images needs a directory");
@@ -257,6 +304,7 @@ int Main(int argc, char** argv) {
   if (a.command == "restore") return RunRestore(a);
   if (a.command == "inspect") return RunInspect(a);
   if (a.command == "validate") return RunValidate(a);
+  if (a.command == "net") return RunNet(a);
   return Usage("unknown command " + a.command);
 }
 
