@@ -1,6 +1,8 @@
 // The nftables ruleset through libnftables: listed as JSON (what `nft -j list
 // ruleset` prints, sets and their elements included) and loaded back the same way.
 // The library opens its netlink socket in the calling thread's namespace.
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/util/json_util.h>
 #include <nftables/libnftables.h>
 
 #include <set>
@@ -40,23 +42,42 @@ class Nft {
   nft_ctx* ctx_;
 };
 
-// The tables of a ruleset, as "inet filter", read from its JSON listing. The listing
-// is nft's own output: each table object is {"table": {"family": F, "name": N, ...}}.
-std::set<std::string> Tables(const std::string& json) {
+// The objects a listing holds; a ruleset in an image may hold nothing else. A command
+// ({"flush": ...}, {"delete": ...}) would change what the target had before restore.
+constexpr const char* kListedObjects[] = {
+    "metainfo",   "table",          "chain",   "rule",     "set",       "map",
+    "element",    "flowtable",      "counter", "quota",    "ct helper", "limit",
+    "ct timeout", "ct expectation", "secmark", "synproxy",
+};
+
+// The tables of a ruleset listing, as "inet filter". Refuses anything but listed
+// objects when `strict`.
+Result<std::set<std::string>> Tables(const std::string& json, bool strict) {
+  google::protobuf::Struct root;
+  if (!google::protobuf::util::JsonStringToMessage(json, &root).ok())
+    return Err(EINVAL) << "nftables ruleset: not JSON";
+  auto list = root.fields().find("nftables");
+  if (list == root.fields().end() || !list->second.has_list_value())
+    return Err(EINVAL) << "nftables ruleset: no \"nftables\" array";
   std::set<std::string> out;
-  size_t at = 0;
-  auto field = [&](size_t from, const std::string& key) -> std::string {
-    size_t k = json.find("\"" + key + "\": \"", from);
-    if (k == std::string::npos) return "";
-    size_t b = k + key.size() + 5;
-    size_t e = json.find('"', b);
-    return e == std::string::npos ? "" : json.substr(b, e - b);
-  };
-  while ((at = json.find("{\"table\": {", at)) != std::string::npos) {
-    size_t end = json.find('}', at);
-    std::string fam = field(at, "family"), name = field(at, "name");
-    if (end != std::string::npos && json.find("\"name\"", at) < end) out.insert(fam + " " + name);
-    at += 10;
+  for (auto& v : list->second.list_value().values()) {
+    if (!v.has_struct_value() || v.struct_value().fields_size() != 1)
+      return Err(EINVAL) << "nftables ruleset: an entry is not one object";
+    auto& [kind, body] = *v.struct_value().fields().begin();
+    bool listed = false;
+    for (const char* k : kListedObjects) listed |= kind == k;
+    if (!listed && strict)
+      return Err(EINVAL) << "nftables ruleset: '" << kind << "' is not part of a ruleset listing";
+    if (kind != "table" || !body.has_struct_value()) continue;
+    auto& f = body.struct_value().fields();
+    auto fam = f.find("family"), name = f.find("name");
+    if (fam == f.end() || name == f.end() || !fam->second.has_string_value() ||
+        !name->second.has_string_value())
+      return Err(EINVAL) << "nftables ruleset: a table without a family or name";
+    std::string t = fam->second.string_value() + " " + name->second.string_value();
+    if (t.find_first_of(";\n{}") != std::string::npos)
+      return Err(EINVAL) << "nftables ruleset: bad table name '" << t << "'";
+    out.insert(t);
   }
   return out;
 }
@@ -67,15 +88,15 @@ Result<std::string> DumpNftRuleset() {
   Nft nft;
   std::string json = KLEAP_TRY(nft.Run("list ruleset", "nft list ruleset"));
   // An empty ruleset lists only its metainfo.
-  return Tables(json).empty() ? std::string() : json;
+  return KLEAP_TRY(Tables(json, false)).empty() ? std::string() : json;
 }
 
 Result<void> CheckNft(RestoreCtx& ctx) {
   if (ctx.image.nft_json().empty()) return Ok();
   Nft nft;
   std::string now = KLEAP_TRY(nft.Run("list ruleset", "nft list ruleset"));
-  auto have = Tables(now);
-  for (auto& t : Tables(ctx.image.nft_json()))
+  auto have = KLEAP_TRY(Tables(now, false));
+  for (auto& t : KLEAP_TRY(Tables(ctx.image.nft_json(), true)))
     if (have.count(t))
       return Err(EEXIST) << "nftables table " << t << ": exists already in the target namespace";
   return Ok();
@@ -84,8 +105,9 @@ Result<void> CheckNft(RestoreCtx& ctx) {
 Result<void> ApplyNft(RestoreCtx& ctx) {
   if (ctx.image.nft_json().empty()) return Ok();
   Nft nft;
+  auto tables = KLEAP_TRY(Tables(ctx.image.nft_json(), true));
   KLEAP_TRY(nft.Run(ctx.image.nft_json(), "load the nftables ruleset"));
-  ctx.undo.Add("nftables ruleset", [tables = Tables(ctx.image.nft_json())]() -> Result<void> {
+  ctx.undo.Add("nftables ruleset", [tables]() -> Result<void> {
     Nft undo;
     for (auto& t : tables) KLEAP_TRY(undo.Run("delete table " + t, "delete nftables table " + t));
     return Ok();

@@ -3,6 +3,7 @@
 # address that is taken, a link name taken by another kind, a table that exists) is
 # refused with an error that names it, and the namespace is left as it was.
 source "$(dirname "$0")/net-lib.sh"
+CRAFT=${CRAFT:?set CRAFT to kleap_net_craft_image}
 src=kleap-test-$$-src
 new_ns "$src"
 ip -n "$src" link set lo up
@@ -14,11 +15,12 @@ ip -n "$src" route add 203.0.113.0/24 via 192.0.2.254 table 100
 ip netns exec "$src" nft add table inet kleap
 "$KLEAP" net dump --netns "$src" --images "$work/img" || fail "dump"
 
-# expect_refused NS PATTERN: the restore fails, says PATTERN, and changes nothing.
+# expect_refused NS PATTERN [normalize options]: restoring $IMG (the dump above by
+# default) fails, says PATTERN, and changes nothing.
 expect_refused() {
   local ns=$1 pattern=$2 opts=${3:-}
   python3 "$here/normalize.py" "$ns" $opts >"$work/before.json"
-  if "$KLEAP" net restore --netns "$ns" --images "$work/img" 2>"$work/err"; then
+  if "$KLEAP" net restore --netns "$ns" --images "${IMG:-$work/img}" 2>"$work/err"; then
     fail "restore onto $ns succeeded; it should have been refused ($pattern)"
   fi
   cat "$work/err"
@@ -53,6 +55,14 @@ expect_refused "$t3" "nftables table inet kleap: exists already"
 t4=kleap-test-$$-undo
 new_ns "$t4"
 KLEAP_FAULT=net-restore expect_refused "$t4" "injected fault at net-restore" --ignore-qdisc
+# An image whose ruleset is a command rather than a listing is refused before the
+# target's own ruleset is touched.
+t7=kleap-test-$$-craft
+new_ns "$t7"
+ip netns exec "$t7" nft add table ip mine
+"$CRAFT" "$work/img-craft" nft-command || fail "craft_image"
+IMG=$work/img-craft expect_refused "$t7" "nftables ruleset: 'flush' is not part of a ruleset listing"
+
 # A veth whose other end is in another namespace is refused at dump, by name.
 t5=kleap-test-$$-peer
 t6=kleap-test-$$-peer2
