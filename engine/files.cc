@@ -95,6 +95,8 @@ constexpr struct {
     {"[eventfd]", FdType::kEventfd, nullptr},
     {"[timerfd]", FdType::kTimerfd, nullptr},
     {"[signalfd]", FdType::kSignalfd, nullptr},
+    {"[eventpoll]", FdType::kEpoll, nullptr},
+    {"[fanotify]", FdType::kUnsupported, "fanotify is not supported"},
     {"[io_uring]", FdType::kUnsupported, "io_uring is not supported"},
 };
 
@@ -109,6 +111,8 @@ struct FdKind {
   // Restore side: the image is untrusted; checked before anything is created.
   Result<void> (*validate)(const img::FileObject&);
   Result<UniqueFd> (*open)(const img::FileObject&, ImageReader&, OpenFiles&);
+  // Dump side, once every fd of the task has its file id (objects that name others).
+  Result<void> (*resolve)(img::FileObject*, const img::FdTable&);
 };
 
 constexpr FdKind kFdKinds[] = {
@@ -123,6 +127,8 @@ constexpr FdKind kFdKinds[] = {
      OpenTimerfd},
     {FdType::kSignalfd, img::FileObject::kSignalfd, nullptr, DumpSignalfd, ValidateSignalfd,
      OpenSignalfd},
+    {FdType::kEpoll, img::FileObject::kEpoll, RefuseEpoll, DumpEpoll, ValidateEpoll, OpenEpoll,
+     ResolveEpoll},
 };
 
 const FdKind* KindOf(FdType t) {
@@ -328,6 +334,7 @@ Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo)
 Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table) {
   pid_t pid = task.pid;
   table->set_pid(pid);
+  int first_new = ctx.files.files_size();
   for (int fd : KLEAP_TRY_CTX(ListFds(pid), "task " << pid)) {
     FdDesc d = KLEAP_TRY_CTX(DescribeFd(pid, fd), "task " << pid << " fd " << fd);
     if (d.type == FdType::kUnsupported)
@@ -346,6 +353,11 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
     img::FileObject* fo = ctx.files.add_files();
     fo->set_id(id);
     KLEAP_TRY_CTX(KindOf(d.type)->dump(ctx, d, fo), "task " << pid << " fd " << fd);
+  }
+  for (int i = first_new; i < ctx.files.files_size(); ++i) {
+    img::FileObject* fo = ctx.files.mutable_files(i);
+    if (const FdKind* k = KindOf(fo->kind_case()); k->resolve)
+      KLEAP_TRY_CTX(k->resolve(fo, *table), "task " << pid << " file " << fo->id());
   }
   return Ok();
 }
@@ -426,6 +438,7 @@ Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenF
     if (!k) return Err(EINVAL) << "files.img: file " << fo.id() << " has no known kind";
     out->by_id[fo.id()] = KLEAP_TRY(k->open(fo, images, *out));
   }
+  KLEAP_TRY(RegisterEpollTargets(plan.files, *out));
   return Ok();
 }
 

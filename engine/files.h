@@ -1,7 +1,7 @@
 // Kinds of fds and the per-kind dump and restore steps that files.cc dispatches to
 // through its table (kFdKinds). Each kind's two sides live in its own file:
 // files.cc (regular files, directories, devices), pipe.cc, eventfd.cc,
-// timerfd.cc, signalfd.cc.
+// timerfd.cc, signalfd.cc, epoll.cc.
 #pragma once
 
 #include <sys/stat.h>
@@ -22,6 +22,7 @@ enum class FdType {
   kEventfd,
   kTimerfd,
   kSignalfd,
+  kEpoll,
   kUnsupported,
 };
 
@@ -67,5 +68,14 @@ Result<UniqueFd> OpenTimerfd(const img::FileObject& fo, ImageReader& images, Ope
 Result<void> DumpSignalfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<void> ValidateSignalfd(const img::FileObject& fo);
 Result<UniqueFd> OpenSignalfd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+std::string RefuseEpoll(const FdDesc& d);
+Result<void> DumpEpoll(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<void> ResolveEpoll(img::FileObject* fo, const img::FdTable& table);
+Result<void> ValidateEpoll(const img::FileObject& fo);
+Result<UniqueFd> OpenEpoll(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+// The post-open fixup: every registration remade under its fd number, once every
+// file object is open.
+Result<void> RegisterEpollTargets(const img::FileTable& files, const OpenFiles& open);
 
 }  // namespace kleap

@@ -1,15 +1,17 @@
 /* unsupported00: holds resources the engine refuses to carry.
  *   an io_uring instance (raw io_uring_setup), and
- *   a NETLINK_ROUTE socket.
+ *   a NETLINK_ROUTE socket, and
+ *   a fanotify group marking STATEDIR.
  * Used by the `refuse` mode: `kleap check` must name both, `kleap dump` must
- * fail, and the tree must keep running. On SIGUSR1 it checks both fds are
- * still open and what they were. */
+ * fail, and the tree must keep running. On SIGUSR1 it checks every fd is
+ * still open and what it was. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/fanotify.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -47,10 +49,16 @@ int main(int argc, char** argv) {
   sa.nl_family = AF_NETLINK;
   if (bind(nl, (struct sockaddr*)&sa, sizeof sa) != 0)
     wl_die("main", "bind netlink: %s", strerror(errno));
-  char ring_link[256], nl_link[256];
+  int fan = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC, O_RDONLY);
+  if (fan < 0) wl_skip("fanotify_init: %s", strerror(errno));
+  if (fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN, wl_dirfd, NULL) != 0)
+    wl_die("main", "fanotify_mark: %s", strerror(errno));
+  char ring_link[256], nl_link[256], fan_link[256];
   link_of(ring, ring_link, sizeof ring_link);
   link_of(nl, nl_link, sizeof nl_link);
-  wl_log("io_uring fd %d -> %s, netlink fd %d -> %s", ring, ring_link, nl, nl_link);
+  link_of(fan, fan_link, sizeof fan_link);
+  wl_log("io_uring fd %d -> %s, netlink fd %d -> %s, fanotify fd %d -> %s", ring, ring_link, nl,
+         nl_link, fan, fan_link);
   wl_ready("main");
   struct wl_check c;
   wl_check_init(&c);
@@ -63,6 +71,9 @@ int main(int argc, char** argv) {
   link_of(nl, now, sizeof now);
   wl_check(&c, strcmp(now, nl_link) == 0, "netlink fd %d links to '%s', was '%s'", nl, now,
            nl_link);
+  link_of(fan, now, sizeof now);
+  wl_check(&c, strcmp(now, fan_link) == 0, "fanotify fd %d links to '%s', was '%s'", fan, now,
+           fan_link);
   int type = 0;
   socklen_t len = sizeof type;
   wl_check(&c, getsockopt(nl, SOL_SOCKET, SO_PROTOCOL, &type, &len) == 0 && type == NETLINK_ROUTE,

@@ -1,0 +1,179 @@
+// epoll: every file an instance watches, with its events and data, from the `tfd:`
+// lines of fdinfo; nested instances are files like any other.
+//
+// The kernel keys a registration by (file, fd number), and the task later names it by
+// that number (EPOLL_CTL_MOD/DEL). So a registration is carried only when the fd number
+// it was made under still holds that file in the task (kcmp KCMP_EPOLL_TFD), and it is
+// remade under the same number: after every file object is open, a helper process puts
+// each target at its number and registers it (RegisterEpollTargets).
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <set>
+
+#include "engine/files.h"
+
+namespace kleap {
+namespace {
+
+constexpr int kMaxTfd = 1 << 20;
+
+struct TfdLine {
+  int tfd = -1;
+  uint32_t events = 0;
+  uint64_t data = 0;
+};
+
+Result<std::vector<TfdLine>> ParseTfds(const FdInfo& info) {
+  std::vector<TfdLine> out;
+  auto [lo, hi] = info.extra.equal_range("tfd");
+  for (auto it = lo; it != hi; ++it) {
+    TfdLine t;
+    unsigned long long data = 0;
+    if (sscanf(it->second.c_str(), "%d events: %x data: %llx", &t.tfd, &t.events, &data) != 3 ||
+        t.tfd < 0 || t.tfd > kMaxTfd)
+      return Err(EINVAL) << "fdinfo: bad epoll line 'tfd: " << it->second << "'";
+    t.data = data;
+    out.push_back(t);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string RefuseEpoll(const FdDesc& d) {
+  auto tfds = ParseTfds(d.info);
+  if (!tfds) return tfds.error().ToString();
+  std::set<int> seen;
+  for (auto& t : *tfds) {
+    if (!seen.insert(t.tfd).second)
+      return "two files are registered under fd " + std::to_string(t.tfd) +
+             "; the first was closed and can't be named";
+    kcmp_epoll_slot slot{uint32_t(d.fd), uint32_t(t.tfd), 0};
+    if (syscall(SYS_kcmp, d.pid, d.pid, KCMP_EPOLL_TFD, t.tfd, &slot) != 0)
+      return "it watches a file registered as fd " + std::to_string(t.tfd) +
+             ", which no longer holds that file";
+  }
+  return "";
+}
+
+Result<void> DumpEpoll(DumpContext&, const FdDesc& d, img::FileObject* fo) {
+  img::Epoll* e = fo->mutable_epoll();
+  e->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));
+  for (auto& t : KLEAP_TRY(ParseTfds(d.info))) {
+    img::EpollTarget* et = e->add_targets();
+    et->set_tfd(t.tfd);
+    et->set_events(t.events);
+    et->set_data(t.data);
+  }
+  return Ok();
+}
+
+// The file ids of the targets, once every fd of the task has one.
+Result<void> ResolveEpoll(img::FileObject* fo, const img::FdTable& table) {
+  for (auto& t : *fo->mutable_epoll()->mutable_targets()) {
+    auto e = std::find_if(table.fds().begin(), table.fds().end(),
+                          [&](auto& e) { return e.fd() == t.tfd(); });
+    if (e == table.fds().end())
+      return Err(ENOENT) << "epoll watches fd " << t.tfd() << ", which is not open";
+    t.set_file_id(e->file_id());
+  }
+  return Ok();
+}
+
+Result<void> ValidateEpoll(const img::FileObject& fo) {
+  for (auto& t : fo.epoll().targets())
+    if (t.tfd() < 0 || t.tfd() > kMaxTfd)
+      return Err(EINVAL) << "files.img: epoll " << fo.id() << ": bad target fd " << t.tfd();
+  return ValidateAnonFlags(fo, "epoll", fo.epoll().flags(), O_RDWR);
+}
+
+Result<UniqueFd> OpenEpoll(const img::FileObject& fo, ImageReader&, OpenFiles&) {
+  UniqueFd fd(epoll_create1(EPOLL_CLOEXEC));
+  if (!fd) return ErrnoError() << "epoll " << fo.id() << ": create";
+  if ((fo.epoll().flags() & O_NONBLOCK) && fcntl(fd.get(), F_SETFL, O_NONBLOCK) < 0)
+    return ErrnoError() << "epoll " << fo.id() << ": set O_NONBLOCK";
+  return fd;
+}
+
+Result<void> RegisterEpollTargets(const img::FileTable& files, const OpenFiles& open) {
+  struct Op {
+    size_t ep, target;  // indexes in fds
+    int tfd;
+    epoll_event ev;
+    uint64_t ep_id, target_id;
+  };
+  std::vector<int> fds;  // controller fds involved
+  std::vector<Op> ops;
+  int top = 0;
+  auto index = [&](uint64_t id) -> Result<size_t> {
+    auto it = open.by_id.find(id);
+    if (it == open.by_id.end()) return Err(EINVAL) << "files.img: epoll target file " << id;
+    fds.push_back(it->second.get());
+    return fds.size() - 1;
+  };
+  for (auto& fo : files.files()) {
+    if (!fo.has_epoll()) continue;
+    for (auto& t : fo.epoll().targets()) {
+      Op op{};
+      op.ep = KLEAP_TRY(index(fo.id()));
+      op.target = KLEAP_TRY_CTX(index(t.file_id()), "epoll " << fo.id());
+      op.tfd = t.tfd();
+      op.ev.events = t.events();
+      op.ev.data.u64 = t.data();
+      op.ep_id = fo.id();
+      op.target_id = t.file_id();
+      top = std::max(top, t.tfd() + 1);
+      ops.push_back(op);
+    }
+  }
+  if (ops.empty()) return Ok();
+  int msg[2];
+  if (pipe2(msg, O_CLOEXEC) < 0) return ErrnoError() << "pipe";
+  UniqueFd rd(msg[0]), wr(msg[1]);
+  pid_t pid = fork();
+  if (pid < 0) return ErrnoError() << "fork the epoll helper";
+  if (pid == 0) {
+    // A table of our own: move every fd involved above the target numbers first.
+    char buf[256];
+    for (int& fd : fds) fd = fcntl(fd, F_DUPFD_CLOEXEC, top);
+    int w = fcntl(wr.get(), F_DUPFD_CLOEXEC, top);
+    for (auto& op : ops) {
+      const char* what = nullptr;
+      if (fds[op.ep] < 0 || fds[op.target] < 0)
+        what = "move";
+      else if (dup2(fds[op.target], op.tfd) < 0)
+        what = "place";
+      else if (epoll_ctl(fds[op.ep], EPOLL_CTL_ADD, op.tfd, &op.ev) < 0)
+        what = "register";
+      if (what) {
+        int n = snprintf(buf, sizeof buf, "epoll %llu: %s file %llu as fd %d: %s",
+                         (unsigned long long)op.ep_id, what, (unsigned long long)op.target_id,
+                         op.tfd, strerror(errno));
+        (void)!write(w, buf, size_t(n));
+        _exit(1);
+      }
+      close(op.tfd);
+    }
+    _exit(0);
+  }
+  wr.reset();
+  std::string err(256, '\0');
+  ssize_t n = read(rd.get(), err.data(), err.size());
+  int st = 0;
+  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (n > 0) return Err(EINVAL) << err.substr(0, size_t(n));
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    return Err(EIO) << "the epoll helper died (status " << st << ")";
+  return Ok();
+}
+
+}  // namespace kleap
