@@ -4,6 +4,7 @@
 #include <set>
 
 #include "engine/context.h"
+#include "engine/timers.h"
 
 namespace kleap {
 
@@ -32,6 +33,8 @@ std::vector<Problem> CheckTaskState(pid_t pid) {
     out.push_back({pid, "cwd", *cwd, "the working directory was deleted"});
   auto ns = CheckNamespaces(pid);
   out.insert(out.end(), ns.begin(), ns.end());
+  auto timers = CheckTimers(pid);
+  out.insert(out.end(), timers.begin(), timers.end());
   return out;
 }
 

@@ -15,6 +15,7 @@
 #include "engine/core.h"
 #include "engine/remote_mem.h"
 #include "engine/signal.h"
+#include "engine/timers.h"
 
 namespace kleap {
 namespace {
@@ -151,6 +152,16 @@ Regs RegsFromImage(const img::GpRegs& g) {
   return r;
 }
 
+// A prctl that writes an int through its pointer argument (PR_GET_PDEATHSIG, ...).
+static Result<int> GetPrctlInt(RemoteSyscalls& rs, ArchKind arch, pid_t tid, RemotePtr at,
+                               int option) {
+  KLEAP_TRY_CTX(
+      WithArch(arch,
+               [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, option, at.addr()); }),
+      "thread " << tid << ": prctl " << option);
+  return ReadRemoteValue<int32_t>(tid, at);
+}
+
 Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core) {
   pid_t pid = task.pid;
   core->set_pid(pid);
@@ -213,6 +224,7 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
         WithArch(arch,
                  [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TIMERSLACK); }),
         "thread " << tid << ": PR_GET_TIMERSLACK"));
+    th->set_pdeath_signal(KLEAP_TRY(GetPrctlInt(rs, arch, tid, mem.at(), PR_GET_PDEATHSIG)));
   }
   RemoteSyscalls& leader = ctx.tree->Thread(pid);
   core->set_dumpable(uint32_t(KLEAP_TRY_CTX(
@@ -221,6 +233,12 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
       "task " << pid << ": PR_GET_DUMPABLE")));
   auto oom = ReadFileToString(ProcPath(pid, "oom_score_adj"));
   if (oom) core->set_oom_score_adj(std::atoi(oom->c_str()));
+  {
+    auto mem = KLEAP_TRY(StackScratch::Borrow(pid, leader.saved_regs(), 16));
+    core->set_child_subreaper(
+        KLEAP_TRY(GetPrctlInt(leader, task.arch, pid, mem.at(), PR_GET_CHILD_SUBREAPER)) != 0);
+  }
+  KLEAP_TRY(DumpTimers(ctx, task, core->mutable_timers()));
   return Ok();
 }
 

@@ -36,6 +36,7 @@
 #include "engine/core.h"
 #include "engine/mm.h"
 #include "engine/signal.h"
+#include "engine/timers.h"
 
 extern "C" void kleap_park(void);
 extern "C" char kleap_park_gadget[];
@@ -86,6 +87,11 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     }
     if (core.arch() > uint32_t(ArchKind::kX86))
       return Err(EINVAL) << CoreImage(t.pid()) << ": unknown arch " << core.arch();
+    KLEAP_TRY(ValidateTimers(t.pid(), core.timers()));
+    for (auto& th : core.threads())
+      if (th.pdeath_signal() < 0 || th.pdeath_signal() > 64)
+        return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << th.tid() << ": bad death signal "
+                           << th.pdeath_signal();
     auto& mm = plan.mms.at(t.pid());
     if (mm.arch() > uint32_t(ArchKind::kX86))
       return Err(EINVAL) << MmImage(t.pid()) << ": unknown arch " << mm.arch();
@@ -551,6 +557,11 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
     KLEAP_TRY(RestorePending(rs, pid, th.tid(), data, th.pending(), false));
   }
   KLEAP_TRY(RestorePending(leader, pid, pid, data, t.core->shared_pending(), true));
+  KLEAP_TRY(RestoreTimers(leader, pid, data, t.core->timers(),
+                          images_.inventory().boot_id() == BootId()));
+  if (t.core->child_subreaper())
+    KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_CHILD_SUBREAPER, 1),
+                  "task " << pid << ": set child subreaper");
   KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, uint64_t(t.keep_from), ~0u, 0),
                 "task " << pid << ": close the restorer's fds");
   for (auto& th : t.core->threads())
@@ -560,6 +571,14 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   if (t.core->dumpable() <= 1)
     KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_DUMPABLE, t.core->dumpable()),
                   "task " << pid << ": set dumpable " << t.core->dumpable());
+  // The death signal too is cleared by credentials changes. A root's parent is outside
+  // the tree: after the restore that is the restorer, which exits, so it keeps none.
+  if (&t != &tasks_[0])
+    for (auto& th : t.core->threads())
+      if (th.pdeath_signal())
+        KLEAP_TRY_CTX(threads_.at(th.tid())->Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG,
+                                                  uint64_t(th.pdeath_signal())),
+                      "thread " << th.tid() << ": set death signal " << th.pdeath_signal());
   // The scratch page goes last; after this the threads only get their final registers.
   KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kMunmap, t.scratch, kScratchSize),
                 "task " << pid << ": unmap the scratch page");

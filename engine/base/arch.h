@@ -73,6 +73,13 @@ struct X64Arch {
     kGetRobustList = 274,
     kRtTgsigqueueinfo = 297,
     kRseq = 334,
+    kGetitimer = 36,
+    kSetitimer = 38,
+    kTimerCreate = 222,
+    kTimerSettime = 223,
+    kTimerGettime = 224,
+    kTimerGetoverrun = 225,
+    kTimerDelete = 226,
   };
 };
 static_assert(sizeof(X64Arch::k_sigaction) == 32);
@@ -127,6 +134,13 @@ struct X86Arch {
     kGetRobustList = 312,
     kRtTgsigqueueinfo = 335,
     kRseq = 386,
+    kGetitimer = 105,
+    kSetitimer = 104,
+    kTimerCreate = 259,
+    kTimerSettime = 260 /* 32-bit time */,
+    kTimerGettime = 261 /* 32-bit time */,
+    kTimerGetoverrun = 262,
+    kTimerDelete = 263,
   };
 };
 static_assert(sizeof(X86Arch::k_sigaction) == 20);
