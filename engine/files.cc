@@ -96,6 +96,7 @@ constexpr struct {
     {"[timerfd]", FdType::kTimerfd, nullptr},
     {"[signalfd]", FdType::kSignalfd, nullptr},
     {"[eventpoll]", FdType::kEpoll, nullptr},
+    {"inotify", FdType::kInotify, nullptr},
     {"[fanotify]", FdType::kUnsupported, "fanotify is not supported"},
     {"[io_uring]", FdType::kUnsupported, "io_uring is not supported"},
 };
@@ -129,6 +130,8 @@ constexpr FdKind kFdKinds[] = {
      OpenSignalfd},
     {FdType::kEpoll, img::FileObject::kEpoll, RefuseEpoll, DumpEpoll, ValidateEpoll, OpenEpoll,
      ResolveEpoll},
+    {FdType::kInotify, img::FileObject::kInotify, RefuseInotify, DumpInotify, ValidateInotify,
+     OpenInotify},
 };
 
 const FdKind* KindOf(FdType t) {

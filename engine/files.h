@@ -1,7 +1,7 @@
 // Kinds of fds and the per-kind dump and restore steps that files.cc dispatches to
 // through its table (kFdKinds). Each kind's two sides live in its own file:
 // files.cc (regular files, directories, devices), pipe.cc, eventfd.cc,
-// timerfd.cc, signalfd.cc, epoll.cc.
+// timerfd.cc, signalfd.cc, epoll.cc, inotify.cc.
 #pragma once
 
 #include <sys/stat.h>
@@ -23,6 +23,7 @@ enum class FdType {
   kTimerfd,
   kSignalfd,
   kEpoll,
+  kInotify,
   kUnsupported,
 };
 
@@ -77,5 +78,10 @@ Result<UniqueFd> OpenEpoll(const img::FileObject& fo, ImageReader& images, OpenF
 // The post-open fixup: every registration remade under its fd number, once every
 // file object is open.
 Result<void> RegisterEpollTargets(const img::FileTable& files, const OpenFiles& open);
+
+std::string RefuseInotify(const FdDesc& d);
+Result<void> DumpInotify(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<void> ValidateInotify(const img::FileObject& fo);
+Result<UniqueFd> OpenInotify(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
 
 }  // namespace kleap

@@ -37,30 +37,11 @@ struct epfd {
   char tfds[2048]; /* the tfd lines up to " pos:" (inodes of new pipes differ) */
 };
 
-static int cmp_str(const void* a, const void* b) {
-  return strcmp(*(char* const*)a, *(char* const*)b);
-}
-
 static void describe(struct epfd* e) {
   e->fl = fcntl(e->fd, F_GETFL);
   e->fdfl = fcntl(e->fd, F_GETFD);
-  char raw[4096];
-  if (wl_fdinfo(e->fd, "tfd:", raw, sizeof raw) < 1)
-    wl_die("main", "%s: fd %d: no tfd lines in fdinfo", e->what, e->fd);
-  /* The kernel lists them in the order of its tree, keyed by file addresses: sort. */
-  char* lines[64];
-  int n = 0;
-  for (char *l = raw, *next; l && *l && n < 64; l = next) {
-    next = strchr(l, '\n');
-    if (next) *next++ = '\0';
-    char* pos = strstr(l, " pos:");
-    if (pos) *pos = '\0';
-    lines[n++] = l;
-  }
-  qsort(lines, (size_t)n, sizeof *lines, cmp_str);
-  size_t o = 0;
-  for (int i = 0; i < n && o < sizeof e->tfds; i++)
-    o += (size_t)snprintf(e->tfds + o, sizeof e->tfds - o, "%s;", lines[i]);
+  if (wl_fdinfo_sorted(e->fd, "tfd:", " pos:", e->tfds, sizeof e->tfds) < 1)
+    wl_die("main", "%s: fd %d: nothing in fdinfo", e->what, e->fd);
 }
 
 static void add(int ep, struct reg* r) {

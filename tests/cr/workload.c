@@ -388,3 +388,26 @@ int wl_fdinfo(int fd, const char* prefix, char* out, size_t n) {
   }
   return found;
 }
+
+static int cmp_str(const void* a, const void* b) {
+  return strcmp(*(char* const*)a, *(char* const*)b);
+}
+
+int wl_fdinfo_sorted(int fd, const char* prefix, const char* cut, char* out, size_t n) {
+  static char raw[16 * 1024];
+  int found = wl_fdinfo(fd, prefix, raw, sizeof raw);
+  char* lines[256];
+  int k = 0;
+  for (char *l = raw, *next; found > 0 && l && *l && k < 256; l = next) {
+    next = strchr(l, '\n');
+    if (next) *next++ = '\0';
+    char* c = cut ? strstr(l, cut) : NULL;
+    if (c) *c = '\0';
+    lines[k++] = l;
+  }
+  qsort(lines, (size_t)k, sizeof *lines, cmp_str);
+  size_t o = 0;
+  if (n) out[0] = '\0';
+  for (int i = 0; i < k && o < n; i++) o += (size_t)snprintf(out + o, n - o, "%s;", lines[i]);
+  return found;
+}

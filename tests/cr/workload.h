@@ -61,6 +61,10 @@ int wl_maps_line(uintptr_t addr, char* out, size_t n);
  * "tfd:"), each without the prefix and its leading blanks, joined by '\n' into out
  * (cut to n). Returns how many lines matched, -1 when fdinfo can't be read. */
 int wl_fdinfo(int fd, const char* prefix, char* out, size_t n);
+/* Like wl_fdinfo, but the lines sorted (the kernel lists epoll and inotify entries in
+ * the order of its own trees), each cut where `cut` starts (when not NULL), each
+ * followed by ';'. */
+int wl_fdinfo_sorted(int fd, const char* prefix, const char* cut, char* out, size_t n);
 /* Reaps every wl_fork()ed child. 0 when each exited normally within timeout_ms;
  * else -1 with the reason in why (killed by a signal, not exiting, not our child). */
 int wl_reap_children(int timeout_ms, char* why, size_t n);
