@@ -68,8 +68,9 @@ std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
 std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
   std::vector<Problem> out = CheckTreeShape(tasks);
   for (auto& t : tasks)
-    for (auto&& part : {CheckTaskState(t.pid), CheckFds(t.pid), CheckMappings(t.pid)})
-      out.insert(out.end(), part.begin(), part.end());
+    if (!t.zombie)
+      for (auto&& part : {CheckTaskState(t.pid), CheckFds(t.pid), CheckMappings(t.pid)})
+        out.insert(out.end(), part.begin(), part.end());
   return out;
 }
 

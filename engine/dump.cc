@@ -82,7 +82,8 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   // The same checks as `kleap check`, now on the frozen tree.
   std::vector<Problem> problems = CheckTasks(tree->tasks());
   KLEAP_TRY(Refuse(problems));
-  for (auto& t : tree->tasks()) KLEAP_TRY(FindGadgets(*tree, t));
+  for (auto& t : tree->tasks())
+    if (!t.zombie) KLEAP_TRY(FindGadgets(*tree, t));
 
   DumpContext ctx;
   ctx.images = &images;
@@ -98,6 +99,13 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
     for (pid_t tid : t.tids) ps->add_tids(tid);
     ps->set_arch(uint32_t(t.arch));
     ps->set_comm(t.comm);
+    ps->set_exit_signal(t.exit_signal);
+    if (t.zombie) {
+      ps->set_zombie(true);
+      ps->set_exit_status(t.exit_status);
+      stats.tasks++;
+      continue;
+    }
 
     img::TaskCore core;
     KLEAP_TRY(DumpCore(ctx, t, &core));

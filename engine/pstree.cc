@@ -46,9 +46,13 @@ Result<TaskInfo> ReadTaskInfo(pid_t pid) {
   t.pgid = st.pgrp;
   t.sid = st.session;
   t.comm = st.comm;
-  if (st.state == 'Z')
-    return Err(ENOTSUP) << "task " << pid << " (" << st.comm
-                        << ") is a zombie; zombies are not supported yet";
+  t.exit_signal = st.exit_signal;
+  if (st.state == 'Z') {
+    t.zombie = true;
+    t.exit_status = st.exit_code;
+    t.tids = {pid};
+    return t;
+  }
   t.tids = KLEAP_TRY_CTX(ListThreads(pid), "task " << pid);
   // Leader first.
   std::stable_partition(t.tids.begin(), t.tids.end(), [&](pid_t x) { return x == pid; });
@@ -58,6 +62,7 @@ Result<TaskInfo> ReadTaskInfo(pid_t pid) {
 }
 
 Result<std::vector<pid_t>> ChildrenOf(const TaskInfo& t) {
+  if (t.zombie) return std::vector<pid_t>{};  // its children went to a reaper
   std::set<pid_t> kids;
   for (pid_t tid : t.tids) {
     auto c = ListChildren(t.pid, tid);
@@ -126,6 +131,12 @@ Result<std::unique_ptr<SeizedTree>> SeizedTree::Seize(pid_t root) {
 Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
   TaskInfo t = KLEAP_TRY(ReadTaskInfo(pid));
   t.ppid = ppid;
+  if (t.zombie) {
+    // Nothing to stop: it can't run, and its parent, seized already, can't reap it.
+    if (!ppid) return Err(ENOTSUP) << "task " << pid << " (" << t.comm << ") is a zombie";
+    tasks_.push_back(std::move(t));
+    return Ok();
+  }
   t.tids.clear();
   // Threads may be created until every thread is stopped: loop until the list is stable.
   std::set<pid_t> seized;

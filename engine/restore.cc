@@ -64,6 +64,17 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
         return Err(EINVAL) << "pstree.img: bad or repeated tid " << tid;
     if (t.arch() > uint32_t(ArchKind::kX86))
       return Err(EINVAL) << "pstree.img: task " << t.pid() << ": unknown arch " << t.arch();
+    if (t.exit_signal() < 0 || t.exit_signal() > 64)
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << ": bad exit signal "
+                         << t.exit_signal();
+    if (t.zombie()) {
+      int st = t.exit_status();
+      bool exited = (st & 0x7f) == 0, signaled = (st & 0x7f) > 0 && (st & 0x7f) < 0x7f;
+      if (t.ppid() == 0 || t.tids_size() != 1 || (!exited && !signaled) || st < 0 || st > 0xffff)
+        return Err(EINVAL) << "pstree.img: zombie " << t.pid() << ": bad place or wait status "
+                           << Hex(uint64_t(uint32_t(st)));
+      continue;
+    }
     auto& core = plan.cores.at(t.pid());
     if (core.threads_size() != t.tids_size())
       return Err(EINVAL) << CoreImage(t.pid()) << ": " << core.threads_size()
@@ -140,6 +151,7 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
   if (plan.pstree.tasks_size() == 0) return Err(EINVAL) << "pstree.img: no tasks";
   for (auto& t : plan.pstree.tasks()) {
     pid_t pid = t.pid();
+    if (t.zombie()) continue;  // no images: only its place and its wait status
     KLEAP_TRY(images.ReadMessage(CoreImage(pid), &plan.cores[pid]));
     KLEAP_TRY(images.ReadMessage(MmImage(pid), &plan.mms[pid]));
     KLEAP_TRY(images.ReadMessage(PagemapImage(pid), &plan.pagemaps[pid]));
@@ -257,6 +269,7 @@ struct Slot {
 };
 struct SharedState {
   std::atomic<int> go_pgid;
+  std::atomic<int> go_zombies;  // every group is joined: the zombies may exit
   std::atomic<int> abort;
   Slot slots[1];
 };
@@ -364,6 +377,29 @@ struct Forker {
                  t.mm->exe_path());
   }
 
+  // A zombie, once its session and group are in place (others may be joining its
+  // group): exits again the way it did, for its parent to wait for.
+  [[noreturn]] void BecomeZombie(size_t i) {
+    int st = tasks[i].ps->exit_status();
+    shared->slots[i].state.store(2);
+    while (!shared->go_zombies.load()) {
+      if (shared->abort.load()) _exit(1);
+      usleep(200);
+    }
+    if ((st & 0x7f) == 0) _exit((st >> 8) & 0xff);
+    int sig = st & 0x7f;
+    rlimit none{0, 0};
+    setrlimit(RLIMIT_CORE, &none);  // a core-dumping signal must not write a core here
+    signal(sig, SIG_DFL);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    sigprocmask(SIG_UNBLOCK, &set, nullptr);
+    prctl(PR_SET_PDEATHSIG, 0);
+    kill(getpid(), sig);
+    _exit(128 + sig);  // a signal that doesn't kill (SIGCHLD, ...) can't be a wait status
+  }
+
   // Runs in the new task; never returns.
   [[noreturn]] void RunTask(size_t i) {
     TaskPlan& t = tasks[i];
@@ -375,7 +411,7 @@ struct Forker {
       Fail(i, ErrnoError() << "setpgid");
     for (size_t c : t.children) {
       auto& ps = *tasks[c].ps;
-      int exit_signal = SIGCHLD;
+      int exit_signal = ps.exit_signal() ? ps.exit_signal() : SIGCHLD;
       pid_t p = Clone3(ps.pid(), exit_signal);
       if (p < 0)
         Fail(i,
@@ -389,6 +425,7 @@ struct Forker {
     }
     if (getpgid(0) != t.ps->pgid() && setpgid(0, t.ps->pgid()) < 0)
       Fail(i, ErrnoError() << "join process group " << t.ps->pgid());
+    if (t.ps->zombie()) BecomeZombie(i);
     if (auto r = SpawnThreads(t); !r) Fail(i, r.error());
     if (auto r = InstallFds(*t.fds, files, t.keep_from); !r) Fail(i, r.error());
     if (auto r = OpenHelpers(t); !r) Fail(i, r.error());
@@ -448,12 +485,14 @@ Result<void> RestoreSession::Prepare() {
   for (auto& ps : plan_.pstree.tasks()) {
     TaskPlan t;
     t.ps = &ps;
-    t.core = &plan_.cores.at(ps.pid());
-    t.mm = &plan_.mms.at(ps.pid());
-    t.fds = &plan_.fdtables.at(ps.pid());
-    for (auto& e : t.fds->fds()) t.keep_from = std::max(t.keep_from, e.fd() + 1);
-    t.scratch = KLEAP_TRY(PickScratch(*t.mm));
-    AssignHelperFds(t);
+    if (!ps.zombie()) {
+      t.core = &plan_.cores.at(ps.pid());
+      t.mm = &plan_.mms.at(ps.pid());
+      t.fds = &plan_.fdtables.at(ps.pid());
+      for (auto& e : t.fds->fds()) t.keep_from = std::max(t.keep_from, e.fd() + 1);
+      t.scratch = KLEAP_TRY(PickScratch(*t.mm));
+      AssignHelperFds(t);
+    }
     index[ps.pid()] = tasks_.size();
     if (ps.ppid()) tasks_[index.at(ps.ppid())].children.push_back(tasks_.size());
     tasks_.push_back(std::move(t));
@@ -507,12 +546,26 @@ Result<void> RestoreSession::ForkAll() {
   KLEAP_TRY(wait_for(1));
   shared_->go_pgid.store(1);
   KLEAP_TRY(wait_for(2));
+  // Every task is in its group: the zombies exit now; wait until each is one, so the
+  // tree resumes as it was.
+  shared_->go_zombies.store(1);
+  for (auto& t : tasks_) {
+    if (!t.ps->zombie()) continue;
+    for (int tries = 0;; ++tries) {
+      auto st = ReadStat(t.ps->pid());
+      if (st && st->state == 'Z') break;
+      if (tries > 10000)
+        return Err(ETIMEDOUT) << "task " << t.ps->pid() << " did not become a zombie again";
+      usleep(200);
+    }
+  }
   return Ok();
 }
 
 Result<void> RestoreSession::SeizeAll() {
   for (auto& t : tasks_)
     for (int tid : t.ps->tids()) {
+      if (t.ps->zombie()) break;
       KLEAP_TRY_CTX(pt::SeizeAndStop(tid, /*exit_kill=*/true), "task " << t.ps->pid());
       seized_.push_back(tid);
       auto rs = KLEAP_TRY(RemoteSyscalls::Create(tid));
@@ -522,6 +575,7 @@ Result<void> RestoreSession::SeizeAll() {
 }
 
 Result<void> RestoreSession::Rebuild(TaskPlan& t) {
+  if (t.ps->zombie()) return Ok();
   pid_t pid = t.ps->pid();
   RemoteSyscalls& leader = *threads_.at(pid);
   constexpr ArchKind k64 = ArchKind::kX86_64;

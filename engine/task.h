@@ -1,6 +1,7 @@
 // The engine's model of a process tree, shared by dump, restore and check.
 #pragma once
 
+#include <signal.h>
 #include <sys/types.h>
 
 #include <map>
@@ -21,6 +22,11 @@ struct TaskInfo {
   std::vector<pid_t> tids;  // the leader first
   std::string comm;
   ArchKind arch = ArchKind::kX86_64;
+  int exit_signal = SIGCHLD;  // what the parent gets when it exits
+  // A zombie: exited, not yet waited for. Nothing of it is seized or dumped but its
+  // place in the tree and its wait status.
+  bool zombie = false;
+  int exit_status = 0;
 };
 
 // Lists the tree through /proc without stopping anything: parents before children.

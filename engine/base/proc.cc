@@ -211,7 +211,8 @@ Result<ProcStat> ParseStat(std::string_view text) {
        ParseNum(field(38), &st.exit_signal) && ParseNum(field(45), &st.start_data) &&
        ParseNum(field(46), &st.end_data) && ParseNum(field(47), &st.start_brk) &&
        ParseNum(field(48), &st.arg_start) && ParseNum(field(49), &st.arg_end) &&
-       ParseNum(field(50), &st.env_start) && ParseNum(field(51), &st.env_end);
+       ParseNum(field(50), &st.env_start) && ParseNum(field(51), &st.env_end) &&
+       ParseNum(field(52), &st.exit_code);
   if (!ok) return Err(EINVAL) << "stat: bad numeric field for pid " << st.pid;
   return st;
 }

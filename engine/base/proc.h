@@ -55,6 +55,7 @@ struct ProcStat {
   uint64_t start_data = 0, end_data = 0, start_brk = 0;
   uint64_t arg_start = 0, arg_end = 0, env_start = 0, env_end = 0;
   int exit_signal = 0;
+  int exit_code = 0;  // a zombie's wait status (field 52)
 };
 Result<ProcStat> ParseStat(std::string_view text);
 Result<ProcStat> ReadStat(pid_t pid, pid_t tid = 0);

@@ -76,6 +76,7 @@ declare -a TREE=()      # pids of the tree (processes)
 declare -a TREE_TIDS=() # every tid of the tree, "pid/tid"
 declare -A KNOWN=()     # every pid this harness may have to kill
 declare -A COMM=()      # pid -> its comm when the tree was recorded
+declare -A WAS_ZOMBIE=()  # pid/tid -> 1 when it was a zombie when the tree was recorded
 
 STEP_TIMEOUT=${KLEAP_CR_STEP_TIMEOUT:-60}
 TIMED_OUT=""
@@ -348,7 +349,11 @@ record_tree() {
         KNOWN[$id]=1
         COMM[$id]=$(cat "/proc/$id/comm" 2>/dev/null)
         ;;
-      T) TREE_TIDS+=("$id") ;;
+      T)
+        TREE_TIDS+=("$id")
+        # Zombies of the program (zombie00) stay zombies; any other is a failure.
+        [ "$(proc_state "${id%/*}/task/${id#*/}")" = Z ] && WAS_ZOMBIE[$id]=1
+        ;;
     esac
   done <<<"$TREE_LIST"
   say "tree: ${#TREE[@]} processes (${TREE[*]}), ${#TREE_TIDS[@]} threads (${TREE_TIDS[*]})"
@@ -372,7 +377,8 @@ check_not_stopped() {
     st=$(proc_state "${pt%/*}/task/${pt#*/}") || fail "$1: thread $pt is gone"
     case "$st" in
       T|t) fail "$1: thread $pt (pid/tid) is left stopped (state $st)" ;;
-      Z|X) fail "$1: thread $pt (pid/tid) is a zombie" ;;
+      Z) [ -n "${WAS_ZOMBIE[$pt]:-}" ] || fail "$1: thread $pt (pid/tid) is a zombie" ;;
+      X) fail "$1: thread $pt (pid/tid) is dead" ;;
     esac
     tracer=$(awk '/^TracerPid:/ {print $2}' "/proc/${pt%/*}/task/${pt#*/}/status" 2>/dev/null)
     [ "${tracer:-0}" = 0 ] || fail "$1: thread $pt (pid/tid) is still traced by $tracer"
