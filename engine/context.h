@@ -16,6 +16,7 @@
 #include "engine/images/mm.pb.h"
 #include "engine/images/pagemap.pb.h"
 #include "engine/images/pstree.pb.h"
+#include "engine/sock_inet.h"
 #include "engine/task.h"
 
 namespace kleap {
@@ -44,6 +45,8 @@ struct DumpContext {
   }
   img::ShmemTable shmem;
   uint64_t page_bytes = 0;
+  // Declared last, so a failed dump takes the sockets out of repair mode first.
+  SockRepairSet repaired_socks;
 };
 
 // Image names, one place.

@@ -84,6 +84,10 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   KLEAP_TRY(Refuse(problems));
   for (auto& t : tree->tasks())
     if (!t.zombie) KLEAP_TRY(FindGadgets(*tree, t));
+  // From now until the sockets are restored, packets to and from them are dropped, so
+  // no peer gets a RST while nothing holds them. On failure it goes after the
+  // connections have left repair mode (ctx goes first).
+  SockLock lock = KLEAP_TRY(SockLock::ForTasks(tree->tasks()));
 
   DumpContext ctx;
   ctx.images = &images;
@@ -139,10 +143,15 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   inv.set_boot_id(BootId());
   KLEAP_TRY(images.Commit(inv));
 
-  if (opts.leave_running)
+  if (opts.leave_running) {
+    ctx.repaired_socks.Undo();
     tree->ResumeAll();
-  else
+  } else {
+    // The connections close in repair mode, sending nothing; the lock stays for restore.
     tree->KillAll();
+    ctx.repaired_socks.Keep();
+    lock.Keep();
+  }
   stats.page_bytes = ctx.page_bytes;
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return stats;

@@ -130,6 +130,8 @@ constexpr FdKind kFdKinds[] = {
      OpenSignalfd},
     {FdType::kEpoll, img::FileObject::kEpoll, RefuseEpoll, DumpEpoll, ValidateEpoll, OpenEpoll,
      ResolveEpoll},
+    {FdType::kInetSocket, img::FileObject::kInetSock, RefuseInetSock, DumpInetSock,
+     ValidateInetSock, OpenInetSock},
     {FdType::kInotify, img::FileObject::kInotify, RefuseInotify, DumpInotify, ValidateInotify,
      OpenInotify},
 };
@@ -159,7 +161,7 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
   d.what = d.link;
   if (d.link.rfind("socket:", 0) == 0) {
     d.what = SocketWhat(pid, fd, d.link);
-    d.reason = "sockets are not supported yet";
+    d.reason = ClassifySocket(&d);
   } else if (d.link.rfind("anon_inode:", 0) == 0) {
     std::string name = d.link.substr(11);
     d.reason = name + " is not supported yet";

@@ -24,6 +24,7 @@ enum class FdType {
   kSignalfd,
   kEpoll,
   kInotify,
+  kInetSocket,
   kUnsupported,
 };
 
@@ -83,5 +84,13 @@ std::string RefuseInotify(const FdDesc& d);
 Result<void> DumpInotify(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<void> ValidateInotify(const img::FileObject& fo);
 Result<UniqueFd> OpenInotify(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+// Sockets (sock_inet.cc): sets d->type to kInetSocket for TCP and UDP over IPv4/IPv6,
+// else returns why the socket can't be carried.
+std::string ClassifySocket(FdDesc* d);
+std::string RefuseInetSock(const FdDesc& d);
+Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<void> ValidateInetSock(const img::FileObject& fo);
+Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
 
 }  // namespace kleap

@@ -468,6 +468,7 @@ class RestoreSession {
   const RestoreOptions& opts_;
   ImageReader& images_;
   RestorePlan& plan_;
+  SockLock lock_;  // goes after the sockets: a failed restore closes them in repair mode
   OpenFiles files_;
   std::map<uint64_t, ShmemMapping> shmem_;
   std::vector<TaskPlan> tasks_;
@@ -504,6 +505,8 @@ Result<void> RestoreSession::Prepare() {
     nofile.rlim_cur = nofile.rlim_max;
     setrlimit(RLIMIT_NOFILE, &nofile);
   }
+  // The set's sockets are locked (again, after a kexec) before any of them exists.
+  lock_ = KLEAP_TRY(SockLock::ForFiles(plan_.files));
   KLEAP_TRY(OpenFileObjects(plan_, images_, &files_));
   shmem_ = KLEAP_TRY(CreateShmem(images_, plan_));
   return Ok();
@@ -669,6 +672,8 @@ Result<RestoreResult> RestoreSession::Run() {
   KLEAP_TRY(ForkAll());
   KLEAP_TRY(SeizeAll());
   for (auto& t : tasks_) KLEAP_TRY(Rebuild(t));
+  KLEAP_TRY(FinishSockets(plan_.files, files_));
+  KLEAP_TRY(lock_.Remove());
   // Resume everything at once: the destructors write the final registers and masks.
   threads_.clear();
   for (pid_t tid : seized_) {

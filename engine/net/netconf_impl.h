@@ -75,6 +75,9 @@ Result<void> ApplySysctls(RestoreCtx& ctx, bool per_device);
 
 // nft.cc
 Result<std::string> DumpNftRuleset();
+// Runs an nft command (nft syntax or JSON) in the calling thread's namespace; returns
+// what it printed (JSON).
+Result<std::string> NftCommand(const std::string& cmd, const std::string& what);
 Result<void> CheckNft(RestoreCtx& ctx);
 Result<void> ApplyNft(RestoreCtx& ctx);
 

@@ -84,6 +84,11 @@ Result<std::set<std::string>> Tables(const std::string& json, bool strict) {
 
 }  // namespace
 
+Result<std::string> NftCommand(const std::string& cmd, const std::string& what) {
+  Nft nft;
+  return nft.Run(cmd, what);
+}
+
 Result<std::string> DumpNftRuleset() {
   Nft nft;
   std::string json = KLEAP_TRY(nft.Run("list ruleset", "nft list ruleset"));

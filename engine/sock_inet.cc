@@ -1,0 +1,639 @@
+// Inet sockets: TCP and UDP over IPv4 and IPv6.
+//
+// Dump reads a socket through a copy of the task's fd (pidfd_getfd), never through the
+// task. A listening or not yet connected TCP socket and a UDP socket are their
+// addresses and options. An established connection is read in TCP repair mode, which
+// the tree's network lock makes safe (dump.cc puts it on before any socket is touched):
+// sequence numbers, the send and receive queues with their bytes, the options agreed
+// with the peer (MSS, window scale, SACK, timestamps) and the window.
+//
+// Restore makes each socket in the controller, in repair mode for a connection: bound
+// to its address, its sequence numbers set, "connected" without a packet, options,
+// queues and window set; the connections leave repair mode once every task is rebuilt
+// (FinishSockets), and only then does the lock go.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "engine/base/log.h"
+#include "engine/context.h"
+#include "engine/files.h"
+#include "engine/net/netlock.h"
+#include "engine/sock_inet.h"
+
+namespace kleap {
+namespace {
+
+// Kernel TCP states (include/net/tcp_states.h).
+enum TcpState {
+  kEstablished = 1,
+  kSynSent,
+  kSynRecv,
+  kFinWait1,
+  kFinWait2,
+  kTimeWait,
+  kClose,
+  kCloseWait,
+  kLastAck,
+  kListen,
+  kClosing,
+};
+
+constexpr const char* kStateNames[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
+                                       "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
+                                       "CLOSE_WAIT", "LAST_ACK",    "LISTEN",    "CLOSING"};
+
+const char* StateName(uint32_t s) {
+  return s < sizeof kStateNames / sizeof *kStateNames ? kStateNames[s] : "?";
+}
+
+// A queue can't hold more than this (the kernel's tcp_wmem/tcp_rmem maxima are far
+// below); images are untrusted.
+constexpr uint32_t kMaxQueue = 64u << 20;
+constexpr int kMaxWscale = 14;
+
+// The int options carried when they differ from a new socket's, per level.
+struct OptName {
+  int level, name;
+};
+constexpr OptName kSockOpts[] = {
+    {SOL_SOCKET, SO_REUSEADDR},
+    {SOL_SOCKET, SO_REUSEPORT},
+    {SOL_SOCKET, SO_KEEPALIVE},
+    {SOL_SOCKET, SO_BROADCAST},
+    {SOL_SOCKET, SO_OOBINLINE},
+    {SOL_SOCKET, SO_PRIORITY},
+    {SOL_SOCKET, SO_MARK},
+    {SOL_SOCKET, SO_RCVLOWAT},
+    {IPPROTO_TCP, TCP_NODELAY},
+    {IPPROTO_TCP, TCP_CORK},
+    {IPPROTO_TCP, TCP_KEEPIDLE},
+    {IPPROTO_TCP, TCP_KEEPINTVL},
+    {IPPROTO_TCP, TCP_KEEPCNT},
+    {IPPROTO_TCP, TCP_USER_TIMEOUT},
+    {IPPROTO_IP, IP_TOS},
+    {IPPROTO_IP, IP_TTL},
+    {IPPROTO_IP, IP_FREEBIND},
+    {IPPROTO_IP, IP_PKTINFO},
+    {IPPROTO_IP, IP_RECVERR},
+    {IPPROTO_IP, IP_MTU_DISCOVER},
+    {IPPROTO_IPV6, IPV6_V6ONLY},
+    {IPPROTO_IPV6, IPV6_TCLASS},
+    {IPPROTO_IPV6, IPV6_UNICAST_HOPS},
+    {IPPROTO_IPV6, IPV6_RECVPKTINFO},
+    {IPPROTO_IPV6, IPV6_RECVERR},
+};
+
+bool OptApplies(const OptName& o, int family, int protocol) {
+  if (o.level == IPPROTO_TCP) return protocol == IPPROTO_TCP;
+  if (o.level == IPPROTO_IPV6) return family == AF_INET6;
+  return true;
+}
+
+bool Known(int level, int name) {
+  return std::any_of(std::begin(kSockOpts), std::end(kSockOpts),
+                     [&](auto& o) { return o.level == level && o.name == name; });
+}
+
+Result<int> GetInt(int fd, int level, int name, const char* what) {
+  int v = 0;
+  socklen_t len = sizeof v;
+  if (getsockopt(fd, level, name, &v, &len) < 0) return ErrnoError() << "getsockopt " << what;
+  return v;
+}
+
+Result<void> SetInt(int fd, int level, int name, int v, const char* what) {
+  if (setsockopt(fd, level, name, &v, sizeof v) < 0)
+    return ErrnoError() << "setsockopt " << what << " " << v;
+  return Ok();
+}
+
+bool IsTcp(const img::InetSock& s) {
+  return s.protocol() == IPPROTO_TCP;
+}
+// Connections restored through repair mode.
+bool Repaired(const img::InetSock& s) {
+  return IsTcp(s) &&
+         (s.state() == kEstablished || s.state() == kFinWait1 || s.state() == kFinWait2);
+}
+
+std::string Endpoint(int family, const std::string& addr, uint32_t port) {
+  char buf[INET6_ADDRSTRLEN] = "?";
+  if (addr.size() == 4 || addr.size() == 16)
+    inet_ntop(addr.size() == 4 ? AF_INET : AF_INET6, addr.data(), buf, sizeof buf);
+  (void)family;
+  return addr.size() == 16 ? "[" + std::string(buf) + "]:" + std::to_string(port)
+                           : std::string(buf) + ":" + std::to_string(port);
+}
+
+// "tcp socket 7 (10.0.0.1:80 -> 10.0.0.2:4711, ESTABLISHED)" for messages.
+std::string Describe(const img::FileObject& fo) {
+  const img::InetSock& s = fo.inet_sock();
+  std::string out = std::string(IsTcp(s) ? "tcp" : "udp") + (s.family() == AF_INET6 ? "6" : "") +
+                    " socket " + std::to_string(fo.id()) + " (" +
+                    Endpoint(int(s.family()), s.local_addr(), s.local_port());
+  if (s.peer_port()) out += " -> " + Endpoint(int(s.family()), s.peer_addr(), s.peer_port());
+  if (IsTcp(s)) out += std::string(", ") + StateName(s.state());
+  return out + ")";
+}
+
+struct SockAddr {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+};
+
+Result<SockAddr> MakeAddr(uint32_t family, const std::string& addr, uint32_t port, uint32_t scope) {
+  SockAddr a;
+  if (family == AF_INET) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&a.ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(uint16_t(port));
+    memcpy(&sin->sin_addr, addr.data(), 4);
+    a.len = sizeof *sin;
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&a.ss);
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(uint16_t(port));
+    memcpy(&sin6->sin6_addr, addr.data(), 16);
+    sin6->sin6_scope_id = scope;
+    a.len = sizeof *sin6;
+  }
+  return a;
+}
+
+// getsockname/getpeername into (address bytes, port, scope id).
+Result<void> ReadName(int fd, bool peer, int family, std::string* addr, uint32_t* port,
+                      uint32_t* scope) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  int r = peer ? getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len)
+               : getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (r < 0) return ErrnoError() << (peer ? "getpeername" : "getsockname");
+  if (family == AF_INET) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    addr->assign(reinterpret_cast<const char*>(&sin->sin_addr), 4);
+    *port = ntohs(sin->sin_port);
+  } else {
+    auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    addr->assign(reinterpret_cast<const char*>(&sin6->sin6_addr), 16);
+    *port = ntohs(sin6->sin6_port);
+    if (scope && sin6->sin6_scope_id) *scope = sin6->sin6_scope_id;
+  }
+  return Ok();
+}
+
+struct Kind {
+  int family = 0, type = 0, protocol = 0;
+};
+
+Result<Kind> SocketKind(int fd) {
+  Kind k;
+  k.family = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN"));
+  k.type = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_TYPE, "SO_TYPE"));
+  k.protocol = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_PROTOCOL, "SO_PROTOCOL"));
+  return k;
+}
+
+Result<tcp_info> TcpInfo(int fd) {
+  tcp_info ti{};
+  socklen_t len = sizeof ti;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0) return ErrnoError() << "TCP_INFO";
+  return ti;
+}
+
+// Peeks `len` bytes of a queue in repair mode.
+Result<std::string> PeekQueue(int fd, int queue, uint32_t len, const char* what) {
+  KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE"));
+  std::string data(len, '\0');
+  if (len == 0) return data;
+  ssize_t n = recv(fd, data.data(), len, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0) return ErrnoError() << "read the " << what << " queue";
+  if (uint32_t(n) != len)
+    return Err(EIO) << "the " << what << " queue holds " << n << " bytes, " << len << " expected";
+  return data;
+}
+
+Result<uint32_t> QueueSeq(int fd, int queue) {
+  KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE"));
+  return uint32_t(KLEAP_TRY(GetInt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, "TCP_QUEUE_SEQ")));
+}
+
+// Reads a connection in repair mode; the caller has put it there.
+Result<void> DumpConnection(int fd, uint32_t state, img::TcpConn* c) {
+  int outq = 0, notsent = 0, inq = 0;
+  if (ioctl(fd, SIOCOUTQ, &outq) < 0) return ErrnoError() << "SIOCOUTQ";
+  if (ioctl(fd, SIOCOUTQNSD, &notsent) < 0) return ErrnoError() << "SIOCOUTQNSD";
+  if (ioctl(fd, SIOCINQ, &inq) < 0) return ErrnoError() << "SIOCINQ";
+  uint32_t write_seq = KLEAP_TRY(QueueSeq(fd, TCP_SEND_QUEUE));
+  // The FIN of a shut-down connection takes a sequence number and sits in the send
+  // queue until acknowledged; restore sends it again by shutdown().
+  bool fin = state == kFinWait1 || state == kFinWait2;
+  if (fin) {
+    write_seq--;
+    if (outq > 0) outq--;
+    if (notsent > 0) notsent--;
+  }
+  if (outq < 0 || notsent < 0 || notsent > outq || inq < 0 || uint32_t(outq) > kMaxQueue ||
+      uint32_t(inq) > kMaxQueue)
+    return Err(EIO) << "queue sizes out of range (out " << outq << ", not sent " << notsent
+                    << ", in " << inq << ")";
+  c->set_fin_sent(fin);
+  c->set_snd_una(write_seq - uint32_t(outq));
+  c->set_unsent(uint32_t(notsent));
+  c->set_send_queue(KLEAP_TRY(PeekQueue(fd, TCP_SEND_QUEUE, uint32_t(outq), "send")));
+  uint32_t rcv_nxt = KLEAP_TRY(QueueSeq(fd, TCP_RECV_QUEUE));
+  c->set_rcv_seq(rcv_nxt - uint32_t(inq));
+  c->set_recv_queue(KLEAP_TRY(PeekQueue(fd, TCP_RECV_QUEUE, uint32_t(inq), "receive")));
+  KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
+
+  tcp_info ti = KLEAP_TRY(TcpInfo(fd));
+  c->set_timestamps(ti.tcpi_options & TCPI_OPT_TIMESTAMPS);
+  c->set_sack(ti.tcpi_options & TCPI_OPT_SACK);
+  c->set_wscale(ti.tcpi_options & TCPI_OPT_WSCALE);
+  c->set_snd_wscale(ti.tcpi_snd_wscale);
+  c->set_rcv_wscale(ti.tcpi_rcv_wscale);
+  // In repair mode TCP_MAXSEG is the clamp agreed with the peer.
+  c->set_mss_clamp(uint32_t(KLEAP_TRY(GetInt(fd, IPPROTO_TCP, TCP_MAXSEG, "TCP_MAXSEG"))));
+  if (c->timestamps())
+    c->set_timestamp(uint32_t(KLEAP_TRY(GetInt(fd, IPPROTO_TCP, TCP_TIMESTAMP, "TCP_TIMESTAMP"))));
+  tcp_repair_window w{};
+  socklen_t len = sizeof w;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, &len) < 0)
+    return ErrnoError() << "TCP_REPAIR_WINDOW";
+  c->set_snd_wl1(w.snd_wl1);
+  c->set_snd_wnd(w.snd_wnd);
+  c->set_max_window(w.max_window);
+  c->set_rcv_wnd(w.rcv_wnd);
+  c->set_rcv_wup(w.rcv_wup);
+  return Ok();
+}
+
+// Writes a queue's bytes in repair mode (or, for `queue` < 0, as a task would).
+Result<void> WriteQueue(int fd, int queue, const std::string& data, size_t from, size_t to,
+                        const char* what) {
+  if (queue >= 0) KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE"));
+  for (size_t off = from; off < to;) {
+    ssize_t n = send(fd, data.data() + off, std::min<size_t>(to - off, 1 << 16),
+                     MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n <= 0) return ErrnoError() << "write the " << what << " queue at byte " << off;
+    off += size_t(n);
+  }
+  return Ok();
+}
+
+// Makes room for `need` bytes of queue when the default buffer is smaller.
+Result<void> MakeRoom(int fd, int get, int force, uint32_t dumped, size_t need, const char* what) {
+  int have = KLEAP_TRY(GetInt(fd, SOL_SOCKET, get, what));
+  // The kernel doubles what is set; what it reports is already doubled.
+  if (need == 0 || size_t(have) >= 2 * need) return Ok();
+  int want = int(std::max<size_t>(dumped / 2, 2 * need));
+  return SetInt(fd, SOL_SOCKET, force, want, what);
+}
+
+Result<void> RestoreConnection(int fd, const img::InetSock& s) {
+  const img::TcpConn& c = s.tcp();
+  KLEAP_TRY(
+      MakeRoom(fd, SO_SNDBUF, SO_SNDBUFFORCE, s.sndbuf(), c.send_queue().size(), "SO_SNDBUF"));
+  KLEAP_TRY(
+      MakeRoom(fd, SO_RCVBUF, SO_RCVBUFFORCE, s.rcvbuf(), c.recv_queue().size(), "SO_RCVBUF"));
+  KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE"));
+  KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, int(c.snd_una()), "TCP_QUEUE_SEQ (send)"));
+  KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE"));
+  KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, int(c.rcv_seq()), "TCP_QUEUE_SEQ (receive)"));
+  if (c.timestamps())
+    KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_TIMESTAMP, int(c.timestamp()), "TCP_TIMESTAMP"));
+  // In repair mode connect() sends nothing: the socket is established at once.
+  SockAddr peer = KLEAP_TRY(MakeAddr(s.family(), s.peer_addr(), s.peer_port(), s.scope_id()));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&peer.ss), peer.len) < 0)
+    return ErrnoError() << "connect in repair mode";
+  std::vector<tcp_repair_opt> opts;
+  opts.push_back({TCPOPT_MAXSEG, c.mss_clamp()});
+  if (c.wscale()) opts.push_back({TCPOPT_WINDOW, c.snd_wscale() | (c.rcv_wscale() << 16)});
+  if (c.sack()) opts.push_back({TCPOPT_SACK_PERMITTED, 0});
+  if (c.timestamps()) opts.push_back({TCPOPT_TIMESTAMP, 0});
+  if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_OPTIONS, opts.data(),
+                 socklen_t(opts.size() * sizeof opts[0])) < 0)
+    return ErrnoError() << "TCP_REPAIR_OPTIONS";
+  KLEAP_TRY(WriteQueue(fd, TCP_RECV_QUEUE, c.recv_queue(), 0, c.recv_queue().size(), "receive"));
+  // What was sent goes back as sent (the kernel sends it again if the peer lacks it);
+  // the rest is written once the connection is out of repair mode (FinishSockets).
+  KLEAP_TRY(WriteQueue(fd, TCP_SEND_QUEUE, c.send_queue(), 0, c.send_queue().size() - c.unsent(),
+                       "send"));
+  tcp_repair_window w{c.snd_wl1(), c.snd_wnd(), c.max_window(), c.rcv_wnd(), c.rcv_wup()};
+  if (setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_WINDOW, &w, sizeof w) < 0)
+    return ErrnoError() << "TCP_REPAIR_WINDOW";
+  return SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE");
+}
+
+// Every inet socket of a task: the local endpoint of each.
+void AddEndpoint(std::vector<net::LockedEndpoint>* out, const img::InetSock& s) {
+  if (s.local_port() == 0) return;  // nothing can reach it
+  out->push_back({int(s.family()), int(s.protocol()), s.local_addr(), uint16_t(s.local_port())});
+}
+
+}  // namespace
+
+// ---- check ----
+
+std::string ClassifySocket(FdDesc* d) {
+  auto grabbed = GrabFd(d->pid, d->fd);
+  if (!grabbed) return grabbed.error().ToString();
+  auto k = SocketKind(grabbed->get());
+  if (!k) return k.error().ToString();
+  bool inet = k->family == AF_INET || k->family == AF_INET6;
+  if (inet && k->type == SOCK_STREAM && k->protocol == IPPROTO_TCP) {
+    d->type = FdType::kInetSocket;
+    return "";
+  }
+  if (inet && k->type == SOCK_DGRAM && k->protocol == IPPROTO_UDP) {
+    d->type = FdType::kInetSocket;
+    return "";
+  }
+  if (inet && k->type == SOCK_RAW)
+    return "raw IP sockets are not carried: what they filter and have queued can't be read "
+           "back, and they see packets of other sockets";
+  if (k->family == AF_PACKET)
+    return "packet sockets are not carried: their rings, filters and fanout groups can't be read "
+           "back";
+  if (inet) return "only TCP and UDP inet sockets are carried";
+  if (k->family == AF_UNIX) return "unix sockets are not supported yet";
+  return "sockets of this family are not supported yet";
+}
+
+std::string RefuseInetSock(const FdDesc& d) {
+  auto grabbed = GrabFd(d.pid, d.fd);
+  if (!grabbed) return grabbed.error().ToString();
+  int fd = grabbed->get();
+  auto k = SocketKind(fd);
+  if (!k) return k.error().ToString();
+  if (k->protocol != IPPROTO_TCP) return "";
+  auto ti = TcpInfo(fd);
+  if (!ti) return ti.error().ToString();
+  switch (ti->tcpi_state) {
+    case kEstablished:
+    case kFinWait1:
+    case kFinWait2:
+    case kListen:
+    case kClose:
+      return "";
+    case kSynSent:
+    case kSynRecv:
+      return std::string("a connection being set up (") + StateName(ti->tcpi_state) +
+             ") can't be carried; retry when it is established";
+    default:
+      return std::string("a connection the peer has closed (") + StateName(ti->tcpi_state) +
+             ") is not carried yet";
+  }
+}
+
+// ---- dump ----
+
+Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
+  UniqueFd sock = KLEAP_TRY(GrabFd(d.pid, d.fd));
+  int fd = sock.get();
+  Kind k = KLEAP_TRY(SocketKind(fd));
+  img::InetSock* s = fo->mutable_inet_sock();
+  s->set_family(uint32_t(k.family));
+  s->set_type(uint32_t(k.type));
+  s->set_protocol(uint32_t(k.protocol));
+  s->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));
+  std::string addr;
+  uint32_t port = 0, scope = 0;
+  KLEAP_TRY(ReadName(fd, false, k.family, &addr, &port, &scope));
+  s->set_local_addr(addr);
+  s->set_local_port(port);
+  if (k.protocol == IPPROTO_TCP) {
+    tcp_info ti = KLEAP_TRY(TcpInfo(fd));
+    s->set_state(ti.tcpi_state);
+    if (ti.tcpi_state == kListen) {
+      // The tree is frozen and the lock is on: no connection completes meanwhile.
+      if (ti.tcpi_unacked)
+        return Err(ENOTSUP) << "listening socket " << Endpoint(k.family, addr, port) << ": "
+                            << ti.tcpi_unacked
+                            << " connections wait in its accept queue; they can't be carried";
+      s->set_backlog(ti.tcpi_sacked);
+    }
+  } else {
+    s->set_state(kEstablished);  // connected, unless it has no peer
+  }
+  if (s->state() == kEstablished || s->state() == kFinWait1 || s->state() == kFinWait2) {
+    std::string peer;
+    uint32_t pport = 0;
+    auto named = ReadName(fd, true, k.family, &peer, &pport, &scope);
+    if (named) {
+      s->set_peer_addr(peer);
+      s->set_peer_port(pport);
+    } else if (k.protocol == IPPROTO_TCP || named.error().code() != ENOTCONN) {
+      return std::move(named).error();
+    } else {
+      s->set_state(kClose);
+    }
+  }
+  s->set_scope_id(scope);
+  s->set_sndbuf(uint32_t(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF"))));
+  s->set_rcvbuf(uint32_t(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF"))));
+  // Options: those that differ from a new socket's.
+  UniqueFd fresh(socket(k.family, k.type | SOCK_CLOEXEC, k.protocol));
+  if (!fresh) return ErrnoError() << "make a socket to compare options with";
+  for (auto& o : kSockOpts) {
+    if (!OptApplies(o, k.family, k.protocol)) continue;
+    auto v = GetInt(fd, o.level, o.name, "option");
+    auto def = GetInt(fresh.get(), o.level, o.name, "option");
+    if (!v || !def || *v == *def) continue;
+    img::SockOpt* so = s->add_opts();
+    so->set_level(o.level);
+    so->set_name(o.name);
+    so->set_value(*v);
+  }
+  if (Repaired(*s)) {
+    int reuse = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR"));
+    KLEAP_TRY_CTX(SetInt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
+                  "put " << Describe(*fo) << " in repair mode");
+    ctx.repaired_socks.Add(std::move(sock), reuse);
+    KLEAP_TRY_CTX(DumpConnection(fd, s->state(), s->mutable_tcp()), Describe(*fo));
+  }
+  return Ok();
+}
+
+void SockRepairSet::Undo() {
+  for (auto& [fd, reuse] : fds_) {
+    int off = TCP_REPAIR_OFF_NO_WP, none = TCP_NO_QUEUE;
+    setsockopt(fd.get(), IPPROTO_TCP, TCP_REPAIR_QUEUE, &none, sizeof none);
+    if (setsockopt(fd.get(), IPPROTO_TCP, TCP_REPAIR, &off, sizeof off) < 0 ||
+        setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof reuse) < 0)
+      KLOG(kWarning) << "take a socket out of repair mode: " << strerror(errno) << ", ignoring";
+  }
+  fds_.clear();
+}
+
+// ---- restore ----
+
+Result<void> ValidateInetSock(const img::FileObject& fo) {
+  const img::InetSock& s = fo.inet_sock();
+  auto bad = [&]() {
+    Error e(EINVAL);
+    e << "files.img: inet socket " << fo.id() << ": ";
+    return e;
+  };
+  size_t alen = s.family() == AF_INET ? 4 : s.family() == AF_INET6 ? 16 : 0;
+  if (!alen) return bad() << "family " << s.family();
+  bool tcp = s.type() == SOCK_STREAM && s.protocol() == IPPROTO_TCP;
+  bool udp = s.type() == SOCK_DGRAM && s.protocol() == IPPROTO_UDP;
+  if (!tcp && !udp) return bad() << "type " << s.type() << " protocol " << s.protocol();
+  if (s.local_addr().size() != alen || s.local_port() > 65535 || s.peer_port() > 65535)
+    return bad() << "local address";
+  bool connected = s.state() == kEstablished || s.state() == kFinWait1 || s.state() == kFinWait2;
+  bool state_ok = connected || s.state() == kClose || (tcp && s.state() == kListen);
+  if (!state_ok || (udp && s.state() != kEstablished && s.state() != kClose))
+    return bad() << "state " << s.state();
+  if (connected && (s.peer_addr().size() != alen || s.peer_port() == 0 || s.local_port() == 0))
+    return bad() << "a connection needs both endpoints";
+  if (s.backlog() > (1u << 20)) return bad() << "backlog " << s.backlog();
+  for (auto& o : s.opts())
+    if (!Known(o.level(), o.name())) return bad() << "option " << o.level() << "/" << o.name();
+  const img::TcpConn& c = s.tcp();
+  if (c.send_queue().size() > kMaxQueue || c.recv_queue().size() > kMaxQueue ||
+      c.unsent() > c.send_queue().size())
+    return bad() << "queue sizes";
+  if (c.snd_wscale() > kMaxWscale || c.rcv_wscale() > kMaxWscale) return bad() << "window scale";
+  if (c.mss_clamp() > 65535) return bad() << "mss " << c.mss_clamp();
+  if (c.fin_sent() && s.state() == kEstablished) return bad() << "a FIN in ESTABLISHED";
+  return ValidateAnonFlags(fo, "inet socket", s.flags(), O_RDWR);
+}
+
+Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles&) {
+  const img::InetSock& s = fo.inet_sock();
+  std::string what = Describe(fo);
+  UniqueFd fd(socket(int(s.family()), int(s.type()) | SOCK_CLOEXEC, int(s.protocol())));
+  if (!fd) return ErrnoError() << what << ": socket";
+  int reuse = 0, freebind = 0;
+  for (auto& o : s.opts()) {
+    if (o.level() == SOL_SOCKET && o.name() == SO_REUSEADDR) reuse = o.value();
+    if (o.level() == IPPROTO_IP && o.name() == IP_FREEBIND) freebind = o.value();
+    KLEAP_TRY_CTX(SetInt(fd.get(), o.level(), o.name(), o.value(), "option"),
+                  what << ": option " << o.level() << "/" << o.name());
+  }
+  // Repair mode lets the connection share its port with the listener (and the options
+  // above must not undo that); FinishSockets puts SO_REUSEADDR back.
+  if (Repaired(s))
+    KLEAP_TRY_CTX(SetInt(fd.get(), IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"), what);
+  bool any = std::all_of(s.local_addr().begin(), s.local_addr().end(), [](char c) { return !c; });
+  if (s.local_port() || !any) {
+    // The address may not be usable yet (IPv6 duplicate address detection), and a
+    // connection restored before its listener holds the port: bind as the kernel would
+    // have let the task, then put the options back.
+    KLEAP_TRY_CTX(SetInt(fd.get(), IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND"), what);
+    if (IsTcp(s) && s.state() == kListen)
+      KLEAP_TRY_CTX(SetInt(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"), what);
+    SockAddr a = KLEAP_TRY(MakeAddr(s.family(), s.local_addr(), s.local_port(), s.scope_id()));
+    if (bind(fd.get(), reinterpret_cast<sockaddr*>(&a.ss), a.len) < 0) {
+      Error e = ErrnoError();
+      e << what << ": bind " << Endpoint(int(s.family()), s.local_addr(), s.local_port());
+      if (e.code() == EADDRINUSE) e << ": the address is taken in this network namespace";
+      return e;
+    }
+    KLEAP_TRY_CTX(SetInt(fd.get(), IPPROTO_IP, IP_FREEBIND, freebind, "IP_FREEBIND"), what);
+    if (IsTcp(s) && s.state() == kListen)
+      KLEAP_TRY_CTX(SetInt(fd.get(), SOL_SOCKET, SO_REUSEADDR, reuse, "SO_REUSEADDR"), what);
+  }
+  if (IsTcp(s) && s.state() == kListen) {
+    if (listen(fd.get(), int(s.backlog())) < 0) {
+      Error e = ErrnoError();
+      e << what << ": listen";
+      if (e.code() == EADDRINUSE) e << ": the address is taken in this network namespace";
+      return e;
+    }
+  } else if (Repaired(s)) {
+    KLEAP_TRY_CTX(RestoreConnection(fd.get(), s), what);
+  } else if (!IsTcp(s) && s.state() == kEstablished) {
+    SockAddr peer = KLEAP_TRY(MakeAddr(s.family(), s.peer_addr(), s.peer_port(), s.scope_id()));
+    if (connect(fd.get(), reinterpret_cast<sockaddr*>(&peer.ss), peer.len) < 0)
+      return ErrnoError() << what << ": connect";
+  }
+  if ((s.flags() & O_NONBLOCK) && fcntl(fd.get(), F_SETFL, O_NONBLOCK) < 0)
+    return ErrnoError() << what << ": set O_NONBLOCK";
+  return fd;
+}
+
+Result<void> FinishSockets(const img::FileTable& files, const OpenFiles& open) {
+  for (auto& fo : files.files()) {
+    if (!fo.has_inet_sock() || !Repaired(fo.inet_sock())) continue;
+    const img::InetSock& s = fo.inet_sock();
+    auto it = open.by_id.find(fo.id());
+    if (it == open.by_id.end()) return Err(EINVAL) << Describe(fo) << " was not opened";
+    int fd = it->second.get();
+    KLEAP_TRY_CTX(SetInt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"),
+                  Describe(fo) << ": leave repair mode");
+    int reuse = 0;
+    for (auto& o : s.opts())
+      if (o.level() == SOL_SOCKET && o.name() == SO_REUSEADDR) reuse = o.value();
+    KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, reuse, "SO_REUSEADDR"), Describe(fo));
+    const std::string& q = s.tcp().send_queue();
+    KLEAP_TRY_CTX(WriteQueue(fd, -1, q, q.size() - s.tcp().unsent(), q.size(), "send"),
+                  Describe(fo));
+    if (s.tcp().fin_sent() && shutdown(fd, SHUT_WR) < 0)
+      return ErrnoError() << Describe(fo) << ": shutdown";
+  }
+  return Ok();
+}
+
+// ---- the network lock ----
+
+Result<SockLock> SockLock::ForTasks(const std::vector<TaskInfo>& tasks) {
+  std::vector<net::LockedEndpoint> eps;
+  for (auto& t : tasks) {
+    auto fds = ListFds(t.pid);
+    if (!fds) continue;  // the refusal names it
+    for (int fd : *fds) {
+      auto d = DescribeFd(t.pid, fd);
+      if (!d || d->type != FdType::kInetSocket) continue;
+      UniqueFd sock = KLEAP_TRY(GrabFd(t.pid, fd));
+      Kind k = KLEAP_TRY(SocketKind(sock.get()));
+      img::InetSock s;
+      std::string addr;
+      uint32_t port = 0;
+      KLEAP_TRY(ReadName(sock.get(), false, k.family, &addr, &port, nullptr));
+      s.set_family(uint32_t(k.family));
+      s.set_protocol(uint32_t(k.protocol));
+      s.set_local_addr(addr);
+      s.set_local_port(port);
+      AddEndpoint(&eps, s);
+    }
+  }
+  SockLock lock;
+  if (eps.empty()) return lock;
+  KLEAP_TRY(net::LockEndpoints(eps));
+  lock.on_ = true;
+  return lock;
+}
+
+Result<SockLock> SockLock::ForFiles(const img::FileTable& files) {
+  std::vector<net::LockedEndpoint> eps;
+  for (auto& fo : files.files())
+    if (fo.has_inet_sock()) AddEndpoint(&eps, fo.inet_sock());
+  SockLock lock;
+  if (eps.empty()) return lock;
+  KLEAP_TRY(net::LockEndpoints(eps));
+  lock.on_ = true;
+  return lock;
+}
+
+Result<void> SockLock::Remove() {
+  if (!on_) return Ok();
+  on_ = false;
+  return net::Unlock();
+}
+
+SockLock::~SockLock() {
+  if (auto r = Remove(); !r) KLOG(kWarning) << "remove the network lock: " << r.error().ToString();
+}
+
+}  // namespace kleap
