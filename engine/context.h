@@ -57,8 +57,6 @@ std::string PagesImage(pid_t pid);
 std::string FdTableImage(pid_t pid);
 std::string ShmemImage(uint64_t id);
 std::string GhostImage(uint64_t id);
-// This boot's id (/proc/sys/kernel/random/boot_id), as the inventory records it.
-std::string BootId();
 inline constexpr char kPsTreeImage[] = "pstree.img";
 inline constexpr char kFilesImage[] = "files.img";
 inline constexpr char kShmemTableImage[] = "shmem.img";

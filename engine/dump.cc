@@ -67,11 +67,6 @@ Result<void> Refuse(const std::vector<Problem>& problems) {
 
 }  // namespace
 
-std::string BootId() {
-  auto s = ReadFileToString("/proc/sys/kernel/random/boot_id");
-  return s ? std::string(Trim(*s)) : std::string();
-}
-
 Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   auto t0 = std::chrono::steady_clock::now();
   DumpStats stats;
@@ -129,18 +124,8 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   KLEAP_TRY(images.WriteMessage(kShmemTableImage, ctx.shmem));
   KLEAP_TRY(images.WriteMessage(kPsTreeImage, pstree));
 
-  img::Inventory inv;
-  inv.set_format_version(kImageFormatVersion);
-  utsname u;
-  uname(&u);
-  inv.set_kernel_release(u.release);
-  inv.set_arch(u.machine);
-  inv.set_tool_version(KLEAP_VERSION);
+  img::Inventory inv = NewInventory();
   inv.set_root_pid(opts.root);
-  timespec now;
-  clock_gettime(CLOCK_REALTIME, &now);
-  inv.set_created_unix_ns(uint64_t(now.tv_sec) * 1000000000ull + uint64_t(now.tv_nsec));
-  inv.set_boot_id(BootId());
   KLEAP_TRY(images.Commit(inv));
 
   if (opts.leave_running) {

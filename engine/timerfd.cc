@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/base/clock.h"
 #include "engine/files.h"
 
 #ifndef TFD_IOC_SET_TICKS
@@ -23,7 +24,6 @@
 namespace kleap {
 namespace {
 
-constexpr int64_t kNsPerSec = 1000000000;
 // The value field of an itimerspec holds at most this many ns (time_t seconds).
 constexpr uint64_t kMaxNs = uint64_t(INT64_MAX);
 
@@ -36,12 +36,6 @@ clockid_t ReadableClock(int clk) {
   return clk == CLOCK_REALTIME_ALARM   ? CLOCK_REALTIME
          : clk == CLOCK_BOOTTIME_ALARM ? CLOCK_BOOTTIME
                                        : clockid_t(clk);
-}
-
-int64_t NowNs(clockid_t clk) {
-  timespec ts{};
-  clock_gettime(clk, &ts);
-  return int64_t(ts.tv_sec) * kNsPerSec + ts.tv_nsec;
 }
 
 uint64_t ToNs(const timespec& ts) {

@@ -23,20 +23,14 @@
 #include <set>
 #include <sstream>
 
+#include "engine/base/clock.h"
 #include "engine/remote_mem.h"
 
 namespace kleap {
 namespace {
 
-constexpr int64_t kNsPerSec = 1000000000;
 constexpr int kPrTimerCreateRestoreIds = 77;  // PR_TIMER_CREATE_RESTORE_IDS (6.16)
 constexpr uint32_t kSigevThreadId = 4;        // SIGEV_THREAD_ID
-
-int64_t NowNs(clockid_t clk) {
-  timespec ts{};
-  clock_gettime(clk, &ts);
-  return int64_t(ts.tv_sec) * kNsPerSec + ts.tv_nsec;
-}
 
 // CPU-time clocks as the kernel keeps them (and /proc shows them): negative, the pid in
 // the upper bits (0: the caller), bit 2 for a thread's clock, the low two bits the kind

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY
 #include <xxhash.h>
@@ -10,9 +11,29 @@
 #include <dirent.h>
 #include <cstring>
 
+#include "engine/base/clock.h"
+#include "engine/base/proc.h"
 #include "engine/base/unique_fd.h"
 
 namespace kleap {
+
+std::string BootId() {
+  auto s = ReadFileToString("/proc/sys/kernel/random/boot_id");
+  return s ? std::string(Trim(*s)) : std::string();
+}
+
+img::Inventory NewInventory() {
+  img::Inventory inv;
+  inv.set_format_version(kImageFormatVersion);
+  utsname u;
+  uname(&u);
+  inv.set_kernel_release(u.release);
+  inv.set_arch(u.machine);
+  inv.set_tool_version(KLEAP_VERSION);
+  inv.set_created_unix_ns(uint64_t(NowNs()));
+  inv.set_boot_id(BootId());
+  return inv;
+}
 namespace {
 
 constexpr char kFrameMagic[8] = {'K', 'L', 'E', 'A', 'P', 'I', 'M', '1'};

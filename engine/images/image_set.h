@@ -20,6 +20,12 @@
 namespace kleap {
 
 inline constexpr uint32_t kImageFormatVersion = 1;
+
+// This boot's id (/proc/sys/kernel/random/boot_id), as inventories record it.
+std::string BootId();
+// An inventory for a set written now by this kleap on this kernel: format and tool
+// version, kernel release, machine, boot id, time. The writer adds the rest.
+img::Inventory NewInventory();
 inline constexpr char kInventoryName[] = "inventory.img";
 
 class BlobWriter {

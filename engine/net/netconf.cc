@@ -4,13 +4,13 @@
 
 #include <google/protobuf/text_format.h>
 #include <google/protobuf/util/json_util.h>
-#include <sys/utsname.h>
 #include <time.h>
 
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 
+#include "engine/base/clock.h"
 #include "engine/base/log.h"
 #include "engine/net/netconf_impl.h"
 
@@ -42,24 +42,11 @@ std::string RestoreCtx::Name(int image_ifindex) const {
 
 namespace {
 
-uint64_t NowNs() {
-  timespec now;
-  clock_gettime(CLOCK_REALTIME, &now);
-  return uint64_t(now.tv_sec) * 1000000000ull + uint64_t(now.tv_nsec);
-}
-
-std::string BootId() {
-  std::ifstream f("/proc/sys/kernel/random/boot_id");
-  std::string id;
-  std::getline(f, id);
-  return id;
-}
-
 Result<img::NetNs> ReadConfig(const std::string& label) {
   auto nl = KLEAP_TRY(Netlink::Open());
   img::NetNs ns;
   ns.set_label(label);
-  ns.set_dumped_unix_ns(NowNs());
+  ns.set_dumped_unix_ns(uint64_t(NowNs()));
   KLEAP_TRY(DumpLinks(*nl, DumpMode::kStrict, &ns));
   KLEAP_TRY(DumpAddresses(*nl, DumpMode::kStrict, &ns));
   KLEAP_TRY(DumpRoutes(*nl, DumpMode::kStrict, &ns));
@@ -115,16 +102,7 @@ Result<void> DumpNetns(const NetnsRef& ns, ImageWriter& images) {
   UniqueFd fd = KLEAP_TRY(OpenNetns(ns));
   img::NetNs conf = KLEAP_TRY_CTX(RunInNetns(fd, [&] { return ReadConfig(ns.label); }), ns.label);
   KLEAP_TRY(images.WriteMessage(kNetNsImage, conf));
-  img::Inventory inv;
-  inv.set_format_version(kImageFormatVersion);
-  utsname u;
-  uname(&u);
-  inv.set_kernel_release(u.release);
-  inv.set_arch(u.machine);
-  inv.set_tool_version(KLEAP_VERSION);
-  inv.set_created_unix_ns(NowNs());
-  inv.set_boot_id(BootId());
-  return images.Commit(inv);
+  return images.Commit(NewInventory());
 }
 
 Result<void> RestoreNetns(const NetnsRef& ns, ImageReader& images) {
