@@ -115,6 +115,16 @@ Result<void> RestoreNetns(const NetnsRef& ns, ImageReader& images) {
   return Ok();
 }
 
+Result<void> ValidateNetImage(ImageReader& images) {
+  for (auto& e : images.inventory().images())
+    if (e.name() != kNetNsImage)
+      return Err(EINVAL) << "image " << e.name() << ": not part of a network image set";
+  KLEAP_TRY(images.VerifyImage(kNetNsImage));
+  img::NetNs conf;
+  KLEAP_TRY(images.ReadMessage(kNetNsImage, &conf));
+  return Ok();
+}
+
 Result<std::string> ShowNetImage(ImageReader& images, bool json) {
   img::NetNs conf;
   KLEAP_TRY(images.ReadMessage(kNetNsImage, &conf));

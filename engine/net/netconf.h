@@ -22,6 +22,10 @@ Result<void> DumpNetns(const NetnsRef& ns, ImageWriter& images);
 // object named, and a failure half-way is undone.
 Result<void> RestoreNetns(const NetnsRef& ns, ImageReader& images);
 
+// Checks a network image set without applying it: every image listed, whole (its
+// checksum) and decodable, and nothing else in the set.
+Result<void> ValidateNetImage(ImageReader& images);
+
 // The image for people (text) or programs (JSON).
 Result<std::string> ShowNetImage(ImageReader& images, bool json);
 
