@@ -82,6 +82,7 @@ Result<CheckReport> CheckTree(pid_t root) {
     rep.threads += t.tids.size();
   }
   rep.problems = CheckTasks(tasks);
+  rep.notes = SocketNotes(tasks);
   return rep;
 }
 

@@ -27,6 +27,8 @@ struct CheckReport {
   std::vector<pid_t> pids;
   size_t threads = 0;
   std::vector<Problem> problems;
+  // What is left out on purpose and does not stop a dump, for the admin to know.
+  std::vector<std::string> notes;
 };
 
 // Walks the tree rooted at `root` through /proc only: no task is stopped or changed.

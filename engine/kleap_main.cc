@@ -113,7 +113,10 @@ int RunCheck(const Args& a) {
     os << "{\"root\":" << a.tree << ",\"tasks\":[";
     for (size_t i = 0; i < rep->pids.size(); ++i) os << (i ? "," : "") << rep->pids[i];
     os << "],\"threads\":" << rep->threads
-       << ",\"dumpable\":" << (rep->problems.empty() ? "true" : "false") << ",\"problems\":[";
+       << ",\"dumpable\":" << (rep->problems.empty() ? "true" : "false") << ",\"notes\":[";
+    for (size_t i = 0; i < rep->notes.size(); ++i)
+      os << (i ? "," : "") << JsonString(rep->notes[i]);
+    os << "],\"problems\":[";
     for (size_t i = 0; i < rep->problems.size(); ++i) {
       auto& p = rep->problems[i];
       os << (i ? "," : "") << "{\"pid\":" << p.pid << ",\"object\":" << JsonString(p.object)
@@ -123,6 +126,7 @@ int RunCheck(const Args& a) {
     std::fputs(os.str().c_str(), stdout);
   } else {
     for (auto& p : rep->problems) std::printf("%s\n", p.ToString().c_str());
+    for (auto& n : rep->notes) std::printf("note: %s\n", n.c_str());
     std::printf("%zu tasks, %zu threads: %s\n", rep->pids.size(), rep->threads,
                 rep->problems.empty()
                     ? "everything can be carried"

@@ -13,6 +13,9 @@
 // (FinishSockets), and only then does the lock go.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -22,6 +25,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <set>
 
 #include "engine/base/log.h"
 #include "engine/context.h"
@@ -392,6 +397,73 @@ std::string RefuseInetSock(const FdDesc& d) {
       return std::string("a connection the peer has closed (") + StateName(ti->tcpi_state) +
              ") is not carried yet";
   }
+}
+
+namespace {
+
+// TIME_WAIT connections of this namespace by local port (sock_diag: nothing is touched).
+std::map<uint16_t, int> TimeWaitPorts() {
+  std::map<uint16_t, int> out;
+  for (int family : {AF_INET, AF_INET6}) {
+    UniqueFd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+    if (!nl) return out;
+    struct {
+      nlmsghdr h;
+      inet_diag_req_v2 r;
+    } req{};
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = uint8_t(family);
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = 1u << kTimeWait;
+    if (send(nl.get(), &req, sizeof req, 0) != sizeof req) return out;
+    alignas(nlmsghdr) char buf[32768];
+    for (bool done = false; !done;) {
+      ssize_t n = recv(nl.get(), buf, sizeof buf, 0);
+      if (n <= 0) break;
+      int len = int(n);
+      for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+        if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) {
+          done = true;
+          break;
+        }
+        auto* m = static_cast<inet_diag_msg*>(NLMSG_DATA(h));
+        out[ntohs(m->id.idiag_sport)]++;
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> SocketNotes(const std::vector<TaskInfo>& tasks) {
+  std::set<uint16_t> ports;
+  for (auto& t : tasks) {
+    auto fds = ListFds(t.pid);
+    if (!fds) continue;
+    for (int fd : *fds) {
+      auto d = DescribeFd(t.pid, fd);
+      if (!d || d->type != FdType::kInetSocket) continue;
+      auto sock = GrabFd(t.pid, fd);
+      if (!sock) continue;
+      auto k = SocketKind(sock->get());
+      std::string addr;
+      uint32_t port = 0;
+      if (k && k->protocol == IPPROTO_TCP &&
+          ReadName(sock->get(), false, k->family, &addr, &port, nullptr) && port)
+        ports.insert(uint16_t(port));
+    }
+  }
+  std::vector<std::string> out;
+  if (ports.empty()) return out;
+  for (auto& [port, n] : TimeWaitPorts())
+    if (ports.count(port))
+      out.push_back(std::to_string(n) + " TCP connection" + (n == 1 ? "" : "s") +
+                    " in TIME_WAIT on port " + std::to_string(port) +
+                    ": they belong to the kernel, not to a task, and are not carried");
+  return out;
 }
 
 // ---- dump ----

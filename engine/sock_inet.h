@@ -60,6 +60,10 @@ class SockLock {
   bool on_ = false;
 };
 
+// What check says of the tree's sockets without refusing them: the connections in
+// TIME_WAIT on the tree's ports (sock_diag), which belong to the kernel and stay behind.
+std::vector<std::string> SocketNotes(const std::vector<TaskInfo>& tasks);
+
 // Restore: every TCP connection the open phase made in repair mode leaves it, then gets
 // the data it had not sent yet and, when the task had shut it down, its FIN. Runs once
 // every task is rebuilt, before the lock is removed.

@@ -2,16 +2,18 @@
 # net.sock.ipv4 / net.sock.ipv6: a server with clients connected from another network
 # namespace is dumped, killed and restored; every connection goes on with no error and
 # no byte lost either way, the data the clients sent while it was down included.
+# net.sock.conflict: a restore onto the namespace where another socket has taken the
+# server's address is refused, naming it, and leaves nothing behind (no task, no lock).
 # kleap runs inside the server's namespace (nsenter --net keeps the mount namespace;
 # check refuses tasks in another network namespace than kleap's).
-#   net-sock.sh ipv4|ipv6
+#   net-sock.sh ipv4|ipv6|conflict
 source "$(dirname "$0")/net-lib.sh"
 SERVER=${SERVER:?set SERVER to kleap_net_sock_server}
 CLIENT=${CLIENT:?set CLIENT to kleap_net_sock_client}
 command -v nsenter >/dev/null || skip "no nsenter(1)"
 mode=${1:?ipv4 or ipv6}
 case $mode in
-  ipv4) fam=4 saddr=10.77.0.1 ;;
+  ipv4 | conflict) fam=4 saddr=10.77.0.1 ;;
   ipv6) fam=6 saddr=fd77::1 ;;
   *) fail "unknown mode $mode" ;;
 esac
@@ -39,6 +41,7 @@ client_pid=
 stop_peers() {
   if [[ -n $client_pid ]]; then kill "$client_pid" 2>/dev/null || true; fi
   if [[ -n $server_pid ]]; then kill -KILL "$server_pid" 2>/dev/null || true; fi
+  if [[ -n ${squatter:-} ]]; then kill "$squatter" 2>/dev/null || true; fi
   cleanup
 }
 trap stop_peers EXIT
@@ -64,7 +67,17 @@ wait_file "$work/srv/ready" 20 || { cat "$work/server.log" "$work/client.log"; f
 server_pid=$(cat "$work/srv/pid")
 sleep 1
 
-in_srv "$KLEAP" check --tree "$server_pid" || fail "check found problems"
+# One connection the server closes first: TIME_WAIT on its port, which check names.
+ip netns exec "$cli" python3 -c "
+import socket, sys
+s = socket.create_connection(('$saddr', $port))
+s.sendall(b'x' * 256)
+while s.recv(4096): pass
+" || fail "the echo connection"
+in_srv "$KLEAP" check --tree "$server_pid" >"$work/check.out" || { cat "$work/check.out"; fail "check found problems"; }
+cat "$work/check.out"
+grep -q "note: 1 TCP connection in TIME_WAIT on port $port: they belong to the kernel" "$work/check.out" ||
+  fail "check does not name the TIME_WAIT connection"
 t_down=$(date +%s.%N)
 in_srv "$KLEAP" dump --tree "$server_pid" --images "$work/img" || fail "dump"
 "$KLEAP" inspect "$work/img" --json >"$work/img.json" || fail "inspect"
@@ -95,6 +108,35 @@ ip netns exec "$srv" nft list table inet kleap_lock >/dev/null 2>&1 ||
 for _ in $(seq 100); do [[ -e /proc/$server_pid ]] || break; sleep 0.05; done
 [[ -e /proc/$server_pid ]] && fail "pid $server_pid is still there"
 sleep 1  # the clients keep sending while the server is down
+if [[ $mode == conflict ]]; then
+  nsenter --net="/run/netns/$srv" python3 -c "
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('$saddr', $port))
+s.listen()
+open('$work/squatter', 'w').close()
+time.sleep(120)
+" &
+  squatter=$!
+  wait_file "$work/squatter" 10 || fail "the squatter did not start"
+  if in_srv "$KLEAP" restore --images "$work/img" --detach 2>"$work/err"; then
+    fail "the restore succeeded though $saddr:$port is taken"
+  fi
+  kill "$squatter"
+  wait "$squatter" 2>/dev/null || true
+  squatter=
+  cat "$work/err"
+  grep -q "bind $saddr:$port: the address is taken in this network namespace" "$work/err" ||
+    fail "the error does not name the address"
+  [[ -e /proc/$server_pid ]] && fail "a task is left behind: $server_pid"
+  if ip netns exec "$srv" nft list table inet kleap_lock >/dev/null 2>&1; then
+    fail "the network lock is still on after the failed restore"
+  fi
+  server_pid=
+  echo "PASS: a restore onto a taken address is refused and leaves nothing behind"
+  exit 0
+fi
 in_srv "$KLEAP" restore --images "$work/img" --detach >/dev/null || fail "restore"
 t_up=$(date +%s.%N)
 if ip netns exec "$srv" nft list table inet kleap_lock >/dev/null 2>&1; then

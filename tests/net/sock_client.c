@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
   }
   /* The listener, while the server still runs: a new connection is echoed. */
   int fd = dial(family, &ss, len);
-  uint8_t out[256], in[256];
+  uint8_t out[kEchoBytes], in[kEchoBytes];
   sock_fill(out, sizeof out, 0, 77);
   if (write(fd, out, sizeof out) != (ssize_t)sizeof out) fail("echo: write: %m");
   size_t got = 0;

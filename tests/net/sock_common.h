@@ -62,5 +62,7 @@ static inline double sock_now(void) {
  * finds bytes sent and not yet sent in it), and the client's does not, so it goes on
  * sending while the server is down. kTickMs: the longest wait of a turn. */
 enum { kChunk = 65536, kReadMax = 16384, kTickMs = 10 };
+/* What an echo connection carries before the server closes it. */
+enum { kEchoBytes = 256 };
 
 #endif

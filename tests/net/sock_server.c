@@ -6,7 +6,8 @@
  * pattern (sock_common.h) to each at a steady rate while checking every byte that
  * comes back. Connections accepted later are echoed (they test the restored
  * listener). It also holds a UDP socket bound to ADDR:UDPPORT and one connected to it.
- * Ready once every stream connection carried data both ways.
+ * Ready once every stream connection carried data both ways. An echoed connection is
+ * closed by the server after kEchoBytes, which leaves a TIME_WAIT connection on PORT.
  * On SIGUSR1: the UDP pair must still be bound, connected and pass a datagram; every
  * stream connection is shut down for writing and read to its end. result.server is
  * PASS when every byte read was the pattern, and STATEDIR/server.counts lists, per
@@ -76,6 +77,12 @@ static void serve(struct conn* c, int sending) {
     }
     if (c->echo) {
       if (send(c->fd, buf, (size_t)n, MSG_NOSIGNAL) != n) wl_check(&chk, 0, "echo: short write");
+      c->recvd += (uint64_t)n;
+      if (c->recvd >= kEchoBytes) { /* the server closes first: TIME_WAIT is on its side */
+        close(c->fd);
+        c->fd = -1;
+        return;
+      }
       continue;
     }
     long bad = sock_check(buf, (size_t)n, c->recvd, c->seed ^ kToServer);
