@@ -15,8 +15,9 @@ std::vector<Problem> CheckTaskState(pid_t pid) {
     out.push_back({pid, "task", "", st.error().ToString()});
     return out;
   }
-  if (st->GetInt("Seccomp").value_or(0) != 0)
-    out.push_back({pid, "task", "seccomp", "seccomp filters are not supported yet"});
+  if (st->GetInt("Seccomp").value_or(0) == 1)
+    out.push_back(
+        {pid, "task", "seccomp", "strict seccomp mode: the task can't be asked anything"});
   auto tids = ListThreads(pid);
   if (tids)
     for (pid_t tid : *tids) {

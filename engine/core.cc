@@ -14,6 +14,7 @@
 #include "engine/context.h"
 #include "engine/core.h"
 #include "engine/remote_mem.h"
+#include "engine/seccomp.h"
 #include "engine/signal.h"
 #include "engine/timers.h"
 
@@ -225,6 +226,7 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
                  [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TIMERSLACK); }),
         "thread " << tid << ": PR_GET_TIMERSLACK"));
     th->set_pdeath_signal(KLEAP_TRY(GetPrctlInt(rs, arch, tid, mem.at(), PR_GET_PDEATHSIG)));
+    if (SeccompMode(pid, tid) == 2) KLEAP_TRY(DumpSeccomp(tid, th));
   }
   RemoteSyscalls& leader = ctx.tree->Thread(pid);
   core->set_dumpable(uint32_t(KLEAP_TRY_CTX(

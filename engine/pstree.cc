@@ -11,6 +11,7 @@
 
 #include "engine/base/log.h"
 #include "engine/ptrace/tracee.h"
+#include "engine/seccomp.h"
 #include "engine/task.h"
 
 namespace kleap {
@@ -155,6 +156,8 @@ Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
       }
       seized.insert(tid);
       seized_order_.push_back(tid);
+      // Its filters must not judge what kleap injects; they act again once it is let go.
+      if (SeccompMode(pid, tid) == 2) KLEAP_TRY_CTX(SuspendSeccomp(tid, false), "task " << pid);
       KLEAP_TRY_CTX(AbortRseqCriticalSection(tid), "task " << pid);
       auto rs = RemoteSyscalls::Create(tid);
       if (!rs) return std::move(rs).error().Context("task " + std::to_string(pid));

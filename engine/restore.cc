@@ -35,6 +35,7 @@
 #include "engine/context.h"
 #include "engine/core.h"
 #include "engine/mm.h"
+#include "engine/seccomp.h"
 #include "engine/signal.h"
 #include "engine/timers.h"
 
@@ -99,6 +100,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     if (core.arch() > uint32_t(ArchKind::kX86))
       return Err(EINVAL) << CoreImage(t.pid()) << ": unknown arch " << core.arch();
     KLEAP_TRY(ValidateTimers(t.pid(), core.timers()));
+    for (auto& th : core.threads()) KLEAP_TRY(ValidateSeccomp(t.pid(), th));
     for (auto& th : core.threads())
       if (th.pdeath_signal() < 0 || th.pdeath_signal() > 64)
         return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << th.tid() << ": bad death signal "
@@ -621,6 +623,13 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
                   "task " << pid << ": set child subreaper");
   KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, uint64_t(t.keep_from), ~0u, 0),
                 "task " << pid << ": close the restorer's fds");
+  // Filters go in while the threads are still privileged (seccomp(2) needs
+  // CAP_SYS_ADMIN or no_new_privs), suspended for the rest of the restore.
+  for (auto& th : t.core->threads()) {
+    if (th.seccomp_size() == 0) continue;
+    KLEAP_TRY_CTX(SuspendSeccomp(th.tid(), /*exit_kill=*/true), "task " << pid);
+    KLEAP_TRY(RestoreSeccomp(*threads_.at(th.tid()), pid, th));
+  }
   for (auto& th : t.core->threads())
     KLEAP_TRY(RestoreCreds(*threads_.at(th.tid()), th.tid(), data, t.core->creds()));
   // Credentials changes reset dumpable; the task's own comes back after them. (2, the
