@@ -5,6 +5,7 @@
 #include <google/protobuf/util/json_util.h>
 #include <nftables/libnftables.h>
 
+#include <algorithm>
 #include <set>
 
 #include "engine/net/netconf_impl.h"
@@ -89,11 +90,40 @@ Result<std::string> NftCommand(const std::string& cmd, const std::string& what) 
   return nft.Run(cmd, what);
 }
 
+// The listing without kleap's own network lock (netlock.h), which a dump taken while
+// it is on must not carry: the restore puts its own on.
+Result<std::string> WithoutLockTable(const std::string& json) {
+  google::protobuf::Struct root;
+  if (!google::protobuf::util::JsonStringToMessage(json, &root).ok())
+    return Err(EINVAL) << "nftables ruleset: not JSON";
+  auto& list = *(*root.mutable_fields())["nftables"].mutable_list_value()->mutable_values();
+  auto is_lock = [](const google::protobuf::Value& v) {
+    if (!v.has_struct_value() || v.struct_value().fields_size() != 1) return false;
+    auto& [kind, body] = *v.struct_value().fields().begin();
+    if (!body.has_struct_value()) return false;
+    auto& f = body.struct_value().fields();
+    auto fam = f.find("family");
+    auto name = f.find(kind == "table" ? "name" : "table");
+    return fam != f.end() && name != f.end() && fam->second.string_value() == "inet" &&
+           name->second.string_value() == "kleap_lock";
+  };
+  list.erase(std::remove_if(list.begin(), list.end(), is_lock), list.end());
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(root, &out).ok())
+    return Err(EINVAL) << "nftables ruleset: can't write it back";
+  return out;
+}
+
 Result<std::string> DumpNftRuleset() {
   Nft nft;
   std::string json = KLEAP_TRY(nft.Run("list ruleset", "nft list ruleset"));
+  auto tables = KLEAP_TRY(Tables(json, false));
+  if (tables.count("inet kleap_lock")) {
+    json = KLEAP_TRY(WithoutLockTable(json));
+    tables.erase("inet kleap_lock");
+  }
   // An empty ruleset lists only its metainfo.
-  return KLEAP_TRY(Tables(json, false)).empty() ? std::string() : json;
+  return tables.empty() ? std::string() : json;
 }
 
 Result<void> CheckNft(RestoreCtx& ctx) {
