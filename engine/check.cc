@@ -5,6 +5,7 @@
 
 #include "engine/context.h"
 #include "engine/timers.h"
+#include "engine/tty.h"
 
 namespace kleap {
 
@@ -68,6 +69,8 @@ std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
 
 std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
   std::vector<Problem> out = CheckTreeShape(tasks);
+  auto ttys = CheckCttys(tasks);
+  out.insert(out.end(), ttys.begin(), ttys.end());
   for (auto& t : tasks)
     if (!t.zombie)
       for (auto&& part : {CheckTaskState(t.pid), CheckFds(t.pid), CheckMappings(t.pid)})

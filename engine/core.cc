@@ -17,6 +17,7 @@
 #include "engine/seccomp.h"
 #include "engine/signal.h"
 #include "engine/timers.h"
+#include "engine/tty.h"
 
 namespace kleap {
 namespace {
@@ -241,6 +242,7 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
         KLEAP_TRY(GetPrctlInt(leader, task.arch, pid, mem.at(), PR_GET_CHILD_SUBREAPER)) != 0);
   }
   KLEAP_TRY(DumpTimers(ctx, task, core->mutable_timers()));
+  KLEAP_TRY(DumpCtty(task, core));
   return Ok();
 }
 

@@ -19,6 +19,7 @@
 
 #include "engine/base/log.h"
 #include "engine/files.h"
+#include "engine/tty.h"
 
 namespace kleap {
 
@@ -134,6 +135,7 @@ constexpr FdKind kFdKinds[] = {
      ValidateInetSock, OpenInetSock},
     {FdType::kInotify, img::FileObject::kInotify, RefuseInotify, DumpInotify, ValidateInotify,
      OpenInotify},
+    {FdType::kTty, img::FileObject::kTty, nullptr, DumpTty, ValidateTty, OpenTty},
 };
 
 const FdKind* KindOf(FdType t) {
@@ -189,12 +191,12 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
   } else if (S_ISCHR(d.st.st_mode)) {
     if (CarriedCharDevice(d.st.st_rdev)) {
       d.type = FdType::kCharDevice;
+    } else if (IsTerminal(d.st.st_rdev)) {
+      d.reason = ClassifyTty(&d);
     } else {
       d.what = d.link + " (char " + std::to_string(major(d.st.st_rdev)) + ":" +
                std::to_string(minor(d.st.st_rdev)) + ")";
-      d.reason = major(d.st.st_rdev) == 136 || major(d.st.st_rdev) == 5 || major(d.st.st_rdev) == 4
-                     ? "terminals are not supported yet"
-                     : "this character device is not supported";
+      d.reason = "this character device is not supported";
     }
   } else {
     d.reason = "this kind of file is not supported";
@@ -444,6 +446,7 @@ Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenF
     out->by_id[fo.id()] = KLEAP_TRY(k->open(fo, images, *out));
   }
   KLEAP_TRY(RegisterEpollTargets(plan.files, *out));
+  KLEAP_TRY(FinishPtys(plan.files, *out));
   return Ok();
 }
 

@@ -38,6 +38,7 @@
 #include "engine/seccomp.h"
 #include "engine/signal.h"
 #include "engine/timers.h"
+#include "engine/tty.h"
 
 extern "C" void kleap_park(void);
 extern "C" char kleap_park_gadget[];
@@ -100,6 +101,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     if (core.arch() > uint32_t(ArchKind::kX86))
       return Err(EINVAL) << CoreImage(t.pid()) << ": unknown arch " << core.arch();
     KLEAP_TRY(ValidateTimers(t.pid(), core.timers()));
+    KLEAP_TRY(ValidateCtty(t.pid(), core));
     for (auto& th : core.threads()) KLEAP_TRY(ValidateSeccomp(t.pid(), th));
     for (auto& th : core.threads())
       if (th.pdeath_signal() < 0 || th.pdeath_signal() > 64)
@@ -409,6 +411,13 @@ struct Forker {
     slot.pid = getpid();
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (t.ps->sid() == t.ps->pid() && setsid() < 0) Fail(i, ErrnoError() << "setsid");
+    // Before the children exist: they get the controlling terminal from the leader.
+    UniqueFd ctty;
+    if (t.ps->sid() == t.ps->pid() && !t.ps->zombie() && t.core->has_ctty()) {
+      auto r = TakeCtty(t.core->ctty());
+      if (!r) Fail(i, r.error());
+      ctty = std::move(*r);
+    }
     if (t.ps->pgid() == t.ps->pid() && t.ps->sid() != t.ps->pid() && setpgid(0, 0) < 0)
       Fail(i, ErrnoError() << "setpgid");
     for (size_t c : t.children) {
@@ -427,6 +436,10 @@ struct Forker {
     }
     if (getpgid(0) != t.ps->pgid() && setpgid(0, t.ps->pgid()) < 0)
       Fail(i, ErrnoError() << "join process group " << t.ps->pgid());
+    if (ctty) {
+      if (auto r = SetForeground(ctty.get(), t.core->ctty().foreground()); !r) Fail(i, r.error());
+      ctty.reset();
+    }
     if (t.ps->zombie()) BecomeZombie(i);
     if (auto r = SpawnThreads(t); !r) Fail(i, r.error());
     if (auto r = InstallFds(*t.fds, files, t.keep_from); !r) Fail(i, r.error());

@@ -205,6 +205,7 @@ Result<ProcStat> ParseStat(std::string_view text) {
   st.state = field(3)[0];
   ok = ok && ParseNum(field(4), &st.ppid) && ParseNum(field(5), &st.pgrp) &&
        ParseNum(field(6), &st.session) && ParseNum(field(7), &st.tty_nr) &&
+       ParseNum(field(8), &st.tpgid) &&
        ParseNum(field(9), &st.flags) && ParseNum(field(20), &st.num_threads) &&
        ParseNum(field(22), &st.start_time) && ParseNum(field(26), &st.start_code) &&
        ParseNum(field(27), &st.end_code) && ParseNum(field(28), &st.start_stack) &&

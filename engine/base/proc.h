@@ -48,6 +48,7 @@ struct ProcStat {
   char state = '?';
   pid_t ppid = 0, pgrp = 0, session = 0;
   int tty_nr = 0;
+  pid_t tpgid = 0;  // the foreground group of the controlling terminal, or -1
   uint64_t flags = 0;
   uint64_t num_threads = 0;
   uint64_t start_time = 0;
