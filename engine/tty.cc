@@ -16,10 +16,13 @@
 #include <asm/termbits.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <map>
@@ -40,11 +43,67 @@ constexpr uint64_t kPairKey = 1ull << 63;
 bool IsPtmx(dev_t r) {
   return major(r) == 5 && minor(r) == 2;
 }
+bool IsDevTty(dev_t r) {
+  return major(r) == 5 && minor(r) == 0;
+}
 bool IsPtySlave(dev_t r) {
   return major(r) == kPtySlaveMajor;
 }
 std::string SlavePath(unsigned index) {
   return "/dev/pts/" + std::to_string(index);
+}
+
+// new_encode_dev(), as /proc/PID/stat's tty_nr and TIOCGDEV give it.
+dev_t DecodeDev(unsigned u) {
+  return makedev((u >> 8) & 0xfff, (u & 0xff) | ((u >> 12) & 0xfff00));
+}
+
+// The terminal behind an fd of /dev/tty (TIOCGDEV), when it is a pty of /dev/pts.
+Result<dev_t> DevTtySlave(pid_t pid, int fd) {
+  UniqueFd copy = KLEAP_TRY(GrabFd(pid, fd));
+  unsigned dev = 0;
+  if (ioctl(copy.get(), TIOCGDEV, &dev) < 0) return ErrnoError() << "TIOCGDEV";
+  dev_t r = DecodeDev(dev);
+  struct stat st;
+  if (major(r) != kPtySlaveMajor || stat(SlavePath(minor(r)).c_str(), &st) < 0 || st.st_rdev != r)
+    return Err(ENOTSUP) << "/dev/tty stands for char " << major(r) << ":" << minor(r)
+                        << ", which is not a pty of /dev/pts";
+  return r;
+}
+
+// Opens /dev/tty for a controlling terminal that is the slave `rdev`: a helper that
+// shares the controller's fd table takes the slave as its controlling terminal in a
+// session of its own and opens /dev/tty onto a number reserved for it. Its session
+// ends with it, which frees the terminal for the restored session leader.
+Result<UniqueFd> OpenDevTty(dev_t rdev, int flags) {
+  UniqueFd slot(open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!slot) return ErrnoError() << "open /dev/null";
+  std::string slave = SlavePath(minor(rdev));
+  long pid = syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, nullptr, nullptr, 0);
+  if (pid < 0) return ErrnoError() << "clone a helper for /dev/tty";
+  if (pid == 0) {
+    int err = 0;
+    int s = setsid() < 0 ? -1 : open(slave.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (s < 0 || ioctl(s, TIOCSCTTY, 0) < 0) err = errno;
+    int d = err ? -1 : open("/dev/tty", flags | O_NOCTTY | O_CLOEXEC);
+    if (!err && (d < 0 || dup3(d, slot.get(), O_CLOEXEC) < 0)) err = errno;
+    if (d >= 0) close(d);
+    if (s >= 0) close(s);
+    _exit(err);
+  }
+  int st = 0;
+  while (waitpid(pid_t(pid), &st, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+    errno = WIFEXITED(st) ? WEXITSTATUS(st) : EIO;
+    return ErrnoError() << "open /dev/tty with " << slave << " as the controlling terminal";
+  }
+  unsigned dev = 0;
+  struct stat ds;
+  if (fstat(slot.get(), &ds) < 0 || !IsDevTty(ds.st_rdev) ||
+      ioctl(slot.get(), TIOCGDEV, &dev) < 0 || DecodeDev(dev) != rdev)
+    return Err(EIO) << "/dev/tty did not open as " << slave;
+  return slot;
 }
 
 // A restoring guard: runs f at scope exit.
@@ -312,8 +371,13 @@ std::string ClassifyTty(FdDesc* d) {
     d->what = d->link;
     return "";
   }
-  if (major(r) == 5 && minor(r) == 0)
-    return "/dev/tty (the controlling terminal by its alias) is not carried yet";
+  if (IsDevTty(r)) {
+    auto slave = DevTtySlave(d->pid, d->fd);
+    if (!slave) return slave.error().ToString();
+    d->type = FdType::kTty;
+    d->what = d->link + " (" + SlavePath(minor(*slave)) + ")";
+    return "";
+  }
   if (major(r) == 5 && minor(r) == 1) return "the system console can't be carried";
   if (major(r) == 4 && minor(r) < 64) return "a virtual console can't be carried";
   if (major(r) == 4 || major(r) == 188 || major(r) == 204) return "a serial line can't be carried";
@@ -330,9 +394,17 @@ Result<void> DumpTty(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
     t->mutable_pair()->set_ptmx_path(d.link);
     return DumpPair(m.get(), t, t->mutable_pair());
   }
+  dev_t rdev = d.st.st_rdev;
   t->set_dev(d.st.st_dev);
-  t->set_rdev(d.st.st_rdev);
-  FoundMaster m = KLEAP_TRY(FindMaster(ctx, minor(d.st.st_rdev)));
+  if (IsDevTty(rdev)) {
+    rdev = KLEAP_TRY(DevTtySlave(d.pid, d.fd));
+    struct stat st;
+    if (stat(SlavePath(minor(rdev)).c_str(), &st) < 0) return ErrnoError() << "stat the pty";
+    t->set_dev(st.st_dev);
+    t->set_dev_tty(true);
+  }
+  t->set_rdev(rdev);
+  FoundMaster m = KLEAP_TRY(FindMaster(ctx, minor(rdev)));
   if (!m.fd) return Ok();  // the master is outside: the slave is reopened by path
   t->mutable_pair()->set_ptmx_path(m.path);
   return DumpPair(m.fd.get(), t, t->mutable_pair());
@@ -348,7 +420,9 @@ Result<void> ValidateTty(const img::FileObject& fo) {
   if (!IsPtySlave(dev_t(t.rdev())) || minor(dev_t(t.rdev())) >= kPtyMaxIndex)
     return bad("not a pty slave device");
   unsigned index = minor(dev_t(t.rdev()));
-  if (!t.master() && t.path() != SlavePath(index)) return bad("bad slave path");
+  if (t.dev_tty() ? t.master() || t.path() != "/dev/tty"
+                  : !t.master() && t.path() != SlavePath(index))
+    return bad("bad slave path");
   if (!t.has_pair()) return t.master() ? bad("a master without its pair") : Ok();
   const img::PtyPair& p = t.pair();
   if (p.index() != index) return bad("the pair's index is not the device's");
@@ -365,6 +439,7 @@ Result<void> ValidateTty(const img::FileObject& fo) {
 Result<UniqueFd> OpenTty(const img::FileObject& fo, ImageReader&, OpenFiles& files) {
   const img::Tty& t = fo.tty();
   int flags = int(t.flags() & (O_ACCMODE | O_NONBLOCK | O_APPEND));
+  if (!t.has_pair() && t.dev_tty()) return OpenDevTty(dev_t(t.rdev()), flags);
   if (!t.has_pair()) {
     UniqueFd fd(open(t.path().c_str(), flags | O_NOCTTY | O_CLOEXEC));
     if (!fd) return ErrnoError() << "open " << t.path();
@@ -376,6 +451,7 @@ Result<UniqueFd> OpenTty(const img::FileObject& fo, ImageReader&, OpenFiles& fil
     return fd;
   }
   int m = KLEAP_TRY(PairMaster(t, files));
+  if (t.dev_tty()) return OpenDevTty(dev_t(t.rdev()), flags);
   if (t.master()) {
     UniqueFd fd(fcntl(m, F_DUPFD_CLOEXEC, 0));
     if (!fd || fcntl(fd.get(), F_SETFL, flags & (O_NONBLOCK | O_APPEND)) < 0)
@@ -402,15 +478,6 @@ Result<void> FinishPtys(const img::FileTable& files, OpenFiles& open) {
 
 // ---- controlling terminals ----
 
-namespace {
-
-dev_t DecodeTtyNr(int tty_nr) {
-  unsigned u = unsigned(tty_nr);
-  return makedev((u >> 8) & 0xfff, (u & 0xff) | ((u >> 12) & 0xfff00));
-}
-
-}  // namespace
-
 std::vector<Problem> CheckCttys(const std::vector<TaskInfo>& tasks) {
   std::vector<Problem> out;
   std::map<pid_t, ProcStat> stats;
@@ -422,7 +489,7 @@ std::vector<Problem> CheckCttys(const std::vector<TaskInfo>& tasks) {
   }
   for (auto& [pid, st] : stats) {
     if (st.tty_nr == 0) continue;
-    dev_t r = DecodeTtyNr(st.tty_nr);
+    dev_t r = DecodeDev(unsigned(st.tty_nr));
     std::string what = "controlling terminal (" + DeviceName(r) + ")";
     auto leader = stats.find(st.session);
     if (leader != stats.end() && leader->second.tty_nr != st.tty_nr) {
@@ -447,7 +514,7 @@ std::vector<Problem> CheckCttys(const std::vector<TaskInfo>& tasks) {
 Result<void> DumpCtty(const TaskInfo& task, img::TaskCore* core) {
   ProcStat st = KLEAP_TRY_CTX(ReadStat(task.pid), "task " << task.pid);
   if (st.tty_nr == 0) return Ok();
-  dev_t r = DecodeTtyNr(st.tty_nr);
+  dev_t r = DecodeDev(unsigned(st.tty_nr));
   if (!IsPtySlave(r))
     return Err(ENOTSUP) << "task " << task.pid << ": its controlling terminal (" << DeviceName(r)
                         << ") is not a pty";

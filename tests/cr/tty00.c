@@ -1,6 +1,7 @@
 /* tty00: a pty pair with its state, and a session with it as controlling terminal.
  *   main:   opens /dev/ptmx (index N), sets the window size, packet mode; holds the master;
  *   leader: setsid(), opens /dev/pts/N and makes it its controlling terminal (TIOCSCTTY),
+ *           opens /dev/tty,
  *           sets termios (canonical, no echo, own special characters, ONLCR) and
  *           TIOCEXCL, writes "output data\n" (the master gets "output data\r\n");
  *   fg:     its own process group, made the foreground group (TIOCSPGRP).
@@ -8,7 +9,8 @@
  *   partial one wait in the slave's input.
  * After the restore: main reads one packet (TIOCPKT_DATA, then exactly "output data\r\n"),
  * checks TIOCGPTN, the window size, packet mode and the lock; leader checks tty_nr in
- * /proc/self/stat, TIOCGSID, the foreground group, termios and TIOCGEXCL; fg (in the
+ * /proc/self/stat, TIOCGSID, the foreground group, termios and TIOCGEXCL, and that its
+ * /dev/tty fd is /dev/tty standing for the slave (TIOCGDEV); fg (in the
  * foreground, so it may read) reads "line one\n", "line two\n", then nothing, then
  * writes "ial\n" through the master and reads "partial\n". */
 #define _GNU_SOURCE
@@ -26,7 +28,7 @@
 
 #include "workload.h"
 
-static int master = -1, slave = -1;
+static int master = -1, slave = -1, devtty = -1;
 static unsigned index_n;
 static char slave_path[64];
 static struct termios want_tio;
@@ -90,6 +92,8 @@ static int leader_main(void) {
   slave = open(slave_path, O_RDWR | O_NOCTTY);
   if (slave < 0) wl_die("leader", "open %s: %s", slave_path, strerror(errno));
   if (ioctl(slave, TIOCSCTTY, 0) < 0) wl_die("leader", "TIOCSCTTY: %s", strerror(errno));
+  devtty = open("/dev/tty", O_RDWR);
+  if (devtty < 0) wl_die("leader", "open /dev/tty: %s", strerror(errno));
   struct termios t;
   tcgetattr(slave, &t);
   t.c_iflag = ICRNL | IXON | IXANY | IUTF8;
@@ -144,6 +148,14 @@ static int leader_main(void) {
   wl_check(&c, memcmp(now.c_cc, want_tio.c_cc, sizeof now.c_cc) == 0,
            "leader: special characters differ");
   wl_check(&c, cfgetospeed(&now) == B9600, "leader: speed %d", (int)cfgetospeed(&now));
+  struct stat ds;
+  unsigned dev = 0;
+  wl_check(&c,
+           fstat(devtty, &ds) == 0 && ds.st_rdev == makedev(5, 0) &&
+               ioctl(devtty, TIOCGDEV, &dev) == 0 && (int)dev == encode_dev(st.st_rdev),
+           "leader: /dev/tty is not open as the controlling terminal (dev %x)", dev);
+  wl_check(&c, tcgetpgrp(devtty) == fg_pid, "leader: /dev/tty: foreground group %d",
+           tcgetpgrp(devtty));
   int excl = 0;
   wl_check(&c, ioctl(slave, TIOCGEXCL, &excl) == 0 && excl == 1, "leader: TIOCGEXCL %d", excl);
   if (wl_reap_children(5000, why, sizeof why) != 0) wl_check(&c, 0, "leader: %s", why);
