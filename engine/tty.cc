@@ -360,11 +360,14 @@ bool IsTerminal(dev_t r) {
 
 std::string ClassifyTty(FdDesc* d) {
   dev_t r = d->st.st_rdev;
+  d->what = d->link + " (" + DeviceName(r) + ")";
   if (IsPtmx(r)) {
+    if (d->link != "/dev/ptmx" && d->link != "/dev/pts/ptmx")
+      return "a pty of another devpts instance than /dev/pts";
     d->type = FdType::kTty;
+    d->what = d->link;
     return "";
   }
-  d->what = d->link + " (" + DeviceName(r) + ")";
   if (IsPtySlave(r)) {
     if (d->link != SlavePath(minor(r))) return "a pty of another devpts instance than /dev/pts";
     d->type = FdType::kTty;
