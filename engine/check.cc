@@ -4,6 +4,7 @@
 #include <set>
 
 #include "engine/context.h"
+#include "engine/sock_unix.h"
 #include "engine/timers.h"
 #include "engine/tty.h"
 
@@ -69,6 +70,7 @@ std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
 
 std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
   std::vector<Problem> out = CheckTreeShape(tasks);
+  for (auto&& p : CheckUnixPeers(tasks)) out.push_back(std::move(p));
   auto ttys = CheckCttys(tasks);
   out.insert(out.end(), ttys.begin(), ttys.end());
   for (auto& t : tasks)

@@ -19,6 +19,7 @@
 
 #include "engine/base/log.h"
 #include "engine/files.h"
+#include "engine/sock_unix.h"
 #include "engine/tty.h"
 
 namespace kleap {
@@ -135,6 +136,8 @@ constexpr FdKind kFdKinds[] = {
      ValidateInetSock, OpenInetSock},
     {FdType::kInotify, img::FileObject::kInotify, RefuseInotify, DumpInotify, ValidateInotify,
      OpenInotify},
+    {FdType::kUnixSocket, img::FileObject::kUnixSock, RefuseUnixSock, DumpUnixSock,
+     ValidateUnixSock, OpenUnixSock},
     {FdType::kTty, img::FileObject::kTty, nullptr, DumpTty, ValidateTty, OpenTty},
 };
 
@@ -161,7 +164,10 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
   if (stat(path.c_str(), &d.st) < 0) return ErrnoError() << "stat " << path;
   d.info = KLEAP_TRY(ReadFdInfo(pid, fd));
   d.what = d.link;
-  if (d.link.rfind("socket:", 0) == 0) {
+  if (d.link.rfind("socket:", 0) == 0 && IsUnixSocket(pid, fd)) {
+    d.what = SocketWhat(pid, fd, d.link);
+    d.type = FdType::kUnixSocket;
+  } else if (d.link.rfind("socket:", 0) == 0) {
     d.what = SocketWhat(pid, fd, d.link);
     d.reason = ClassifySocket(&d);
   } else if (d.link.rfind("anon_inode:", 0) == 0) {
@@ -440,6 +446,7 @@ Result<void> ValidateFileObjects(const img::FileTable& files) {
 
 Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out) {
   KLEAP_TRY(OpenPipes(plan, out));
+  KLEAP_TRY(OpenUnixSockets(plan.files, out));
   for (auto& fo : plan.files.files()) {
     const FdKind* k = KindOf(fo.kind_case());
     if (!k) return Err(EINVAL) << "files.img: file " << fo.id() << " has no known kind";

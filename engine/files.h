@@ -24,6 +24,7 @@ enum class FdType {
   kSignalfd,
   kEpoll,
   kInotify,
+  kUnixSocket,
   kTty,
   kInetSocket,
   kUnsupported,

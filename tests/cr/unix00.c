@@ -1,0 +1,395 @@
+/* unix00: unix sockets of every type with data queued, names, backlogs and options.
+ *   sp: a stream socketpair, one end in the root, the other in the child; 3000 bytes
+ *       queued towards the child and 1500 towards the root, nobody reads before the dump;
+ *   dp: a datagram socketpair in the root, messages of 10, 0 and 700 bytes one way and
+ *       of 5 and 2000 the other; dp[1] has SO_PEEK_OFF 0;
+ *   qp: a seqpacket socketpair, messages of 64 and 1 bytes one way and 300 the other;
+ *       qp[0] has SO_PASSCRED, SO_RCVTIMEO 1.5 s, SO_SNDTIMEO 2.25 s and SO_SNDBUF
+ *       64 KiB, qp[1] is O_NONBLOCK; the child holds qp[0] too (one open file, two tasks);
+ *   ls: a stream listener on STATEDIR/listen.sock (mode 0640), backlog 8; one connection
+ *       accepted (client bound to an abstract name, 400 bytes queued each way) and two
+ *       more waiting in the backlog, from clients bound to abstract names;
+ *   ad: a datagram socket on an abstract name, unconnected, holding a message from an
+ *       unnamed sender (closed since) and one from a named datagram socket
+ *       (STATEDIR/dsender.sock) that is still open;
+ *   sh: a stream pair, sh[0] shut down for writing after 100 bytes;
+ *   pc: a stream pair whose other end was closed after sending 50 bytes.
+ * After the restore: types, names, peer names, options, FIONREAD, every queued byte and
+ * message boundary, the backlog accepted in its order, the shutdown states, and data
+ * flowing both ways on every connection. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/kcmp.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+#define SP_TO_CHILD 3000
+#define SP_TO_ROOT 1500
+#define ACC_LEN 400
+
+static int sp[2], dp[2], qp[2], ls = -1, acc = -1, c1 = -1, c2 = -1, c3 = -1, ad = -1, ds = -1,
+                                sh[2], pc[2];
+static char ls_path[200], ds_path[200];
+static char c1_name[64], c2_name[64], c3_name[64], ad_name[64];
+static unsigned char buf[1 << 16];
+
+static socklen_t set_addr(struct sockaddr_un* a, const char* name, int abstract) {
+  memset(a, 0, sizeof *a);
+  a->sun_family = AF_UNIX;
+  if (abstract) {
+    a->sun_path[0] = '\0';
+    memcpy(a->sun_path + 1, name, strlen(name));
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name));
+  }
+  snprintf(a->sun_path, sizeof a->sun_path, "%s", name);
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name) + 1);
+}
+
+static int make(int type, const char* name, int abstract) {
+  int fd = socket(AF_UNIX, type, 0);
+  if (fd < 0) wl_die("root", "socket: %s", strerror(errno));
+  if (name) {
+    struct sockaddr_un a;
+    socklen_t l = set_addr(&a, name, abstract);
+    if (bind(fd, (struct sockaddr*)&a, l) != 0)
+      wl_die("root", "bind %s: %s", name, strerror(errno));
+  }
+  return fd;
+}
+
+static void do_connect(int fd, const char* name, int abstract) {
+  struct sockaddr_un a;
+  socklen_t l = set_addr(&a, name, abstract);
+  if (connect(fd, (struct sockaddr*)&a, l) != 0)
+    wl_die("root", "connect %s: %s", name, strerror(errno));
+}
+
+static void send_pattern(int fd, size_t len, uint32_t seed, const char* what) {
+  wl_pattern(buf, len, seed);
+  if (send(fd, buf, len, MSG_NOSIGNAL) != (ssize_t)len)
+    wl_die("root", "send %s: %s", what, strerror(errno));
+}
+
+static int fionread(int fd) {
+  int n = -1;
+  if (ioctl(fd, FIONREAD, &n) != 0) return -1;
+  return n;
+}
+
+/* Reads exactly len stream bytes (waiting up to 3 s). */
+static size_t read_full(int fd, void* p, size_t len) {
+  size_t got = 0;
+  for (int spins = 0; got < len && spins < 300;) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    if (poll(&pfd, 1, 10) <= 0) {
+      spins++;
+      continue;
+    }
+    ssize_t r = recv(fd, (char*)p + got, len - got, MSG_DONTWAIT);
+    if (r > 0)
+      got += (size_t)r;
+    else if (r == 0 || (errno != EAGAIN && errno != EINTR))
+      break;
+  }
+  return got;
+}
+
+static void check_stream(struct wl_check* c, const char* what, int fd, size_t len, uint32_t seed) {
+  int n = fionread(fd);
+  for (int t = 0; t < 300 && n >= 0 && n < (int)len; t++, n = fionread(fd)) wl_sleep_ms(10);
+  /* The peer may have sent more meanwhile: check_empty() proves nothing else was queued. */
+  wl_check(c, n >= (int)len, "%s: FIONREAD %d, want %zu", what, n, len);
+  size_t got = read_full(fd, buf, len);
+  if (!wl_check(c, got == len, "%s: read %zu of %zu queued bytes", what, got, len)) return;
+  long d = wl_pattern_diff(buf, len, seed);
+  wl_check(c, d < 0, "%s: queued bytes differ at byte %ld", what, d);
+}
+
+/* One message of exactly len bytes, with the pattern of seed. */
+static void check_msg(struct wl_check* c, const char* what, int fd, size_t len, uint32_t seed) {
+  struct pollfd pfd = {fd, POLLIN, 0};
+  poll(&pfd, 1, 3000);
+  ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC);
+  if (!wl_check(c, r == (ssize_t)len, "%s: a message of %zd bytes, want %zu (%s)", what, r, len,
+                r < 0 ? strerror(errno) : "boundary lost"))
+    return;
+  long d = wl_pattern_diff(buf, len, seed);
+  wl_check(c, d < 0, "%s: message differs at byte %ld", what, d);
+}
+
+static void check_empty(struct wl_check* c, const char* what, int fd) {
+  ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+  wl_check(c, r < 0 && errno == EAGAIN, "%s: more queued than was dumped (%zd)", what, r);
+}
+
+static void check_flow(struct wl_check* c, const char* what, int a, int b, int msgs) {
+  for (int dir = 0; dir < 2; dir++) {
+    int from = dir ? b : a, to = dir ? a : b;
+    wl_pattern(buf, 333, 90 + (uint32_t)dir);
+    if (!wl_check(c, send(from, buf, 333, MSG_NOSIGNAL) == 333, "%s: send after the restore: %s",
+                  what, strerror(errno)))
+      return;
+    if (msgs)
+      check_msg(c, what, to, 333, 90 + (uint32_t)dir);
+    else
+      check_stream(c, what, to, 333, 90 + (uint32_t)dir);
+  }
+}
+
+static int sockopt(int fd, int name) {
+  int v = -1;
+  socklen_t l = sizeof v;
+  getsockopt(fd, SOL_SOCKET, name, &v, &l);
+  return v;
+}
+
+static long long timeo_us(int fd, int name) {
+  struct timeval tv = {0, 0};
+  socklen_t l = sizeof tv;
+  getsockopt(fd, SOL_SOCKET, name, &tv, &l);
+  return (long long)tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+/* The name of a socket (peer: of its peer) as "path" or "@abstract". */
+static void name_of(int fd, int peer, char* out, size_t n) {
+  struct sockaddr_un a;
+  socklen_t l = sizeof a;
+  memset(&a, 0, sizeof a);
+  int r =
+      peer ? getpeername(fd, (struct sockaddr*)&a, &l) : getsockname(fd, (struct sockaddr*)&a, &l);
+  size_t plen =
+      l > offsetof(struct sockaddr_un, sun_path) ? l - offsetof(struct sockaddr_un, sun_path) : 0;
+  if (r != 0)
+    snprintf(out, n, "(error %s)", strerror(errno));
+  else if (plen == 0)
+    snprintf(out, n, "(unnamed)");
+  else if (a.sun_path[0] == '\0')
+    snprintf(out, n, "@%.*s", (int)plen - 1, a.sun_path + 1);
+  else
+    snprintf(out, n, "%s", a.sun_path);
+}
+
+static void check_name(struct wl_check* c, const char* what, int fd, int peer, const char* want) {
+  char got[256];
+  name_of(fd, peer, got, sizeof got);
+  wl_check(c, strcmp(got, want) == 0, "%s: %s is '%s', want '%s'", what,
+           peer ? "peer name" : "name", got, want);
+}
+
+static int child_main(void) {
+  close(sp[0]);
+  send_pattern(sp[1], SP_TO_ROOT, 2, "sp to the root");
+  wl_child_ready();
+  struct wl_check c;
+  if (wl_await("child", &c) != 0) return 1;
+  check_stream(&c, "sp in the child", sp[1], SP_TO_CHILD, 1);
+  /* qp[0] is the root's open file too. */
+  long same = syscall(SYS_kcmp, getpid(), getppid(), KCMP_FILE, qp[0], qp[0]);
+  wl_check(&c, same == 0, "qp[0] is not the root's open file any more (kcmp %ld)", same);
+  /* Then 444 bytes to the root, which answers with 333. */
+  send_pattern(sp[1], 444, 96, "sp after the restore");
+  check_stream(&c, "sp flow in the child", sp[1], 333, 95);
+  check_empty(&c, "sp[1]", sp[1]);
+  return wl_check_result("child", &c);
+}
+
+int main(int argc, char** argv) {
+  wl_init(argc, argv);
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) || socketpair(AF_UNIX, SOCK_DGRAM, 0, dp) ||
+      socketpair(AF_UNIX, SOCK_SEQPACKET, 0, qp) || socketpair(AF_UNIX, SOCK_STREAM, 0, sh) ||
+      socketpair(AF_UNIX, SOCK_STREAM, 0, pc))
+    wl_die("root", "socketpair: %s", strerror(errno));
+  send_pattern(sp[0], SP_TO_CHILD, 1, "sp to the child");
+
+  send_pattern(dp[0], 10, 11, "dp");
+  send_pattern(dp[0], 0, 12, "dp");
+  send_pattern(dp[0], 700, 13, "dp");
+  send_pattern(dp[1], 5, 14, "dp");
+  send_pattern(dp[1], 2000, 15, "dp");
+  int zero = 0;
+  if (setsockopt(dp[1], SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero) != 0)
+    wl_die("root", "SO_PEEK_OFF: %s", strerror(errno));
+
+  send_pattern(qp[1], 64, 21, "qp");
+  send_pattern(qp[1], 1, 22, "qp");
+  send_pattern(qp[0], 300, 23, "qp");
+  int one = 1, sndbuf = 65536;
+  struct timeval rt = {1, 500000}, st = {2, 250000};
+  if (setsockopt(qp[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof one) ||
+      setsockopt(qp[0], SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof rt) ||
+      setsockopt(qp[0], SOL_SOCKET, SO_SNDTIMEO, &st, sizeof st) ||
+      setsockopt(qp[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf))
+    wl_die("root", "setsockopt: %s", strerror(errno));
+  fcntl(qp[1], F_SETFL, O_NONBLOCK);
+
+  snprintf(ls_path, sizeof ls_path, "%s/listen.sock", wl_statedir);
+  snprintf(ds_path, sizeof ds_path, "%s/dsender.sock", wl_statedir);
+  int me = getpid();
+  snprintf(c1_name, sizeof c1_name, "kleap-unix00-%d-c1", me);
+  snprintf(c2_name, sizeof c2_name, "kleap-unix00-%d-c2", me);
+  snprintf(c3_name, sizeof c3_name, "kleap-unix00-%d-c3", me);
+  snprintf(ad_name, sizeof ad_name, "kleap-unix00-%d-ad", me);
+  ls = make(SOCK_STREAM, ls_path, 0);
+  if (chmod(ls_path, 0640) != 0) wl_die("root", "chmod: %s", strerror(errno));
+  if (listen(ls, 8) != 0) wl_die("root", "listen: %s", strerror(errno));
+  c1 = make(SOCK_STREAM, c1_name, 1);
+  do_connect(c1, ls_path, 0);
+  acc = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+  if (acc < 0) wl_die("root", "accept: %s", strerror(errno));
+  send_pattern(c1, ACC_LEN, 31, "c1");
+  send_pattern(acc, ACC_LEN, 32, "acc");
+  c2 = make(SOCK_STREAM, c2_name, 1);
+  do_connect(c2, ls_path, 0);
+  c3 = make(SOCK_STREAM, c3_name, 1);
+  do_connect(c3, ls_path, 0);
+
+  ad = make(SOCK_DGRAM, ad_name, 1);
+  int anon = make(SOCK_DGRAM, NULL, 0);
+  struct sockaddr_un a;
+  socklen_t al = set_addr(&a, ad_name, 1);
+  wl_pattern(buf, 77, 41);
+  if (sendto(anon, buf, 77, 0, (struct sockaddr*)&a, al) != 77)
+    wl_die("root", "sendto ad: %s", strerror(errno));
+  close(anon);
+  ds = make(SOCK_DGRAM, ds_path, 0);
+  wl_pattern(buf, 88, 42);
+  if (sendto(ds, buf, 88, 0, (struct sockaddr*)&a, al) != 88)
+    wl_die("root", "sendto ad: %s", strerror(errno));
+
+  send_pattern(sh[0], 100, 51, "sh");
+  if (shutdown(sh[0], SHUT_WR) != 0) wl_die("root", "shutdown: %s", strerror(errno));
+  send_pattern(pc[1], 50, 61, "pc");
+  close(pc[1]);
+
+  pid_t child = wl_fork();
+  if (child < 0) wl_die("root", "fork: %s", strerror(errno));
+  if (child == 0) return child_main();
+  close(sp[1]);
+  char why[256];
+  if (wl_wait_children(why, sizeof why) != 0) wl_die("root", "%s", why);
+  int qp0_sndbuf = sockopt(qp[0], SO_SNDBUF), qp1_fl = fcntl(qp[1], F_GETFL);
+  /* The kernel keeps timeouts in jiffies: compare with what it reports. */
+  long long rcvtimeo = timeo_us(qp[0], SO_RCVTIMEO), sndtimeo = timeo_us(qp[0], SO_SNDTIMEO);
+  struct stat ls_st;
+  if (stat(ls_path, &ls_st) != 0) wl_die("root", "stat: %s", strerror(errno));
+  wl_ready("root child");
+
+  struct wl_check c;
+  if (wl_await("root", &c) != 0) return 1;
+  check_stream(&c, "sp in the root", sp[0], SP_TO_ROOT, 2);
+
+  wl_check(&c, sockopt(dp[1], SO_PEEK_OFF) == 0, "dp[1]: SO_PEEK_OFF %d, want 0",
+           sockopt(dp[1], SO_PEEK_OFF));
+  zero = -1;
+  setsockopt(dp[1], SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
+  wl_check(&c, fionread(dp[1]) == 10, "dp[1]: FIONREAD %d, want 10", fionread(dp[1]));
+  check_msg(&c, "dp[1] 1st", dp[1], 10, 11);
+  check_msg(&c, "dp[1] 2nd", dp[1], 0, 12);
+  check_msg(&c, "dp[1] 3rd", dp[1], 700, 13);
+  check_empty(&c, "dp[1]", dp[1]);
+  check_msg(&c, "dp[0] 1st", dp[0], 5, 14);
+  check_msg(&c, "dp[0] 2nd", dp[0], 2000, 15);
+  check_empty(&c, "dp[0]", dp[0]);
+  check_flow(&c, "dp", dp[0], dp[1], 1);
+
+  wl_check(&c, sockopt(qp[0], SO_TYPE) == SOCK_SEQPACKET, "qp[0]: SO_TYPE %d",
+           sockopt(qp[0], SO_TYPE));
+  wl_check(&c, sockopt(qp[0], SO_PASSCRED) == 1, "qp[0]: SO_PASSCRED %d",
+           sockopt(qp[0], SO_PASSCRED));
+  wl_check(&c, sockopt(qp[1], SO_PASSCRED) == 0, "qp[1]: SO_PASSCRED %d",
+           sockopt(qp[1], SO_PASSCRED));
+  wl_check(&c, timeo_us(qp[0], SO_RCVTIMEO) == rcvtimeo && rcvtimeo > 1000000,
+           "qp[0]: SO_RCVTIMEO %lld us, was %lld", timeo_us(qp[0], SO_RCVTIMEO), rcvtimeo);
+  wl_check(&c, timeo_us(qp[0], SO_SNDTIMEO) == sndtimeo && sndtimeo > 2000000,
+           "qp[0]: SO_SNDTIMEO %lld us, was %lld", timeo_us(qp[0], SO_SNDTIMEO), sndtimeo);
+  wl_check(&c, sockopt(qp[0], SO_SNDBUF) == qp0_sndbuf, "qp[0]: SO_SNDBUF %d, was %d",
+           sockopt(qp[0], SO_SNDBUF), qp0_sndbuf);
+  wl_check(&c, fcntl(qp[1], F_GETFL) == qp1_fl, "qp[1]: F_GETFL 0%o, was 0%o",
+           fcntl(qp[1], F_GETFL), qp1_fl);
+  check_msg(&c, "qp[0] 1st", qp[0], 64, 21);
+  check_msg(&c, "qp[0] 2nd", qp[0], 1, 22);
+  check_empty(&c, "qp[0]", qp[0]);
+  check_msg(&c, "qp[1]", qp[1], 300, 23);
+  check_empty(&c, "qp[1]", qp[1]);
+  check_flow(&c, "qp", qp[0], qp[1], 1);
+
+  struct stat now;
+  wl_check(&c, stat(ls_path, &now) == 0 && S_ISSOCK(now.st_mode) && (now.st_mode & 07777) == 0640,
+           "%s: not a socket file of mode 0640 (mode 0%o)", ls_path, (unsigned)now.st_mode);
+  wl_check(&c, sockopt(ls, SO_ACCEPTCONN) == 1, "ls: not listening");
+  check_name(&c, "ls", ls, 0, ls_path);
+  char at[80];
+  snprintf(at, sizeof at, "@%s", c1_name);
+  check_name(&c, "c1", c1, 0, at);
+  check_name(&c, "c1", c1, 1, ls_path);
+  check_name(&c, "acc", acc, 0, ls_path);
+  check_name(&c, "acc", acc, 1, at);
+  check_stream(&c, "acc", acc, ACC_LEN, 31);
+  check_stream(&c, "c1", c1, ACC_LEN, 32);
+  check_empty(&c, "acc", acc);
+  check_empty(&c, "c1", c1);
+  check_flow(&c, "c1/acc", c1, acc, 0);
+  fcntl(ls, F_SETFL, O_NONBLOCK);
+  int a2 = accept4(ls, NULL, NULL, SOCK_NONBLOCK), a3 = accept4(ls, NULL, NULL, SOCK_NONBLOCK);
+  int a4 = accept4(ls, NULL, NULL, SOCK_NONBLOCK);
+  wl_check(&c, a2 >= 0 && a3 >= 0 && a4 < 0, "ls: accepted %d, %d, %d: want two waiting", a2, a3,
+           a4);
+  if (a2 >= 0 && a3 >= 0) {
+    snprintf(at, sizeof at, "@%s", c2_name);
+    check_name(&c, "1st waiting", a2, 1, at);
+    snprintf(at, sizeof at, "@%s", c3_name);
+    check_name(&c, "2nd waiting", a3, 1, at);
+    check_flow(&c, "c2", c2, a2, 0);
+    check_flow(&c, "c3", c3, a3, 0);
+  }
+
+  snprintf(at, sizeof at, "@%s", ad_name);
+  check_name(&c, "ad", ad, 0, at);
+  struct sockaddr_un from;
+  socklen_t fl = sizeof from;
+  ssize_t r = recvfrom(ad, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr*)&from, &fl);
+  wl_check(
+      &c,
+      r == 77 && wl_pattern_diff(buf, 77, 41) < 0 && fl <= offsetof(struct sockaddr_un, sun_path),
+      "ad: 1st message %zd bytes from a sender of name length %u, want 77 unnamed", r,
+      (unsigned)fl);
+  fl = sizeof from;
+  r = recvfrom(ad, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr*)&from, &fl);
+  wl_check(&c, r == 88 && wl_pattern_diff(buf, 88, 42) < 0 && strcmp(from.sun_path, ds_path) == 0,
+           "ad: 2nd message %zd bytes from '%s', want 88 from %s", r,
+           fl > offsetof(struct sockaddr_un, sun_path) ? from.sun_path : "", ds_path);
+  check_empty(&c, "ad", ad);
+  check_name(&c, "ds", ds, 0, ds_path);
+
+  check_stream(&c, "sh", sh[1], 100, 51);
+  r = recv(sh[1], buf, 1, MSG_DONTWAIT);
+  wl_check(&c, r == 0, "sh[1]: no EOF after the queued bytes (%zd)", r);
+  r = send(sh[0], buf, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+  wl_check(&c, r < 0 && errno == EPIPE, "sh[0]: send after SHUT_WR gave %zd (%s)", r,
+           strerror(errno));
+  wl_pattern(buf, 10, 52);
+  wl_check(&c, send(sh[1], buf, 10, MSG_NOSIGNAL) == 10, "sh[1]: send: %s", strerror(errno));
+  check_stream(&c, "sh back", sh[0], 10, 52);
+
+  check_stream(&c, "pc", pc[0], 50, 61);
+  r = recv(pc[0], buf, 1, MSG_DONTWAIT);
+  wl_check(&c, r == 0, "pc[0]: no EOF after its peer closed (%zd)", r);
+
+  check_stream(&c, "sp after the restore", sp[0], 444, 96);
+  check_empty(&c, "sp[0]", sp[0]); /* before the child can finish and close */
+  send_pattern(sp[0], 333, 95, "sp flow");
+  if (wl_reap_children(5000, why, sizeof why) != 0) wl_check(&c, 0, "root: %s", why);
+  return wl_check_result("root", &c);
+}

@@ -1,0 +1,118 @@
+/* unix01: unix sockets the engine refuses to carry (the `refuse` mode), by argument:
+ *   inflight: a stream socketpair with a pipe's read end sent over it (SCM_RIGHTS) and
+ *             not received yet;
+ *   outside:  a stream socketpair whose other end belongs to a process outside the tree
+ *             (a grandchild that left it, named unix01-peer).
+ * `kleap check` must name the socket with the reason and `kleap dump` must fail; the
+ * tree keeps running. On SIGUSR1: the fd in flight is received whole, or the outside peer
+ * still answers. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+static int sv[2], pfd[2];
+
+/* A one-byte message with room for one fd (SCM_RIGHTS) beside it. */
+struct fd_msg {
+  char byte;
+  struct iovec iov;
+  union {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+  } u;
+  struct msghdr mh;
+};
+
+static void fd_msg_init(struct fd_msg* m) {
+  memset(m, 0, sizeof *m);
+  m->byte = 'x';
+  m->iov.iov_base = &m->byte;
+  m->iov.iov_len = 1;
+  m->mh.msg_iov = &m->iov;
+  m->mh.msg_iovlen = 1;
+  m->mh.msg_control = m->u.buf;
+  m->mh.msg_controllen = sizeof m->u.buf;
+}
+
+static void send_fd(int sock, int fd) {
+  struct fd_msg m;
+  fd_msg_init(&m);
+  struct cmsghdr* cm = CMSG_FIRSTHDR(&m.mh);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+  if (sendmsg(sock, &m.mh, 0) != 1) wl_die("main", "sendmsg SCM_RIGHTS: %s", strerror(errno));
+}
+
+static int recv_fd(int sock) {
+  struct fd_msg m;
+  fd_msg_init(&m);
+  if (recvmsg(sock, &m.mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1) return -1;
+  struct cmsghdr* cm = CMSG_FIRSTHDR(&m.mh);
+  if (!cm || cm->cmsg_type != SCM_RIGHTS) return -1;
+  int fd;
+  memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+  return fd;
+}
+
+/* The grandchild outside the tree: echoes every byte until EOF (or a minute). */
+static void peer_main(void) {
+  prctl(PR_SET_NAME, "unix01-peer");
+  close(sv[0]);
+  alarm(60);
+  char c;
+  while (read(sv[1], &c, 1) == 1)
+    if (write(sv[1], &c, 1) != 1) break;
+  _exit(0);
+}
+
+int main(int argc, char** argv) {
+  wl_init(argc, argv);
+  const char* mode = argc > 2 ? argv[2] : "inflight";
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    wl_die("main", "socketpair: %s", strerror(errno));
+  int outside = strcmp(mode, "outside") == 0;
+  if (outside) {
+    pid_t mid = fork();
+    if (mid < 0) wl_die("main", "fork: %s", strerror(errno));
+    if (mid == 0) {
+      if (fork() == 0) peer_main();
+      _exit(0);
+    }
+    waitpid(mid, NULL, 0);
+    close(sv[1]);
+  } else {
+    if (pipe2(pfd, O_CLOEXEC) != 0) wl_die("main", "pipe: %s", strerror(errno));
+    send_fd(sv[0], pfd[0]);
+    if (write(pfd[1], "k", 1) != 1) wl_die("main", "write: %s", strerror(errno));
+  }
+  wl_ready("main");
+  struct wl_check c;
+  if (wl_await("main", &c) != 0) return 1;
+  if (outside) {
+    char b = 0;
+    struct pollfd p = {sv[0], POLLIN, 0};
+    wl_check(
+        &c,
+        write(sv[0], "p", 1) == 1 && poll(&p, 1, 3000) == 1 && read(sv[0], &b, 1) == 1 && b == 'p',
+        "the outside peer did not answer");
+  } else {
+    int fd = recv_fd(sv[1]);
+    char b = 0;
+    wl_check(&c, fd >= 0 && read(fd, &b, 1) == 1 && b == 'k',
+             "the fd in flight was not received whole (fd %d)", fd);
+  }
+  return wl_check_result("main", &c);
+}
