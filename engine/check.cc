@@ -4,6 +4,7 @@
 #include <set>
 
 #include "engine/context.h"
+#include "engine/locks.h"
 #include "engine/sock_unix.h"
 #include "engine/timers.h"
 #include "engine/tty.h"
@@ -38,6 +39,8 @@ std::vector<Problem> CheckTaskState(pid_t pid) {
   out.insert(out.end(), ns.begin(), ns.end());
   auto timers = CheckTimers(pid);
   out.insert(out.end(), timers.begin(), timers.end());
+  auto locks = CheckLocks(pid);
+  out.insert(out.end(), locks.begin(), locks.end());
   return out;
 }
 

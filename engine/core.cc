@@ -13,6 +13,7 @@
 #include "engine/base/log.h"
 #include "engine/context.h"
 #include "engine/core.h"
+#include "engine/locks.h"
 #include "engine/remote_mem.h"
 #include "engine/seccomp.h"
 #include "engine/signal.h"
@@ -242,6 +243,7 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
         KLEAP_TRY(GetPrctlInt(leader, task.arch, pid, mem.at(), PR_GET_CHILD_SUBREAPER)) != 0);
   }
   KLEAP_TRY(DumpTimers(ctx, task, core->mutable_timers()));
+  KLEAP_TRY(DumpLocks(task, core));
   KLEAP_TRY(DumpCtty(task, core));
   return Ok();
 }

@@ -35,6 +35,7 @@
 #include "engine/context.h"
 #include "engine/core.h"
 #include "engine/mm.h"
+#include "engine/locks.h"
 #include "engine/seccomp.h"
 #include "engine/signal.h"
 #include "engine/timers.h"
@@ -103,6 +104,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     KLEAP_TRY(ValidateTimers(t.pid(), core.timers()));
     KLEAP_TRY(ValidateCtty(t.pid(), core));
     for (auto& th : core.threads()) KLEAP_TRY(ValidateSeccomp(t.pid(), th));
+    KLEAP_TRY(ValidateLocks(t.pid(), core));
     for (auto& th : core.threads())
       if (th.pdeath_signal() < 0 || th.pdeath_signal() > 64)
         return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << th.tid() << ": bad death signal "
@@ -631,6 +633,7 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   KLEAP_TRY(RestorePending(leader, pid, pid, data, t.core->shared_pending(), true));
   KLEAP_TRY(RestoreTimers(leader, pid, data, t.core->timers(),
                           images_.inventory().boot_id() == BootId()));
+  KLEAP_TRY(RestoreLocks(leader, pid, data, *t.core));
   if (t.core->child_subreaper())
     KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_CHILD_SUBREAPER, 1),
                   "task " << pid << ": set child subreaper");
