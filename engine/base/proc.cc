@@ -205,15 +205,14 @@ Result<ProcStat> ParseStat(std::string_view text) {
   st.state = field(3)[0];
   ok = ok && ParseNum(field(4), &st.ppid) && ParseNum(field(5), &st.pgrp) &&
        ParseNum(field(6), &st.session) && ParseNum(field(7), &st.tty_nr) &&
-       ParseNum(field(8), &st.tpgid) &&
-       ParseNum(field(9), &st.flags) && ParseNum(field(20), &st.num_threads) &&
-       ParseNum(field(22), &st.start_time) && ParseNum(field(26), &st.start_code) &&
-       ParseNum(field(27), &st.end_code) && ParseNum(field(28), &st.start_stack) &&
-       ParseNum(field(38), &st.exit_signal) && ParseNum(field(45), &st.start_data) &&
-       ParseNum(field(46), &st.end_data) && ParseNum(field(47), &st.start_brk) &&
-       ParseNum(field(48), &st.arg_start) && ParseNum(field(49), &st.arg_end) &&
-       ParseNum(field(50), &st.env_start) && ParseNum(field(51), &st.env_end) &&
-       ParseNum(field(52), &st.exit_code);
+       ParseNum(field(8), &st.tpgid) && ParseNum(field(9), &st.flags) &&
+       ParseNum(field(20), &st.num_threads) && ParseNum(field(22), &st.start_time) &&
+       ParseNum(field(26), &st.start_code) && ParseNum(field(27), &st.end_code) &&
+       ParseNum(field(28), &st.start_stack) && ParseNum(field(38), &st.exit_signal) &&
+       ParseNum(field(45), &st.start_data) && ParseNum(field(46), &st.end_data) &&
+       ParseNum(field(47), &st.start_brk) && ParseNum(field(48), &st.arg_start) &&
+       ParseNum(field(49), &st.arg_end) && ParseNum(field(50), &st.env_start) &&
+       ParseNum(field(51), &st.env_end) && ParseNum(field(52), &st.exit_code);
   if (!ok) return Err(EINVAL) << "stat: bad numeric field for pid " << st.pid;
   return st;
 }
