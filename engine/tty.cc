@@ -85,7 +85,7 @@ Result<UniqueFd> OpenDevTty(dev_t rdev, int flags) {
     int err = 0;
     int s = setsid() < 0 ? -1 : open(slave.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (s < 0 || ioctl(s, TIOCSCTTY, 0) < 0) err = errno;
-    int d = err ? -1 : open("/dev/tty", flags | O_NOCTTY | O_CLOEXEC);
+    int d = err ? -1 : OpenLikeTask("/dev/tty", flags | O_NOCTTY | O_CLOEXEC, 0);
     if (!err && (d < 0 || dup3(d, slot.get(), O_CLOEXEC) < 0)) err = errno;
     if (d >= 0) close(d);
     if (s >= 0) close(s);
@@ -104,6 +104,12 @@ Result<UniqueFd> OpenDevTty(dev_t rdev, int flags) {
       ioctl(slot.get(), TIOCGDEV, &dev) < 0 || DecodeDev(dev) != rdev)
     return Err(EIO) << "/dev/tty did not open as " << slave;
   return slot;
+}
+
+// The open flags a tty file keeps (O_LARGEFILE: an ia32 task's files may lack it).
+constexpr uint32_t kKeptFlags = O_ACCMODE | O_NONBLOCK | O_APPEND | kKernelOLargefile;
+int MasterFlags(const img::PtyPair& p) {
+  return int(p.master_flags() & kKeptFlags);
 }
 
 // A restoring guard: runs f at scope exit.
@@ -255,6 +261,7 @@ Result<void> DumpPair(int m, img::Tty* t, img::PtyPair* p) {
   p->set_packet(packet);
   p->set_locked(locked);
   p->set_exclusive(excl);
+  p->set_master_flags(uint32_t(fcntl(m, F_GETFL)) & ~uint32_t(O_CLOEXEC));
 
   // The buffered bytes: read in packet mode off (no status bytes) and with the slave
   // non-canonical (a partial line is read too), then written back at once.
@@ -307,24 +314,30 @@ Result<int> PairMaster(const img::Tty& t, OpenFiles& files) {
   const img::PtyPair& p = t.pair();
   uint64_t key = kPairKey | p.index();
   if (auto it = files.by_id.find(key); it != files.by_id.end()) return it->second.get();
-  // The kernel hands out the lowest free index: open until it is ours.
-  std::vector<UniqueFd> others;
+  // The kernel hands out the lowest free index: open until it is ours. A pty whose last
+  // file was closed a moment ago gives its index back a little later (the tty is
+  // released from a work queue), so a taken index is asked for again for a while.
   UniqueFd m;
-  for (unsigned tries = 0; tries <= p.index(); ++tries) {
-    UniqueFd fd(open(p.ptmx_path().c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC));
-    if (!fd) return ErrnoError() << "open " << p.ptmx_path();
-    unsigned n = 0;
-    if (ioctl(fd.get(), TIOCGPTN, &n) < 0) return ErrnoError() << "TIOCGPTN";
-    if (n == p.index()) {
-      m = std::move(fd);
-      break;
+  for (int round = 0; !m && round < 50; ++round) {
+    std::vector<UniqueFd> others;
+    bool taken = false;
+    for (unsigned tries = 0; tries <= p.index() && !m && !taken; ++tries) {
+      UniqueFd fd(OpenLikeTask(p.ptmx_path(), MasterFlags(p) | O_NOCTTY | O_CLOEXEC, 0));
+      if (!fd) return ErrnoError() << "open " << p.ptmx_path();
+      unsigned n = 0;
+      if (ioctl(fd.get(), TIOCGPTN, &n) < 0) return ErrnoError() << "TIOCGPTN";
+      if (n == p.index())
+        m = std::move(fd);
+      else if (n > p.index())
+        taken = true;
+      else
+        others.push_back(std::move(fd));
     }
-    if (n > p.index())
-      return Err(EEXIST) << SlavePath(p.index()) << " is taken; the pty of index " << p.index()
-                         << " can't be made again";
-    others.push_back(std::move(fd));
+    if (!m) usleep(20000);
   }
-  if (!m) return Err(EEXIST) << SlavePath(p.index()) << " is taken";
+  if (!m)
+    return Err(EEXIST) << SlavePath(p.index()) << " is taken; the pty of index " << p.index()
+                       << " can't be made again";
   int unlock = 0;
   if (ioctl(m.get(), TIOCSPTLCK, &unlock) < 0) return ErrnoError() << "unlock pty " << p.index();
   UniqueFd peer(ioctl(m.get(), TIOCGPTPEER, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
@@ -419,7 +432,8 @@ Result<void> ValidateTty(const img::FileObject& fo) {
     return Err(EINVAL) << "files.img: tty " << fo.id() << ": " << what;
   };
   uint32_t allowed = O_ACCMODE | O_NONBLOCK | O_APPEND | O_NOCTTY | kKernelOLargefile;
-  if ((t.flags() & ~allowed) || (t.flags() & O_ACCMODE) == O_ACCMODE) return bad("bad flags");
+  for (uint32_t f : {t.flags(), t.pair().master_flags()})
+    if ((f & ~allowed) || (f & O_ACCMODE) == O_ACCMODE) return bad("bad flags");
   if (!IsPtySlave(dev_t(t.rdev())) || minor(dev_t(t.rdev())) >= kPtyMaxIndex)
     return bad("not a pty slave device");
   unsigned index = minor(dev_t(t.rdev()));
@@ -441,10 +455,10 @@ Result<void> ValidateTty(const img::FileObject& fo) {
 
 Result<UniqueFd> OpenTty(const img::FileObject& fo, ImageReader&, OpenFiles& files) {
   const img::Tty& t = fo.tty();
-  int flags = int(t.flags() & (O_ACCMODE | O_NONBLOCK | O_APPEND));
+  int flags = int(t.flags() & kKeptFlags);
   if (!t.has_pair() && t.dev_tty()) return OpenDevTty(dev_t(t.rdev()), flags);
   if (!t.has_pair()) {
-    UniqueFd fd(open(t.path().c_str(), flags | O_NOCTTY | O_CLOEXEC));
+    UniqueFd fd(OpenLikeTask(t.path(), flags | O_NOCTTY | O_CLOEXEC, 0));
     if (!fd) return ErrnoError() << "open " << t.path();
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << t.path();
@@ -461,8 +475,9 @@ Result<UniqueFd> OpenTty(const img::FileObject& fo, ImageReader&, OpenFiles& fil
       return ErrnoError() << "master of pty " << t.pair().index();
     return fd;
   }
-  UniqueFd fd(ioctl(m, TIOCGPTPEER, flags | O_NOCTTY | O_CLOEXEC));
-  if (!fd) return ErrnoError() << "open " << t.path();
+  // The flags go into the file as they are: O_CLOEXEC would show in F_GETFL.
+  UniqueFd fd(ioctl(m, TIOCGPTPEER, flags | O_NOCTTY));
+  if (!fd || fcntl(fd.get(), F_SETFD, FD_CLOEXEC) < 0) return ErrnoError() << "open " << t.path();
   return fd;
 }
 

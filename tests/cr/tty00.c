@@ -33,6 +33,7 @@ static unsigned index_n;
 static char slave_path[64];
 static struct termios want_tio;
 static pid_t leader_pid, fg_pid;
+static int master_fl, slave_fl, devtty_fl;
 
 static int stat_tty_nr(void) {
   char buf[1024];
@@ -111,6 +112,8 @@ static int leader_main(void) {
   cfsetospeed(&t, B9600);
   if (tcsetattr(slave, TCSANOW, &t) < 0) wl_die("leader", "tcsetattr: %s", strerror(errno));
   tcgetattr(slave, &want_tio);
+  slave_fl = fcntl(slave, F_GETFL);
+  devtty_fl = fcntl(devtty, F_GETFL);
   if (ioctl(slave, TIOCEXCL) < 0) wl_die("leader", "TIOCEXCL: %s", strerror(errno));
   if (write(slave, "output data\n", 12) != 12) wl_die("leader", "write: %s", strerror(errno));
   fg_pid = wl_fork();
@@ -156,6 +159,9 @@ static int leader_main(void) {
            "leader: /dev/tty is not open as the controlling terminal (dev %x)", dev);
   wl_check(&c, tcgetpgrp(devtty) == fg_pid, "leader: /dev/tty: foreground group %d",
            tcgetpgrp(devtty));
+  wl_check(&c, fcntl(slave, F_GETFL) == slave_fl && fcntl(devtty, F_GETFL) == devtty_fl,
+           "leader: F_GETFL slave 0%o /dev/tty 0%o, were 0%o 0%o", fcntl(slave, F_GETFL),
+           fcntl(devtty, F_GETFL), slave_fl, devtty_fl);
   int excl = 0;
   wl_check(&c, ioctl(slave, TIOCGEXCL, &excl) == 0 && excl == 1, "leader: TIOCGEXCL %d", excl);
   if (wl_reap_children(5000, why, sizeof why) != 0) wl_check(&c, 0, "leader: %s", why);
@@ -182,6 +188,7 @@ int main(int argc, char** argv) {
   if (write(master, "line one\nline two\npart", 22) != 22)
     wl_die("main", "write: %s", strerror(errno));
   wl_sleep_ms(50);
+  master_fl = fcntl(master, F_GETFL);
   wl_ready("main leader fg");
 
   struct wl_check c;
@@ -194,6 +201,8 @@ int main(int argc, char** argv) {
   wl_check(&c,
            now.ws_row == 37 && now.ws_col == 101 && now.ws_xpixel == 640 && now.ws_ypixel == 480,
            "main: window %ux%u (%ux%u)", now.ws_row, now.ws_col, now.ws_xpixel, now.ws_ypixel);
+  wl_check(&c, fcntl(master, F_GETFL) == master_fl, "main: F_GETFL 0%o, was 0%o",
+           fcntl(master, F_GETFL), master_fl);
   int pkt = 0, lck = -1;
   wl_check(&c, ioctl(master, TIOCGPKT, &pkt) == 0 && pkt == 1, "main: packet mode %d", pkt);
   wl_check(&c, ioctl(master, TIOCGPTLCK, &lck) == 0 && lck == 0, "main: locked %d", lck);
