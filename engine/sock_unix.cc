@@ -321,6 +321,14 @@ std::string RefuseUnixSock(const FdDesc& d) {
            "they are not carried";
   auto diag = DiagOf(uint32_t(d.st.st_ino));
   if (!diag) return diag.error().ToString();
+  if (diag->type == SOCK_STREAM && diag->state == kConnected) {
+    // A pending out-of-band byte is kept apart from the queue; MSG_PEEK leaves it there.
+    auto grabbed = GrabFd(d.pid, d.fd);
+    if (!grabbed) return grabbed.error().ToString();
+    char c;
+    if (recv(grabbed->get(), &c, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) == 1)
+      return "an out-of-band byte (MSG_OOB) is pending; it is not carried";
+  }
   return RefuseDiag(*diag);
 }
 

@@ -2,7 +2,8 @@
  *   inflight: a stream socketpair with a pipe's read end sent over it (SCM_RIGHTS) and
  *             not received yet;
  *   outside:  a stream socketpair whose other end belongs to a process outside the tree
- *             (a grandchild that left it, named unix01-peer).
+ *             (a grandchild that left it, named unix01-peer);
+ *   oob:      a stream socketpair with an out-of-band byte (MSG_OOB) pending.
  * `kleap check` must name the socket with the reason and `kleap dump` must fail; the
  * tree keeps running. On SIGUSR1: the fd in flight is received whole, or the outside peer
  * still answers. */
@@ -83,8 +84,10 @@ int main(int argc, char** argv) {
   const char* mode = argc > 2 ? argv[2] : "inflight";
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     wl_die("main", "socketpair: %s", strerror(errno));
-  int outside = strcmp(mode, "outside") == 0;
-  if (outside) {
+  int outside = strcmp(mode, "outside") == 0, oob = strcmp(mode, "oob") == 0;
+  if (oob) {
+    if (send(sv[0], "o", 1, MSG_OOB) != 1) wl_skip("send MSG_OOB: %s", strerror(errno));
+  } else if (outside) {
     pid_t mid = fork();
     if (mid < 0) wl_die("main", "fork: %s", strerror(errno));
     if (mid == 0) {
@@ -101,7 +104,11 @@ int main(int argc, char** argv) {
   wl_ready("main");
   struct wl_check c;
   if (wl_await("main", &c) != 0) return 1;
-  if (outside) {
+  if (oob) {
+    char b = 0;
+    wl_check(&c, recv(sv[1], &b, 1, MSG_OOB | MSG_DONTWAIT) == 1 && b == 'o',
+             "the out-of-band byte is gone");
+  } else if (outside) {
     char b = 0;
     struct pollfd p = {sv[0], POLLIN, 0};
     wl_check(
