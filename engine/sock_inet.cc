@@ -369,7 +369,6 @@ std::string ClassifySocket(FdDesc* d) {
     return "packet sockets are not carried: their rings, filters and fanout groups can't be read "
            "back";
   if (inet) return "only TCP and UDP inet sockets are carried";
-  if (k->family == AF_UNIX) return "unix sockets are not supported yet";
   return "sockets of this family are not supported yet";
 }
 
