@@ -153,6 +153,7 @@ void Job::Finish(JobReport r) {
   {
     std::lock_guard lock(mu_);
     r.failed_in = r.success ? Phase::kDone : state_.phase;
+    r.dry_run = req_.dry_run;
     state_.report = std::move(r);
     state_.phase = state_.report.success ? Phase::kDone : Phase::kFailed;
     if (state_.report.success) state_.progress = 100;

@@ -41,8 +41,9 @@ struct JobRequest {
 // What a job found out on the way; becomes Completed's details and LastUpgrade.
 struct JobReport {
   bool success = false;
-  std::string message;              // one line for a human
-  std::string error_name;           // a D-Bus error name on failure
+  std::string message;     // one line for a human
+  std::string error_name;  // a D-Bus error name on failure
+  bool dry_run = false;
   Phase failed_in = Phase::kCheck;  // the phase it failed in; kDone on success
   std::string kernel, initrd, cmdline;
   uint32_t tasks = 0, threads = 0;

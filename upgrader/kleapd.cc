@@ -188,16 +188,16 @@ int MethodCheck(sd_bus_message* m, void* userdata, sd_bus_error* err) {
 // Jobs on the bus.
 
 // Appends a report as a{sv}: what Completed carries and LastUpgrade shows.
-int AppendReport(sd_bus_message* m, const JobReport& rep, const std::string& path, bool dry_run) {
+int AppendReport(sd_bus_message* m, const JobReport& rep, const std::string& path) {
   int r = sd_bus_message_open_container(m, 'a', "{sv}");
   if (r >= 0)
     r = sd_bus_message_append(m, "{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}{sv}", "job", "o",
                               path.c_str(), "success", "b", int(rep.success), "message", "s",
                               rep.message.c_str(), "error", "s", rep.error_name.c_str(), "phase",
-                              "s", PhaseName(rep.failed_in), "dry-run", "b", int(dry_run), "kernel",
-                              "s", rep.kernel.c_str(), "initrd", "s", rep.initrd.c_str(), "cmdline",
-                              "s", rep.cmdline.c_str(), "tasks", "u", rep.tasks, "threads", "u",
-                              rep.threads, "memory-bytes", "t", rep.memory_bytes);
+                              "s", PhaseName(rep.failed_in), "dry-run", "b", int(rep.dry_run),
+                              "kernel", "s", rep.kernel.c_str(), "initrd", "s", rep.initrd.c_str(),
+                              "cmdline", "s", rep.cmdline.c_str(), "tasks", "u", rep.tasks,
+                              "threads", "u", rep.threads, "memory-bytes", "t", rep.memory_bytes);
   if (r >= 0) r = sd_bus_message_append(m, "{sv}", "seconds", "d", rep.seconds);
   if (r >= 0) r = sd_bus_message_close_container(m);
   return r;
@@ -225,11 +225,8 @@ int MethodCancel(sd_bus_message* m, void* userdata, sd_bus_error* err) {
     if (!allowed) {
       sd_bus_reply_method_error(m, e);
     } else {
-      sd_bus_creds* creds = nullptr;
       uid_t uid = 0;
-      if (sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID | SD_BUS_CREDS_AUGMENT, &creds) >= 0)
-        sd_bus_creds_get_euid(creds, &uid);
-      sd_bus_creds_unref(creds);
+      (void)SenderUid(m, &uid);
       JobState st = s->job->state();
       if (s->job->Cancel(uid)) {
         LogJob(LOG_NOTICE, s->job->id(), PhaseName(st.phase), nullptr,
@@ -284,7 +281,6 @@ void PublishJobs(Context* c) {
       s->job->Join();
       s->completed = true;
       const JobReport& rep = st.report;
-      bool dry = s->job->request().dry_run;
       LogJob(rep.success ? LOG_NOTICE : LOG_ERR, id, PhaseName(rep.failed_in),
              rep.success ? kMessageUpgradeSucceeded : kMessageUpgradeFailed,
              (rep.success ? "succeeded: "
@@ -294,7 +290,7 @@ void PublishJobs(Context* c) {
       int r = sd_bus_message_new_signal(c->bus, &sig, s->job->path().c_str(), kJobInterface,
                                         "Completed");
       if (r >= 0) r = sd_bus_message_append(sig, "bs", int(rep.success), rep.message.c_str());
-      if (r >= 0) r = AppendReport(sig, rep, s->job->path(), dry);
+      if (r >= 0) r = AppendReport(sig, rep, s->job->path());
       if (r >= 0) r = sd_bus_send(c->bus, sig, nullptr);
       sd_bus_message_unref(sig);
       if (r < 0) KLOG(kWarning) << "job " << id << ": cannot send Completed: " << strerror(-r);
@@ -337,10 +333,7 @@ void StartJob(Context* c, sd_bus_message* m, UpgradeArgs a) {
     sd_bus_reply_method_errorf(m, kErrFailed, "kleapd is shutting down");
     return;
   }
-  sd_bus_creds* creds = nullptr;
-  if (sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID | SD_BUS_CREDS_AUGMENT, &creds) >= 0)
-    sd_bus_creds_get_euid(creds, &a.req.uid);
-  sd_bus_creds_unref(creds);
+  (void)SenderUid(m, &a.req.uid);
   uint32_t id = c->next_job++;
   auto s = std::make_unique<JobSlot>();
   s->ctx = c;
@@ -456,11 +449,7 @@ int ManagerProperty(sd_bus*, const char*, const char*, const char* property, sd_
       int r = sd_bus_message_open_container(reply, 'a', "{sv}");
       return r < 0 ? r : sd_bus_message_close_container(reply);
     }
-    auto it = c->jobs.end();
-    bool dry = false;
-    for (it = c->jobs.begin(); it != c->jobs.end(); ++it)
-      if (it->second->job->path() == c->last_path) dry = it->second->job->request().dry_run;
-    return AppendReport(reply, c->last, c->last_path, dry);
+    return AppendReport(reply, c->last, c->last_path);
   }
   return -ENOENT;
 }

@@ -59,13 +59,18 @@ int OnReply(sd_bus_message* reply, void* userdata, sd_bus_error*) {
 
 }  // namespace
 
-int Authorize(sd_bus_message* call, const char* action, bool interactive, AuthorizeDone done) {
+int SenderUid(sd_bus_message* call, uid_t* uid) {
   sd_bus_creds* creds = nullptr;
   int r = sd_bus_query_sender_creds(call, SD_BUS_CREDS_EUID | SD_BUS_CREDS_AUGMENT, &creds);
   if (r < 0) return r;
-  uid_t uid;
-  r = sd_bus_creds_get_euid(creds, &uid);
+  r = sd_bus_creds_get_euid(creds, uid);
   sd_bus_creds_unref(creds);
+  return r;
+}
+
+int Authorize(sd_bus_message* call, const char* action, bool interactive, AuthorizeDone done) {
+  uid_t uid;
+  int r = SenderUid(call, &uid);
   if (r < 0) return r;
   if (uid == 0) {
     done(true, nullptr);

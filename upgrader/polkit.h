@@ -11,6 +11,9 @@ namespace kleap::upgrader {
 
 inline constexpr char kActionUpgrade[] = "org.kleap.upgrader1.upgrade";
 
+// The effective uid of the caller of `call`, from the bus (< 0 when it can't be had).
+int SenderUid(sd_bus_message* call, uid_t* uid);
+
 // Called once with the verdict. On a denial `error` is set (AccessDenied, or
 // InteractiveAuthorizationRequired when authenticating would have helped); the
 // callback replies to the call itself either way.

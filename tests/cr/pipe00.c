@@ -37,37 +37,13 @@ static int csize_before;
 static char fifo_link[4096];
 static unsigned char buf[C_LEN + 4096];
 
-static int fionread(int fd) {
-  int n = -1;
-  if (ioctl(fd, FIONREAD, &n) != 0) return -1;
-  return n;
-}
-
-/* Reads exactly len bytes (waiting up to 3 s), returns the count read. */
-static size_t read_full(int fd, void* p, size_t len) {
-  size_t got = 0;
-  for (int spins = 0; got < len && spins < 300;) {
-    struct pollfd pfd = {fd, POLLIN, 0};
-    if (poll(&pfd, 1, 10) <= 0) {
-      spins++;
-      continue;
-    }
-    ssize_t r = read(fd, (char*)p + got, len - got);
-    if (r > 0)
-      got += (size_t)r;
-    else if (r == 0 || (errno != EAGAIN && errno != EINTR))
-      break;
-  }
-  return got;
-}
-
 static void check_buffered(struct wl_check* c, const char* what, int rfd, size_t len,
                            uint32_t seed) {
-  int n = fionread(rfd);
+  int n = wl_fionread(rfd);
   if (!wl_check(c, n == (int)len, "%s: FIONREAD %d, want %zu buffered bytes", what, n, len) &&
       n <= 0)
     return;
-  size_t got = read_full(rfd, buf, len);
+  size_t got = wl_read_full(rfd, buf, len);
   if (!wl_check(c, got == len, "%s: read %zu of %zu buffered bytes", what, got, len)) return;
   long d = wl_pattern_diff(buf, len, seed);
   wl_check(c, d < 0, "%s: buffered data differs at byte %ld", what, d);
@@ -79,7 +55,7 @@ static void check_flow(struct wl_check* c, const char* what, int rfd, int wfd) {
   if (!wl_check(c, write(wfd, out, sizeof out) == (ssize_t)sizeof out, "%s: write: %s", what,
                 strerror(errno)))
     return;
-  size_t got = read_full(rfd, in, sizeof in);
+  size_t got = wl_read_full(rfd, in, sizeof in);
   wl_check(c, got == sizeof in && memcmp(in, out, sizeof in) == 0,
            "%s: wrote 300 bytes after the restore, read back %zu (or other bytes)", what, got);
 }
@@ -107,13 +83,13 @@ static int child_main(void) {
   }
   struct wl_check c;
   wl_check_init(&c);
-  int n = fionread(pb[0]);
+  int n = wl_fionread(pb[0]);
   wl_check(&c, n >= B_LEN, "pipe B: FIONREAD %d in the child, want at least %d", n, B_LEN);
-  size_t got = read_full(pb[0], buf, B_LEN);
+  size_t got = wl_read_full(pb[0], buf, B_LEN);
   if (wl_check(&c, got == B_LEN, "pipe B: the child read %zu of %d bytes in flight", got, B_LEN)) {
     long d = wl_pattern_diff(buf, B_LEN, 22);
     wl_check(&c, d < 0, "pipe B: data in flight differs at byte %ld", d);
-    got = read_full(pb[0], buf, B_MORE);
+    got = wl_read_full(pb[0], buf, B_MORE);
     if (wl_check(&c, got == B_MORE,
                  "pipe B: the child read %zu of the %d bytes written after "
                  "the restore",

@@ -82,36 +82,12 @@ static void send_pattern(int fd, size_t len, uint32_t seed, const char* what) {
     wl_die("root", "send %s: %s", what, strerror(errno));
 }
 
-static int fionread(int fd) {
-  int n = -1;
-  if (ioctl(fd, FIONREAD, &n) != 0) return -1;
-  return n;
-}
-
-/* Reads exactly len stream bytes (waiting up to 3 s). */
-static size_t read_full(int fd, void* p, size_t len) {
-  size_t got = 0;
-  for (int spins = 0; got < len && spins < 300;) {
-    struct pollfd pfd = {fd, POLLIN, 0};
-    if (poll(&pfd, 1, 10) <= 0) {
-      spins++;
-      continue;
-    }
-    ssize_t r = recv(fd, (char*)p + got, len - got, MSG_DONTWAIT);
-    if (r > 0)
-      got += (size_t)r;
-    else if (r == 0 || (errno != EAGAIN && errno != EINTR))
-      break;
-  }
-  return got;
-}
-
 static void check_stream(struct wl_check* c, const char* what, int fd, size_t len, uint32_t seed) {
-  int n = fionread(fd);
-  for (int t = 0; t < 300 && n >= 0 && n < (int)len; t++, n = fionread(fd)) wl_sleep_ms(10);
+  int n = wl_fionread(fd);
+  for (int t = 0; t < 300 && n >= 0 && n < (int)len; t++, n = wl_fionread(fd)) wl_sleep_ms(10);
   /* The peer may have sent more meanwhile: check_empty() proves nothing else was queued. */
   wl_check(c, n >= (int)len, "%s: FIONREAD %d, want %zu", what, n, len);
-  size_t got = read_full(fd, buf, len);
+  size_t got = wl_read_full(fd, buf, len);
   if (!wl_check(c, got == len, "%s: read %zu of %zu queued bytes", what, got, len)) return;
   long d = wl_pattern_diff(buf, len, seed);
   wl_check(c, d < 0, "%s: queued bytes differ at byte %ld", what, d);
@@ -294,7 +270,7 @@ int main(int argc, char** argv) {
            sockopt(dp[1], SO_PEEK_OFF));
   zero = -1;
   setsockopt(dp[1], SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof zero);
-  wl_check(&c, fionread(dp[1]) == 10, "dp[1]: FIONREAD %d, want 10", fionread(dp[1]));
+  wl_check(&c, wl_fionread(dp[1]) == 10, "dp[1]: FIONREAD %d, want 10", wl_fionread(dp[1]));
   check_msg(&c, "dp[1] 1st", dp[1], 10, 11);
   check_msg(&c, "dp[1] 2nd", dp[1], 0, 12);
   check_msg(&c, "dp[1] 3rd", dp[1], 700, 13);

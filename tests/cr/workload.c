@@ -4,10 +4,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -410,4 +412,27 @@ int wl_fdinfo_sorted(int fd, const char* prefix, const char* cut, char* out, siz
   if (n) out[0] = '\0';
   for (int i = 0; i < k && o < n; i++) o += (size_t)snprintf(out + o, n - o, "%s;", lines[i]);
   return found;
+}
+
+int wl_fionread(int fd) {
+  int n = -1;
+  if (ioctl(fd, FIONREAD, &n) != 0) return -1;
+  return n;
+}
+
+size_t wl_read_full(int fd, void* p, size_t len) {
+  size_t got = 0;
+  for (int spins = 0; got < len && spins < 300;) {
+    struct pollfd pfd = {fd, POLLIN, 0};
+    if (poll(&pfd, 1, 10) <= 0) {
+      spins++;
+      continue;
+    }
+    ssize_t r = read(fd, (char*)p + got, len - got);
+    if (r > 0)
+      got += (size_t)r;
+    else if (r == 0 || (errno != EAGAIN && errno != EINTR))
+      break;
+  }
+  return got;
 }

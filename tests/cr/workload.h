@@ -65,6 +65,11 @@ int wl_fdinfo(int fd, const char* prefix, char* out, size_t n);
  * the order of its own trees), each cut where `cut` starts (when not NULL), each
  * followed by ';'. */
 int wl_fdinfo_sorted(int fd, const char* prefix, const char* cut, char* out, size_t n);
+/* Bytes waiting to be read on fd (FIONREAD), -1 on error. */
+int wl_fionread(int fd);
+/* Reads exactly len bytes from a pipe or a stream socket, waiting up to 3 s for them;
+ * returns how many it got (fewer on EOF, an error or the time running out). */
+size_t wl_read_full(int fd, void* p, size_t len);
 /* Reaps every wl_fork()ed child. 0 when each exited normally within timeout_ms;
  * else -1 with the reason in why (killed by a signal, not exiting, not our child). */
 int wl_reap_children(int timeout_ms, char* why, size_t n);
