@@ -139,6 +139,8 @@ constexpr FdKind kFdKinds[] = {
     {FdType::kUnixSocket, img::FileObject::kUnixSock, RefuseUnixSock, DumpUnixSock,
      ValidateUnixSock, OpenUnixSock},
     {FdType::kTty, img::FileObject::kTty, nullptr, DumpTty, ValidateTty, OpenTty},
+    {FdType::kNetlinkSocket, img::FileObject::kNetlinkSock, RefuseNetlinkSock, DumpNetlinkSock,
+     ValidateNetlinkSock, OpenNetlinkSock},
 };
 
 const FdKind* KindOf(FdType t) {

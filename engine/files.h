@@ -27,6 +27,7 @@ enum class FdType {
   kUnixSocket,
   kTty,
   kInetSocket,
+  kNetlinkSocket,
   kUnsupported,
 };
 
@@ -94,5 +95,12 @@ std::string RefuseInetSock(const FdDesc& d);
 Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<void> ValidateInetSock(const img::FileObject& fo);
 Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+// Netlink sockets (sock_netlink.cc): d->type is kNetlinkSocket when ClassifySocket saw
+// AF_NETLINK; the refusal names what can't be carried on this one.
+std::string RefuseNetlinkSock(const FdDesc& d);
+Result<void> DumpNetlinkSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<void> ValidateNetlinkSock(const img::FileObject& fo);
+Result<UniqueFd> OpenNetlinkSock(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
 
 }  // namespace kleap

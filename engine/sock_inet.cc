@@ -33,6 +33,7 @@
 #include "engine/files.h"
 #include "engine/net/netlock.h"
 #include "engine/sock_inet.h"
+#include "engine/sockopt.h"
 
 namespace kleap {
 namespace {
@@ -106,19 +107,6 @@ bool OptApplies(const OptName& o, int family, int protocol) {
 bool Known(int level, int name) {
   return std::any_of(std::begin(kSockOpts), std::end(kSockOpts),
                      [&](auto& o) { return o.level == level && o.name == name; });
-}
-
-Result<int> GetInt(int fd, int level, int name, const char* what) {
-  int v = 0;
-  socklen_t len = sizeof v;
-  if (getsockopt(fd, level, name, &v, &len) < 0) return ErrnoError() << "getsockopt " << what;
-  return v;
-}
-
-Result<void> SetInt(int fd, int level, int name, int v, const char* what) {
-  if (setsockopt(fd, level, name, &v, sizeof v) < 0)
-    return ErrnoError() << "setsockopt " << what << " " << v;
-  return Ok();
 }
 
 bool IsTcp(const img::InetSock& s) {
@@ -369,6 +357,10 @@ std::string ClassifySocket(FdDesc* d) {
     return "packet sockets are not carried: their rings, filters and fanout groups can't be read "
            "back";
   if (inet) return "only TCP and UDP inet sockets are carried";
+  if (k->family == AF_NETLINK) {
+    d->type = FdType::kNetlinkSocket;
+    return "";
+  }
   return "sockets of this family are not supported yet";
 }
 

@@ -32,6 +32,7 @@
 
 #include "engine/base/log.h"
 #include "engine/sock_unix.h"
+#include "engine/sockopt.h"
 
 namespace kleap {
 namespace {
@@ -201,19 +202,6 @@ std::string Holder(uint32_t ino) {
   return "no task";
 }
 
-Result<int> GetInt(int fd, int name, const char* what) {
-  int v = 0;
-  socklen_t len = sizeof v;
-  if (getsockopt(fd, SOL_SOCKET, name, &v, &len) < 0) return ErrnoError() << "getsockopt " << what;
-  return v;
-}
-
-Result<void> SetInt(int fd, int name, int v, const char* what) {
-  if (setsockopt(fd, SOL_SOCKET, name, &v, sizeof v) < 0)
-    return ErrnoError() << "setsockopt " << what << " " << v;
-  return Ok();
-}
-
 Result<int64_t> GetTimeout(int fd, int name, const char* what) {
   timeval tv{};
   socklen_t len = sizeof tv;
@@ -237,10 +225,10 @@ class PeekOffGuard {
 
 // The receive queue, peeked from offset 0 on: a stream's `bytes`, or every message.
 Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s) {
-  int saved = KLEAP_TRY(GetInt(fd, SO_PEEK_OFF, "SO_PEEK_OFF"));
+  int saved = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_PEEK_OFF, "SO_PEEK_OFF"));
   s->set_peek_off(saved);
   if (diag.rqueue == 0 && diag.type == SOCK_STREAM) return Ok();
-  KLEAP_TRY(SetInt(fd, SO_PEEK_OFF, 0, "SO_PEEK_OFF"));
+  KLEAP_TRY(SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, 0, "SO_PEEK_OFF"));
   PeekOffGuard guard(fd, saved);
   std::vector<char> buf(1 << 16);
   uint64_t total = 0;
@@ -276,7 +264,7 @@ Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s) {
     if (diag.type != SOCK_STREAM && size_t(n) > buf.size()) {
       // A message longer than the buffer: peek it again, whole.
       buf.resize(size_t(n));
-      KLEAP_TRY(SetInt(fd, SO_PEEK_OFF, peeked, "SO_PEEK_OFF"));
+      KLEAP_TRY(SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, peeked, "SO_PEEK_OFF"));
       --i;
       continue;
     }
@@ -310,7 +298,7 @@ std::string RefuseDiag(const Diag& d) {
 bool IsUnixSocket(pid_t pid, int fd) {
   auto grabbed = GrabFd(pid, fd);
   if (!grabbed) return false;
-  auto domain = GetInt(grabbed->get(), SO_DOMAIN, "SO_DOMAIN");
+  auto domain = GetInt(grabbed->get(), SOL_SOCKET, SO_DOMAIN, "SO_DOMAIN");
   return domain && *domain == AF_UNIX;
 }
 
@@ -424,17 +412,17 @@ Result<void> DumpUnixSock(DumpContext&, const FdDesc& d, img::FileObject* fo) {
   }
   UniqueFd sock = KLEAP_TRY(GrabFd(d.pid, d.fd));
   int fd = sock.get();
-  s->set_passcred(KLEAP_TRY(GetInt(fd, SO_PASSCRED, "SO_PASSCRED")));
-  s->set_passsec(GetInt(fd, SO_PASSSEC, "SO_PASSSEC").value_or(0));
+  s->set_passcred(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_PASSCRED, "SO_PASSCRED")));
+  s->set_passsec(GetInt(fd, SOL_SOCKET, SO_PASSSEC, "SO_PASSSEC").value_or(0));
 #ifdef SO_PASSPIDFD
-  s->set_passpidfd(GetInt(fd, SO_PASSPIDFD, "SO_PASSPIDFD").value_or(0));
+  s->set_passpidfd(GetInt(fd, SOL_SOCKET, SO_PASSPIDFD, "SO_PASSPIDFD").value_or(0));
 #endif
-  s->set_sndbuf(uint32_t(KLEAP_TRY(GetInt(fd, SO_SNDBUF, "SO_SNDBUF"))));
-  s->set_rcvbuf(uint32_t(KLEAP_TRY(GetInt(fd, SO_RCVBUF, "SO_RCVBUF"))));
+  s->set_sndbuf(uint32_t(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF"))));
+  s->set_rcvbuf(uint32_t(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF"))));
   s->set_rcvtimeo_us(KLEAP_TRY(GetTimeout(fd, SO_RCVTIMEO, "SO_RCVTIMEO")));
   s->set_sndtimeo_us(KLEAP_TRY(GetTimeout(fd, SO_SNDTIMEO, "SO_SNDTIMEO")));
   if (diag.state == kListening) {
-    s->set_peek_off(KLEAP_TRY(GetInt(fd, SO_PEEK_OFF, "SO_PEEK_OFF")));
+    s->set_peek_off(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_PEEK_OFF, "SO_PEEK_OFF")));
     return Ok();
   }
   return PeekQueue(fd, diag, s);
@@ -631,8 +619,8 @@ Result<void> UnixRestore::Refill(Sock& k) {
     if (from < 0) return Err(EINVAL) << what << ": queued bytes without a peer";
     std::string all;
     for (auto& m : k.s->queue()) all += m.data();
-    KLEAP_TRY(SetInt(from, SO_SNDBUFFORCE, int(std::max<size_t>(1 << 20, all.size() + (1 << 16))),
-                     "SO_SNDBUFFORCE"));
+    KLEAP_TRY(SetInt(from, SOL_SOCKET, SO_SNDBUFFORCE,
+                     int(std::max<size_t>(1 << 20, all.size() + (1 << 16))), "SO_SNDBUFFORCE"));
     for (size_t off = 0; off < all.size();) {
       ssize_t n = send(from, all.data() + off, std::min<size_t>(all.size() - off, 1 << 16),
                        MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -669,7 +657,7 @@ Result<void> UnixRestore::Refill(Sock& k) {
       }
     }
     if (sender < 0) return Err(EINVAL) << what << ": queued messages without a peer";
-    KLEAP_TRY(SetInt(sender, SO_SNDBUFFORCE,
+    KLEAP_TRY(SetInt(sender, SOL_SOCKET, SO_SNDBUFFORCE,
                      int(std::max<size_t>(1 << 20, 2 * m.data().size() + (1 << 16))),
                      "SO_SNDBUFFORCE"));
     // A datagram goes to the socket's name, unless the sender is its connected pair.
@@ -691,17 +679,17 @@ Result<void> UnixRestore::Finish(Sock& k) {
   const img::UnixSock& s = *k.s;
   int fd = k.fd.get();
   std::string what = What(k);
-  KLEAP_TRY_CTX(SetInt(fd, SO_PASSCRED, s.passcred(), "SO_PASSCRED"), what);
-  if (s.passsec()) KLEAP_TRY_CTX(SetInt(fd, SO_PASSSEC, 1, "SO_PASSSEC"), what);
+  KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, SO_PASSCRED, s.passcred(), "SO_PASSCRED"), what);
+  if (s.passsec()) KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, SO_PASSSEC, 1, "SO_PASSSEC"), what);
 #ifdef SO_PASSPIDFD
-  if (s.passpidfd()) KLEAP_TRY_CTX(SetInt(fd, SO_PASSPIDFD, 1, "SO_PASSPIDFD"), what);
+  if (s.passpidfd()) KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, SO_PASSPIDFD, 1, "SO_PASSPIDFD"), what);
 #endif
   for (auto [get, force, want, name] :
        {std::tuple{SO_SNDBUF, SO_SNDBUFFORCE, s.sndbuf(), "SO_SNDBUF"},
         std::tuple{SO_RCVBUF, SO_RCVBUFFORCE, s.rcvbuf(), "SO_RCVBUF"}}) {
     // The kernel doubles what is set; what it reports is already doubled.
-    if (want && uint32_t(KLEAP_TRY(GetInt(fd, get, name))) != want)
-      KLEAP_TRY_CTX(SetInt(fd, force, int(want / 2), name), what);
+    if (want && uint32_t(KLEAP_TRY(GetInt(fd, SOL_SOCKET, get, name))) != want)
+      KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, force, int(want / 2), name), what);
   }
   for (auto [name, us, label] : {std::tuple{SO_RCVTIMEO, s.rcvtimeo_us(), "SO_RCVTIMEO"},
                                  std::tuple{SO_SNDTIMEO, s.sndtimeo_us(), "SO_SNDTIMEO"}}) {
@@ -710,7 +698,8 @@ Result<void> UnixRestore::Finish(Sock& k) {
     if (setsockopt(fd, SOL_SOCKET, name, &tv, sizeof tv) < 0)
       return ErrnoError() << what << ": setsockopt " << label;
   }
-  if (s.peek_off() != -1) KLEAP_TRY_CTX(SetInt(fd, SO_PEEK_OFF, s.peek_off(), "SO_PEEK_OFF"), what);
+  if (s.peek_off() != -1)
+    KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, s.peek_off(), "SO_PEEK_OFF"), what);
   if ((s.shutdown() & kRcvShutdown) && shutdown(fd, SHUT_RD) < 0)
     return ErrnoError() << what << ": shutdown SHUT_RD";
   if ((s.shutdown() & kSendShutdown) && shutdown(fd, SHUT_WR) < 0)

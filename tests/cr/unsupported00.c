@@ -1,6 +1,7 @@
 /* unsupported00: holds resources the engine refuses to carry.
  *   an io_uring instance (raw io_uring_setup), and
- *   a NETLINK_ROUTE socket, and
+ *   a NETLINK_ROUTE socket with the answer to a link dump request queued on it
+ *   (a netlink socket with nothing queued is carried, see netlink00), and
  *   a fanotify group marking STATEDIR.
  * Used by the `refuse` mode: `kleap check` must name both, `kleap dump` must
  * fail, and the tree must keep running. On SIGUSR1 it checks every fd is
@@ -9,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/fanotify.h>
@@ -49,6 +51,18 @@ int main(int argc, char** argv) {
   sa.nl_family = AF_NETLINK;
   if (bind(nl, (struct sockaddr*)&sa, sizeof sa) != 0)
     wl_die("main", "bind netlink: %s", strerror(errno));
+  struct {
+    struct nlmsghdr h;
+    struct rtgenmsg g;
+  } req;
+  memset(&req, 0, sizeof req);
+  req.h.nlmsg_len = sizeof req;
+  req.h.nlmsg_type = RTM_GETLINK;
+  req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  req.h.nlmsg_seq = 1;
+  req.g.rtgen_family = AF_UNSPEC;
+  if (send(nl, &req, sizeof req, 0) != (ssize_t)sizeof req)
+    wl_die("main", "send a link dump request: %s", strerror(errno));
   int fan = fanotify_init(FAN_CLASS_NOTIF | FAN_CLOEXEC, O_RDONLY);
   if (fan < 0) wl_skip("fanotify_init: %s", strerror(errno));
   if (fanotify_mark(fan, FAN_MARK_ADD, FAN_OPEN, wl_dirfd, NULL) != 0)
@@ -78,5 +92,14 @@ int main(int argc, char** argv) {
   socklen_t len = sizeof type;
   wl_check(&c, getsockopt(nl, SOL_SOCKET, SO_PROTOCOL, &type, &len) == 0 && type == NETLINK_ROUTE,
            "netlink fd %d: protocol %d, want NETLINK_ROUTE", nl, type);
+  /* check and dump only peeked: the first part of the answer is still there. */
+  char answer[8192];
+  ssize_t n = recv(nl, answer, sizeof answer, MSG_DONTWAIT);
+  const struct nlmsghdr* h = (const struct nlmsghdr*)answer;
+  wl_check(&c,
+           n >= (ssize_t)sizeof *h && h->nlmsg_seq == 1 &&
+               (h->nlmsg_type == RTM_NEWLINK || h->nlmsg_type == NLMSG_DONE),
+           "netlink fd %d: the queued answer is gone (recv %zd: %s)", nl, n,
+           n < 0 ? strerror(errno) : "not the link dump");
   return wl_check_result("main", &c);
 }
