@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "engine/aio.h"
 #include "engine/base/log.h"
 
 namespace kleap {
@@ -49,6 +50,8 @@ VmaClass ClassifyVma(const MapsEntry& m) {
     if (m.shared) c.reason = "a shared anonymous mapping without a shmem file";
   } else if (p.rfind("/dev/zero", 0) == 0 && m.shared) {
     c.kind = img::Vma::ANON_SHARED;
+  } else if (IsAioRingMapping(m)) {
+    c.kind = img::Vma::AIO_RING;
   } else if (p.rfind("/SYSV", 0) == 0) {
     c.reason = "SysV shared memory is not supported yet";
   } else if (p.rfind("/memfd:", 0) == 0) {
@@ -249,6 +252,9 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
       }
       case img::Vma::VVAR:
         break;
+      case img::Vma::AIO_RING:
+        KLEAP_TRY(DumpAioRing(rs, task.arch, m, mm->add_aio()));
+        break;
       case img::Vma::ANON_SHARED:
         v->set_shmem_id(m.inode);
         v->set_path(m.path);
@@ -385,7 +391,9 @@ Result<void> RestoreMm(MmRestore& r) {
   const auto& runs = r.pagemap->runs();
   for (int i = 0; i < mm.vmas_size(); ++i) {
     const img::Vma& v = mm.vmas(i);
-    if (v.kind() == img::Vma::VDSO || v.kind() == img::Vma::VVAR) continue;
+    // AIO rings come after the memory, from io_setup (RestoreAio).
+    if (v.kind() == img::Vma::VDSO || v.kind() == img::Vma::VVAR || v.kind() == img::Vma::AIO_RING)
+      continue;
     std::string where = who + " mapping " + Hex(v.start()) + "-" + Hex(v.end());
     uint64_t len = v.end() - v.start();
     // Runs that fall in this VMA (runs are in VMA order).

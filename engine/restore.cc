@@ -31,6 +31,7 @@
 #include <cstring>
 #include <thread>
 
+#include "engine/aio.h"
 #include "engine/base/log.h"
 #include "engine/context.h"
 #include "engine/core.h"
@@ -134,6 +135,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
                            << Hex(v.end());
       prev_end = v.end();
     }
+    KLEAP_TRY(ValidateAio(t.pid(), mm));
   }
   KLEAP_TRY(ValidateFileObjects(plan.files));
   std::set<uint64_t> file_ids;
@@ -619,6 +621,7 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   page_bytes_ += mr.page_bytes;
   KLEAP_TRY(FaultPoint("restore-rebuild"));
   const uint64_t data = t.scratch + kScratchData;
+  KLEAP_TRY(RestoreAio(leader, pid, data, *t.mm));
   KLEAP_TRY(RestoreSigactions(leader, pid, data, *t.core));
   KLEAP_TRY(RestoreRlimits(pid, *t.core));
   // The restorer asked to die with its parent while it was being built; the task didn't.

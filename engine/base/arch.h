@@ -80,6 +80,11 @@ struct X64Arch {
     kTimerGettime = 224,
     kTimerGetoverrun = 225,
     kTimerDelete = 226,
+    kMremap = 25,
+    kIoSetup = 206,
+    kIoGetevents = 208,
+    kIoSubmit = 209,
+    kPipe2 = 293,
   };
 };
 static_assert(sizeof(X64Arch::k_sigaction) == 32);
@@ -141,6 +146,11 @@ struct X86Arch {
     kTimerGettime = 261 /* 32-bit time */,
     kTimerGetoverrun = 262,
     kTimerDelete = 263,
+    kMremap = 163,
+    kIoSetup = 245 /* compat: a 32-bit context id */,
+    kIoGetevents = 247 /* 32-bit time */,
+    kIoSubmit = 248 /* an array of 32-bit pointers */,
+    kPipe2 = 331,
   };
 };
 static_assert(sizeof(X86Arch::k_sigaction) == 20);
