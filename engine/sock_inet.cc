@@ -32,8 +32,8 @@
 #include "engine/context.h"
 #include "engine/files.h"
 #include "engine/net/netlock.h"
+#include "engine/sock.h"
 #include "engine/sock_inet.h"
-#include "engine/sockopt.h"
 
 namespace kleap {
 namespace {
@@ -396,33 +396,19 @@ namespace {
 std::map<uint16_t, int> TimeWaitPorts() {
   std::map<uint16_t, int> out;
   for (int family : {AF_INET, AF_INET6}) {
-    UniqueFd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-    if (!nl) return out;
     struct {
       nlmsghdr h;
       inet_diag_req_v2 r;
     } req{};
-    req.h.nlmsg_len = sizeof req;
-    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
     req.r.sdiag_family = uint8_t(family);
     req.r.sdiag_protocol = IPPROTO_TCP;
     req.r.idiag_states = 1u << kTimeWait;
-    if (send(nl.get(), &req, sizeof req, 0) != sizeof req) return out;
-    alignas(nlmsghdr) char buf[32768];
-    for (bool done = false; !done;) {
-      ssize_t n = recv(nl.get(), buf, sizeof buf, 0);
-      if (n <= 0) break;
-      int len = int(n);
-      for (auto* h = reinterpret_cast<nlmsghdr*>(buf); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
-        if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) {
-          done = true;
-          break;
-        }
-        auto* m = static_cast<inet_diag_msg*>(NLMSG_DATA(h));
-        out[ntohs(m->id.idiag_sport)]++;
-      }
-    }
+    // Only notes come of this: a failed query leaves them out.
+    (void)SockDiag(&req, sizeof req, true, "INET_DIAG", [&](const nlmsghdr& h) {
+      if (h.nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return;
+      auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(&h));
+      out[ntohs(m->id.idiag_sport)]++;
+    });
   }
   return out;
 }

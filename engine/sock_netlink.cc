@@ -17,7 +17,7 @@
 
 #include "engine/context.h"
 #include "engine/files.h"
-#include "engine/sockopt.h"
+#include "engine/sock.h"
 
 namespace kleap {
 namespace {

@@ -31,8 +31,8 @@
 #include <set>
 
 #include "engine/base/log.h"
+#include "engine/sock.h"
 #include "engine/sock_unix.h"
-#include "engine/sockopt.h"
 
 namespace kleap {
 namespace {
@@ -83,94 +83,73 @@ const char* TypeName(uint32_t t) {
 
 // One UNIX_DIAG request: every unix socket (ino 0) or one.
 Result<std::vector<Diag>> QueryDiag(uint32_t ino) {
-  UniqueFd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
-  if (!nl) return ErrnoError() << "netlink sock_diag socket";
   struct {
     nlmsghdr h;
     unix_diag_req r;
   } req{};
-  req.h.nlmsg_len = sizeof req;
-  req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-  req.h.nlmsg_flags = NLM_F_REQUEST | (ino ? 0 : NLM_F_DUMP);
   req.r.sdiag_family = AF_UNIX;
   req.r.udiag_states = ~0u;
   req.r.udiag_ino = ino;
   req.r.udiag_cookie[0] = req.r.udiag_cookie[1] = ~0u;
   req.r.udiag_show =
       UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
-  if (send(nl.get(), &req, sizeof req, 0) != ssize_t(sizeof req))
-    return ErrnoError() << "send a UNIX_DIAG request";
   std::vector<Diag> out;
-  std::vector<char> buf(1 << 16);
-  for (;;) {
-    ssize_t n = recv(nl.get(), buf.data(), buf.size(), 0);
-    if (n < 0) return ErrnoError() << "read UNIX_DIAG";
-    for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, size_t(n));
-         h = NLMSG_NEXT(h, n)) {
-      if (h->nlmsg_type == NLMSG_DONE) return out;
-      if (h->nlmsg_type == NLMSG_ERROR) {
-        int err = -reinterpret_cast<nlmsgerr*>(NLMSG_DATA(h))->error;
-        if (err == 0) return out;
-        errno = err;
-        return ErrnoError() << "UNIX_DIAG" << (ino ? " of socket " + std::to_string(ino) : "");
+  std::string what = "UNIX_DIAG" + (ino ? " of socket " + std::to_string(ino) : std::string());
+  KLEAP_TRY(SockDiag(&req, sizeof req, ino == 0, what, [&](const nlmsghdr& h) {
+    if (h.nlmsg_len < NLMSG_LENGTH(sizeof(unix_diag_msg))) return;
+    auto* m = static_cast<const unix_diag_msg*>(NLMSG_DATA(&h));
+    Diag d;
+    d.ino = m->udiag_ino;
+    d.type = m->udiag_type;
+    d.state = m->udiag_state;
+    size_t off = NLMSG_ALIGN(sizeof *m);
+    size_t len = h.nlmsg_len - NLMSG_LENGTH(0);
+    auto* base = static_cast<char*>(NLMSG_DATA(&h));
+    while (off + sizeof(nlattr) <= len) {
+      auto* a = reinterpret_cast<nlattr*>(base + off);
+      if (a->nla_len < sizeof(nlattr) || off + a->nla_len > len) break;
+      const char* p = base + off + NLA_HDRLEN;
+      size_t plen = a->nla_len - NLA_HDRLEN;
+      switch (a->nla_type) {
+        case UNIX_DIAG_NAME:
+          d.name = NormalName(p, plen);
+          break;
+        case UNIX_DIAG_VFS:
+          if (plen >= sizeof(unix_diag_vfs)) {
+            unix_diag_vfs v;
+            memcpy(&v, p, sizeof v);
+            d.vfs = true;
+            d.vfs_ino = v.udiag_vfs_ino;
+            d.vfs_dev = v.udiag_vfs_dev;
+          }
+          break;
+        case UNIX_DIAG_PEER:
+          if (plen >= 4) memcpy(&d.peer, p, 4);
+          break;
+        case UNIX_DIAG_ICONS:
+          for (size_t i = 0; i + 4 <= plen; i += 4) {
+            uint32_t c;
+            memcpy(&c, p + i, 4);
+            d.icons.push_back(c);
+          }
+          break;
+        case UNIX_DIAG_RQLEN:
+          if (plen >= sizeof(unix_diag_rqlen)) {
+            unix_diag_rqlen q;
+            memcpy(&q, p, sizeof q);
+            d.rqueue = q.udiag_rqueue;
+            d.wqueue = q.udiag_wqueue;
+          }
+          break;
+        case UNIX_DIAG_SHUTDOWN:
+          if (plen >= 1) d.shutdown = uint8_t(*p);
+          break;
       }
-      if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY ||
-          h->nlmsg_len < NLMSG_LENGTH(sizeof(unix_diag_msg)))
-        continue;
-      auto* m = static_cast<unix_diag_msg*>(NLMSG_DATA(h));
-      Diag d;
-      d.ino = m->udiag_ino;
-      d.type = m->udiag_type;
-      d.state = m->udiag_state;
-      size_t off = NLMSG_ALIGN(sizeof *m);
-      size_t len = h->nlmsg_len - NLMSG_LENGTH(0);
-      auto* base = static_cast<char*>(NLMSG_DATA(h));
-      while (off + sizeof(nlattr) <= len) {
-        auto* a = reinterpret_cast<nlattr*>(base + off);
-        if (a->nla_len < sizeof(nlattr) || off + a->nla_len > len) break;
-        const char* p = base + off + NLA_HDRLEN;
-        size_t plen = a->nla_len - NLA_HDRLEN;
-        switch (a->nla_type) {
-          case UNIX_DIAG_NAME:
-            d.name = NormalName(p, plen);
-            break;
-          case UNIX_DIAG_VFS:
-            if (plen >= sizeof(unix_diag_vfs)) {
-              unix_diag_vfs v;
-              memcpy(&v, p, sizeof v);
-              d.vfs = true;
-              d.vfs_ino = v.udiag_vfs_ino;
-              d.vfs_dev = v.udiag_vfs_dev;
-            }
-            break;
-          case UNIX_DIAG_PEER:
-            if (plen >= 4) memcpy(&d.peer, p, 4);
-            break;
-          case UNIX_DIAG_ICONS:
-            for (size_t i = 0; i + 4 <= plen; i += 4) {
-              uint32_t c;
-              memcpy(&c, p + i, 4);
-              d.icons.push_back(c);
-            }
-            break;
-          case UNIX_DIAG_RQLEN:
-            if (plen >= sizeof(unix_diag_rqlen)) {
-              unix_diag_rqlen q;
-              memcpy(&q, p, sizeof q);
-              d.rqueue = q.udiag_rqueue;
-              d.wqueue = q.udiag_wqueue;
-            }
-            break;
-          case UNIX_DIAG_SHUTDOWN:
-            if (plen >= 1) d.shutdown = uint8_t(*p);
-            break;
-        }
-        off += NLA_ALIGN(a->nla_len);
-      }
-      out.push_back(std::move(d));
-      if (ino) return out;
+      off += NLA_ALIGN(a->nla_len);
     }
-  }
+    out.push_back(std::move(d));
+  }));
+  return out;
 }
 
 Result<Diag> DiagOf(uint32_t ino) {

@@ -1,0 +1,43 @@
+#include "engine/sock.h"
+
+#include <linux/sock_diag.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "engine/base/unique_fd.h"
+
+namespace kleap {
+
+Result<void> SockDiag(void* req, size_t len, bool dump, const std::string& what,
+                      const std::function<void(const nlmsghdr&)>& each) {
+  UniqueFd nl(socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG));
+  if (!nl) return ErrnoError() << what << ": netlink sock_diag socket";
+  auto* h = static_cast<nlmsghdr*>(req);
+  h->nlmsg_len = uint32_t(len);
+  h->nlmsg_type = SOCK_DIAG_BY_FAMILY;
+  h->nlmsg_flags = NLM_F_REQUEST | (dump ? NLM_F_DUMP : 0);
+  if (send(nl.get(), req, len, 0) != ssize_t(len)) return ErrnoError() << what << ": send";
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    ssize_t n = recv(nl.get(), buf.data(), buf.size(), 0);
+    if (n < 0) return ErrnoError() << what << ": read the answer";
+    if (n == 0) return Err(EPROTO) << what << ": the kernel closed the query";
+    for (auto* m = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(m, size_t(n));
+         m = NLMSG_NEXT(m, n)) {
+      if (m->nlmsg_type == NLMSG_DONE) return Ok();
+      if (m->nlmsg_type == NLMSG_ERROR) {
+        int err = m->nlmsg_len >= NLMSG_LENGTH(sizeof(nlmsgerr))
+                      ? -static_cast<nlmsgerr*>(NLMSG_DATA(m))->error
+                      : EPROTO;
+        if (err == 0) return Ok();
+        errno = err;
+        return ErrnoError() << what;
+      }
+      if (m->nlmsg_type == SOCK_DIAG_BY_FAMILY) each(*m);
+    }
+    if (!dump) return Ok();
+  }
+}
+
+}  // namespace kleap

@@ -1,0 +1,33 @@
+// What every socket kind (inet, unix, netlink) shares: integer options, and sock_diag
+// queries, which read a socket's kernel state without touching it.
+#pragma once
+
+#include <linux/netlink.h>
+#include <sys/socket.h>
+
+#include <functional>
+
+#include "engine/base/result.h"
+
+namespace kleap {
+
+inline Result<int> GetInt(int fd, int level, int name, const char* what) {
+  int v = 0;
+  socklen_t len = sizeof v;
+  if (getsockopt(fd, level, name, &v, &len) < 0) return ErrnoError() << "getsockopt " << what;
+  return v;
+}
+
+inline Result<void> SetInt(int fd, int level, int name, int v, const char* what) {
+  if (setsockopt(fd, level, name, &v, sizeof v) < 0)
+    return ErrnoError() << "setsockopt " << what << " " << v;
+  return Ok();
+}
+
+// Sends one SOCK_DIAG_BY_FAMILY request (req: an nlmsghdr and the family's request,
+// header filled in here) and calls `each` with every answer until the kernel is done.
+// `what` names the query in errors.
+Result<void> SockDiag(void* req, size_t len, bool dump, const std::string& what,
+                      const std::function<void(const nlmsghdr&)>& each);
+
+}  // namespace kleap
