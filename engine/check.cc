@@ -4,6 +4,7 @@
 #include <set>
 
 #include "engine/context.h"
+#include "engine/ipc.h"
 #include "engine/locks.h"
 #include "engine/sock_unix.h"
 #include "engine/timers.h"
@@ -76,6 +77,7 @@ std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
   for (auto&& p : CheckUnixPeers(tasks)) out.push_back(std::move(p));
   auto ttys = CheckCttys(tasks);
   out.insert(out.end(), ttys.begin(), ttys.end());
+  for (auto&& p : CheckIpc(tasks)) out.push_back(std::move(p));
   for (auto& t : tasks)
     if (!t.zombie)
       for (auto&& part : {CheckTaskState(t.pid), CheckFds(t.pid), CheckMappings(t.pid)})

@@ -13,6 +13,7 @@
 #include "engine/images/core.pb.h"
 #include "engine/images/files.pb.h"
 #include "engine/images/image_set.h"
+#include "engine/images/ipc.pb.h"
 #include "engine/images/mm.pb.h"
 #include "engine/images/pagemap.pb.h"
 #include "engine/images/pstree.pb.h"
@@ -87,6 +88,8 @@ struct RestorePlan {
   std::map<pid_t, img::FdTable> fdtables;
   img::FileTable files;
   img::ShmemTable shmem;
+  img::IpcNamespace ipc;  // when the tree had an IPC namespace of its own (ipc.img)
+  bool has_ipc = false;
 };
 
 // Files the restore controller opens once, before any task exists. Tasks inherit

@@ -9,6 +9,7 @@
 
 #include "engine/base/log.h"
 #include "engine/context.h"
+#include "engine/ipc.h"
 
 namespace kleap {
 
@@ -87,6 +88,8 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   DumpContext ctx;
   ctx.images = &images;
   ctx.tree = tree.get();
+  // The IPC namespace, when the tree has one of its own, and each task's semadj.
+  IpcDump ipc = KLEAP_TRY(DumpIpc(ctx));
   img::PsTree pstree;
   pstree.set_root_pid(opts.root);
   for (auto& t : tree->tasks()) {
@@ -108,6 +111,7 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
 
     img::TaskCore core;
     KLEAP_TRY(DumpCore(ctx, t, &core));
+    for (auto& u : ipc.undo[t.pid]) *core.add_sem_undo() = u;
     KLEAP_TRY(DumpSignals(ctx, t, &core));
     img::MmImage mm;
     KLEAP_TRY(DumpMm(ctx, t, &mm));

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "engine/context.h"
+#include "engine/ipc.h"
 
 namespace kleap {
 namespace {
@@ -22,6 +23,7 @@ std::unique_ptr<google::protobuf::Message> MessageFor(const std::string& name) {
   if (name == kPsTreeImage) return std::make_unique<img::PsTree>();
   if (name == kFilesImage) return std::make_unique<img::FileTable>();
   if (name == kShmemTableImage) return std::make_unique<img::ShmemTable>();
+  if (name == kIpcImage) return std::make_unique<img::IpcNamespace>();
   if (starts("core-")) return std::make_unique<img::TaskCore>();
   if (starts("mm-")) return std::make_unique<img::MmImage>();
   if (starts("pagemap-")) return std::make_unique<img::Pagemap>();

@@ -53,7 +53,7 @@ VmaClass ClassifyVma(const MapsEntry& m) {
   } else if (IsAioRingMapping(m)) {
     c.kind = img::Vma::AIO_RING;
   } else if (p.rfind("/SYSV", 0) == 0) {
-    c.reason = "SysV shared memory is not supported yet";
+    c.kind = img::Vma::SYSV_SHM;  // carried with its IPC namespace, or refused (ipc.cc)
   } else if (p.rfind("/memfd:", 0) == 0) {
     c.reason = "memfd mappings are not supported yet";
   } else if (p[0] == '[') {
@@ -252,6 +252,10 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
       }
       case img::Vma::VVAR:
         break;
+      case img::Vma::SYSV_SHM:  // the segment's pages go with its namespace (ipc.cc)
+        v->set_shmem_id(m.inode);
+        v->set_path(m.path);
+        break;
       case img::Vma::AIO_RING:
         KLEAP_TRY(DumpAioRing(rs, task.arch, m, mm->add_aio()));
         break;
@@ -391,6 +395,7 @@ Result<void> RestoreMm(MmRestore& r) {
   const auto& runs = r.pagemap->runs();
   for (int i = 0; i < mm.vmas_size(); ++i) {
     const img::Vma& v = mm.vmas(i);
+    if (v.kind() == img::Vma::SYSV_SHM) continue;  // attached again by AttachSysvShm
     // AIO rings come after the memory, from io_setup (RestoreAio).
     if (v.kind() == img::Vma::VDSO || v.kind() == img::Vma::VVAR || v.kind() == img::Vma::AIO_RING)
       continue;

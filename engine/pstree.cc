@@ -201,7 +201,8 @@ SeizedTree::~SeizedTree() {
 
 std::vector<Problem> CheckNamespaces(pid_t pid) {
   std::vector<Problem> out;
-  static const char* kNs[] = {"mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"};
+  // The IPC namespace is carried whole or refused by CheckIpc (ipc.cc).
+  static const char* kNs[] = {"mnt", "pid", "net", "uts", "user", "cgroup", "time"};
   for (const char* ns : kNs) {
     struct stat mine, theirs;
     std::string self = std::string("/proc/self/ns/") + ns;

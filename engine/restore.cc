@@ -35,6 +35,7 @@
 #include "engine/base/log.h"
 #include "engine/context.h"
 #include "engine/core.h"
+#include "engine/ipc.h"
 #include "engine/locks.h"
 #include "engine/mm.h"
 #include "engine/seccomp.h"
@@ -167,7 +168,12 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
   }
   KLEAP_TRY(images.ReadMessage(kFilesImage, &plan.files));
   KLEAP_TRY(images.ReadMessage(kShmemTableImage, &plan.shmem));
+  if (images.Has(kIpcImage)) {
+    KLEAP_TRY(images.ReadMessage(kIpcImage, &plan.ipc));
+    plan.has_ipc = true;
+  }
   KLEAP_TRY(ValidatePlan(plan));
+  KLEAP_TRY(ValidateIpc(plan));
   return plan;
 }
 
@@ -490,6 +496,7 @@ class RestoreSession {
   SockLock lock_;  // goes after the sockets: a failed restore closes them in repair mode
   OpenFiles files_;
   std::map<uint64_t, ShmemMapping> shmem_;
+  std::unique_ptr<IpcRestore> ipc_;
   std::vector<TaskPlan> tasks_;
   SharedState* shared_ = nullptr;
   size_t shared_size_ = 0;
@@ -528,6 +535,8 @@ Result<void> RestoreSession::Prepare() {
   lock_ = KLEAP_TRY(SockLock::ForFiles(plan_.files));
   KLEAP_TRY(OpenFileObjects(plan_, images_, &files_));
   shmem_ = KLEAP_TRY(CreateShmem(images_, plan_));
+  // The tasks are forked into it: the controller enters a new IPC namespace now.
+  if (plan_.has_ipc) ipc_ = KLEAP_TRY(IpcRestore::Create(plan_, images_));
   return Ok();
 }
 
@@ -619,6 +628,7 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   mr.force_vdso_proxy = opts_.force_vdso_proxy;
   KLEAP_TRY(RestoreMm(mr));
   page_bytes_ += mr.page_bytes;
+  KLEAP_TRY(AttachSysvShm(leader, pid, *t.mm));
   KLEAP_TRY(FaultPoint("restore-rebuild"));
   const uint64_t data = t.scratch + kScratchData;
   KLEAP_TRY(RestoreAio(leader, pid, data, *t.mm));
@@ -637,6 +647,7 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   KLEAP_TRY(RestoreTimers(leader, pid, data, t.core->timers(),
                           images_.inventory().boot_id() == BootId()));
   KLEAP_TRY(RestoreLocks(leader, pid, data, *t.core));
+  KLEAP_TRY(RestoreSemUndo(leader, pid, data, *t.core));
   if (t.core->child_subreaper())
     KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_CHILD_SUBREAPER, 1),
                   "task " << pid << ": set child subreaper");
@@ -701,6 +712,7 @@ Result<RestoreResult> RestoreSession::Run() {
   KLEAP_TRY(SeizeAll());
   for (auto& t : tasks_) KLEAP_TRY(Rebuild(t));
   KLEAP_TRY(FinishSockets(plan_.files, files_));
+  if (ipc_) KLEAP_TRY(ipc_->Finish());
   KLEAP_TRY(lock_.Remove());
   // Resume everything at once: the destructors write the final registers and masks.
   threads_.clear();
