@@ -45,6 +45,12 @@ struct DumpContext {
     return it->second;
   }
   img::ShmemTable shmem;
+  // Shmem objects are numbered per (dev, inode): an fd and the mappings of one memfd share one.
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> shmem_ids;
+  uint64_t ShmemId(uint64_t dev, uint64_t ino) {
+    auto [it, added] = shmem_ids.emplace(std::make_pair(dev, ino), shmem_ids.size() + 1);
+    return it->second;
+  }
   uint64_t page_bytes = 0;
   // Declared last, so a failed dump takes the sockets out of repair mode first.
   SockRepairSet repaired_socks;
@@ -99,6 +105,8 @@ struct OpenFiles {
   std::map<uint64_t, UniqueFd> pipes;                  // pipe id -> read end (holder)
   std::map<uint64_t, UniqueFd> pipe_writes;            // pipe id -> write end (holder)
   std::set<std::pair<uint64_t, bool>> pipe_ends_used;  // (pipe id, write end) handed out
+  std::map<uint64_t, UniqueFd> mem_files;  // shmem id -> the memfd/tmpfs file (not anon shared)
+  pid_t mem_files_pid = 0;                 // the process holding mem_files
 };
 
 // The kernel's O_LARGEFILE: glibc defines O_LARGEFILE as 0 on x86_64.
@@ -106,6 +114,10 @@ inline constexpr int kKernelOLargefile = 0100000;
 int OpenLikeTask(const std::string& path, int flags, mode_t mode);
 Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out);
 Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out);
+// The memfds and unlinked tmpfs files of shmem.img, filled and sealed (memfd.cc).
+Result<void> CreateMemFiles(const RestorePlan& plan, ImageReader& images, OpenFiles* out);
+// shmem.img's objects, and every mapping and fd that names one (images are untrusted).
+Result<void> ValidateShmem(const RestorePlan& plan);
 // Every file object has a known kind whose fields make sense (files.img is untrusted).
 Result<void> ValidateFileObjects(const img::FileTable& files);
 // In a new task, before ptrace takes over: put every fd of its table in place and close

@@ -139,6 +139,7 @@ constexpr FdKind kFdKinds[] = {
     {FdType::kUnixSocket, img::FileObject::kUnixSock, RefuseUnixSock, DumpUnixSock,
      ValidateUnixSock, OpenUnixSock},
     {FdType::kTty, img::FileObject::kTty, nullptr, DumpTty, ValidateTty, OpenTty},
+    {FdType::kMemfd, img::FileObject::kMemfd, nullptr, DumpMemfd, ValidateMemfd, OpenMemfd},
     {FdType::kNetlinkSocket, img::FileObject::kNetlinkSock, RefuseNetlinkSock, DumpNetlinkSock,
      ValidateNetlinkSock, OpenNetlinkSock},
 };
@@ -184,8 +185,8 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
     d.type = FdType::kPipe;
   } else if (S_ISFIFO(d.st.st_mode)) {
     d.type = FdType::kFifo;
-  } else if (d.link.rfind("/memfd:", 0) == 0) {
-    d.reason = "memfd is not supported yet";
+  } else if (ClassifyMemFile(&d)) {
+    // a memfd or an unlinked tmpfs file: d says how it is carried, or why not
   } else if (S_ISREG(d.st.st_mode)) {
     d.type = FdType::kRegular;
     d.deleted = d.st.st_nlink == 0 && EndsWith(d.link, kDeletedSuffix);
@@ -447,6 +448,7 @@ Result<void> ValidateFileObjects(const img::FileTable& files) {
 }
 
 Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out) {
+  KLEAP_TRY(CreateMemFiles(plan, images, out));
   KLEAP_TRY(OpenPipes(plan, out));
   KLEAP_TRY(OpenUnixSockets(plan.files, out));
   for (auto& fo : plan.files.files()) {

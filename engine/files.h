@@ -27,6 +27,7 @@ enum class FdType {
   kUnixSocket,
   kTty,
   kInetSocket,
+  kMemfd,  // a memfd or an unlinked tmpfs file: a shmem object of the set
   kNetlinkSocket,
   kUnsupported,
 };
@@ -87,6 +88,13 @@ std::string RefuseInotify(const FdDesc& d);
 Result<void> DumpInotify(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<void> ValidateInotify(const img::FileObject& fo);
 Result<UniqueFd> OpenInotify(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+
+// Memory-backed files (memfd.cc): memfds and unlinked tmpfs files. ClassifyMemFile decides
+// whether an fd is one: true when it is (d->type is kMemfd, or d->reason says why not).
+bool ClassifyMemFile(FdDesc* d);
+Result<void> DumpMemfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
+Result<void> ValidateMemfd(const img::FileObject& fo);
+Result<UniqueFd> OpenMemfd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
 
 // Sockets (sock_inet.cc): sets d->type to kInetSocket for TCP and UDP over IPv4/IPv6,
 // else returns why the socket can't be carried.

@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,13 +31,20 @@ bool EndsWith(const std::string& s, const char* suf) {
   return s.size() >= n && s.compare(s.size() - n, n, suf) == 0;
 }
 
+bool IsRegularMapping(pid_t pid, const MapsEntry& m) {
+  char range[64];
+  snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start, (unsigned long)m.end);
+  struct stat st;
+  return stat(ProcPath(pid, range).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
 uint32_t ProtOf(const MapsEntry& m) {
   return (m.read ? PROT_READ : 0) | (m.write ? PROT_WRITE : 0) | (m.exec ? PROT_EXEC : 0);
 }
 
 }  // namespace
 
-VmaClass ClassifyVma(const MapsEntry& m) {
+VmaClass ClassifyVma(const MapsEntry& m, pid_t pid) {
   VmaClass c;
   const std::string& p = m.path;
   if (p == "[vdso]") {
@@ -54,15 +62,19 @@ VmaClass ClassifyVma(const MapsEntry& m) {
     c.kind = img::Vma::AIO_RING;
   } else if (p.rfind("/SYSV", 0) == 0) {
     c.kind = img::Vma::SYSV_SHM;  // carried with its IPC namespace, or refused (ipc.cc)
+  } else if (pid && ClassifyMemMapping(pid, m, &c)) {
+    // a memfd or an unlinked tmpfs file: c says how it is carried, or why not
   } else if (p.rfind("/memfd:", 0) == 0) {
-    c.reason = "memfd mappings are not supported yet";
+    c.reason = "memfd mappings are only classified with the task's pid";
   } else if (p[0] == '[') {
     c.reason = "special mapping " + p + " is not supported";
   } else if (EndsWith(p, " (deleted)")) {
     c.reason = "the mapped file was deleted or replaced since it was mapped";
   } else if (p[0] == '/') {
     c.kind = m.shared ? img::Vma::FILE_SHARED : img::Vma::FILE_PRIVATE;
-    if (m.path.rfind("/dev/", 0) == 0) c.reason = "device mappings are not supported";
+    // Files under /dev are devices, but for regular files there (POSIX shm in /dev/shm).
+    if (m.path.rfind("/dev/", 0) == 0 && !(pid && IsRegularMapping(pid, m)))
+      c.reason = "device mappings are not supported";
   } else {
     c.reason = "unknown mapping";
   }
@@ -77,7 +89,7 @@ std::vector<Problem> CheckMappings(pid_t pid) {
     return out;
   }
   for (auto& m : *maps) {
-    VmaClass c = ClassifyVma(m);
+    VmaClass c = ClassifyVma(m, pid);
     if (!c.reason.empty())
       out.push_back({pid, "mapping " + Hex(m.start) + "-" + Hex(m.end),
                      m.path.empty() ? "anonymous" : m.path, c.reason});
@@ -144,9 +156,9 @@ Result<void> DumpVmaPages(pid_t pid, int pagemap_fd, const MapsEntry& m, bool fi
 
 // Dumps a shared anonymous (shmem) object once, through /proc/PID/map_files, so pages
 // that other tasks touched are included and nothing is faulted in.
-Result<void> DumpShmem(DumpContext& ctx, pid_t pid, const MapsEntry& m) {
+Result<void> DumpShmem(DumpContext& ctx, pid_t pid, const MapsEntry& m, uint64_t id) {
   for (auto& o : ctx.shmem.objects())
-    if (o.id() == m.inode) return Ok();
+    if (o.id() == id) return Ok();
   char range[64];
   snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start, (unsigned long)m.end);
   std::string path = ProcPath(pid, range);
@@ -155,17 +167,24 @@ Result<void> DumpShmem(DumpContext& ctx, pid_t pid, const MapsEntry& m) {
   struct stat st;
   if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << path;
   img::ShmemObject* o = ctx.shmem.add_objects();
-  o->set_id(m.inode);
+  o->set_id(id);
   o->set_size(uint64_t(st.st_size));
-  o->set_blob(ShmemImage(m.inode));
+  o->set_blob(ShmemImage(id));
+  KLEAP_TRY_CTX(DumpShmemPages(ctx, fd.get(), uint64_t(st.st_size), o), path);
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> DumpShmemPages(DumpContext& ctx, int fd, uint64_t size, img::ShmemObject* o) {
   auto blob = KLEAP_TRY(ctx.images->CreateBlob(o->blob()));
   std::vector<uint8_t> buf(kCopyChunk);
-  off_t off = 0;
-  for (;;) {
-    off_t data = lseek(fd.get(), off, SEEK_DATA);
+  off_t off = 0, end = off_t(size);
+  while (off < end) {
+    off_t data = lseek(fd, off, SEEK_DATA);
     if (data < 0) break;  // ENXIO: no more data
-    off_t hole = lseek(fd.get(), data, SEEK_HOLE);
-    if (hole < 0) hole = st.st_size;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0 || hole > end) hole = end;
     data &= ~off_t(kPage - 1);
     hole = (hole + off_t(kPage) - 1) & ~off_t(kPage - 1);
     img::PageRun* r = o->add_runs();
@@ -173,19 +192,19 @@ Result<void> DumpShmem(DumpContext& ctx, pid_t pid, const MapsEntry& m) {
     r->set_nr_pages(uint64_t(hole - data) / kPage);
     for (off_t p = data; p < hole;) {
       size_t n = size_t(std::min<off_t>(off_t(buf.size()), hole - p));
-      ssize_t got = pread(fd.get(), buf.data(), n, p);
-      if (got != ssize_t(n)) return ErrnoError() << "read shared memory " << path;
+      // The last page of a file whose size is not page-aligned reads short: zeros.
+      size_t want = size_t(std::max<off_t>(0, std::min<off_t>(off_t(n), end - p)));
+      ssize_t got = pread(fd, buf.data(), want, p);
+      if (got != ssize_t(want)) return ErrnoError() << "read shared memory at " << p;
+      memset(buf.data() + want, 0, n - want);
       KLEAP_TRY(blob->Write(buf.data(), n));
       p += off_t(n);
       ctx.page_bytes += n;
     }
     off = hole;
-    if (off >= st.st_size) break;
   }
   return blob->Close();
 }
-
-}  // namespace
 
 Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
   pid_t pid = task.pid;
@@ -226,10 +245,16 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
   auto blob = KLEAP_TRY(ctx.images->CreateBlob(PagesImage(pid)));
   std::vector<uint8_t> buf(kCopyChunk);
   std::map<std::pair<uint64_t, uint64_t>, img::FileIdentity> ident_cache;
-  std::vector<std::pair<MapsEntry, std::string>> shmem_todo;
+  struct ShmemTodo {
+    MapsEntry m;
+    std::string where;
+    uint64_t id;
+    bool mem_file;
+  };
+  std::vector<ShmemTodo> shmem_todo;
 
   for (auto& m : maps) {
-    VmaClass c = ClassifyVma(m);
+    VmaClass c = ClassifyVma(m, pid);
     if (c.skip) continue;
     std::string where = "task " + std::to_string(pid) + " mapping " + Hex(m.start) + "-" +
                         Hex(m.end) + " " + m.path;
@@ -259,11 +284,13 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
       case img::Vma::AIO_RING:
         KLEAP_TRY(DumpAioRing(rs, task.arch, m, mm->add_aio()));
         break;
-      case img::Vma::ANON_SHARED:
-        v->set_shmem_id(m.inode);
+      case img::Vma::ANON_SHARED: {
+        uint64_t id = ctx.ShmemId(makedev(m.dev_major, m.dev_minor), m.inode);
+        v->set_shmem_id(id);
         v->set_path(m.path);
-        shmem_todo.push_back({m, where});  // after the pages blob: one blob at a time
+        shmem_todo.push_back({m, where, id, false});  // after the pages blob: one blob at a time
         break;
+      }
       case img::Vma::FILE_PRIVATE:
       case img::Vma::FILE_SHARED: {
         v->set_path(m.path);
@@ -272,6 +299,18 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
                  (unsigned long)m.end);
         struct stat fst, pst;
         if (stat(ProcPath(pid, range).c_str(), &fst) < 0) return ErrnoError() << where << ": stat";
+        if (c.mem_file) {
+          // The file is a shmem object of the set, dumped once with its content; only the
+          // copied-on-write pages of a private mapping are the task's own.
+          uint64_t id = ctx.ShmemId(fst.st_dev, fst.st_ino);
+          v->set_shmem_id(id);
+          shmem_todo.push_back({m, where, id, true});
+          if (c.kind == img::Vma::FILE_PRIVATE)
+            KLEAP_TRY_CTX(
+                DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf, &ctx.page_bytes),
+                where);
+          break;
+        }
         if (stat(m.path.c_str(), &pst) < 0 || pst.st_ino != fst.st_ino || pst.st_dev != fst.st_dev)
           return Err(ESTALE) << where << ": the file at this path is no longer the mapped one";
         auto key = std::make_pair(uint64_t(fst.st_dev), uint64_t(fst.st_ino));
@@ -295,7 +334,15 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
     }
   }
   KLEAP_TRY(blob->Close());
-  for (auto& [m, where] : shmem_todo) KLEAP_TRY_CTX(DumpShmem(ctx, pid, m), where);
+  for (auto& t : shmem_todo) {
+    char range[64];
+    snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)t.m.start,
+             (unsigned long)t.m.end);
+    if (t.mem_file)
+      KLEAP_TRY_CTX(DumpMemFile(ctx, ProcPath(pid, range)), t.where);
+    else
+      KLEAP_TRY_CTX(DumpShmem(ctx, pid, t.m, t.id), t.where);
+  }
   return ctx.images->WriteMessage(PagemapImage(pid), pm);
 }
 

@@ -8,9 +8,20 @@ namespace kleap {
 struct VmaClass {
   img::Vma::Kind kind = img::Vma::ANON_PRIVATE;
   bool skip = false;
-  std::string reason;  // non-empty: can't be carried
+  bool mem_file = false;  // FILE_*: a memfd or an unlinked tmpfs file, carried as a shmem object
+  std::string reason;     // non-empty: can't be carried
 };
-VmaClass ClassifyVma(const MapsEntry& m);
+// With the task's pid, memfds and unlinked tmpfs files are told apart (their map_files).
+VmaClass ClassifyVma(const MapsEntry& m, pid_t pid = 0);
+
+// Memory-backed files (memfd.cc). A mapping of a memfd or an unlinked tmpfs file: true
+// when it is one (c says how it is carried, or why it can't be).
+bool ClassifyMemMapping(pid_t pid, const MapsEntry& m, VmaClass* c);
+// The shmem object of the memory-backed file open at `path` (a /proc fd or map_files
+// link), dumped once per inode; returns its id.
+Result<uint64_t> DumpMemFile(DumpContext& ctx, const std::string& path);
+// The data runs of a shmem file (SEEK_DATA/SEEK_HOLE, whole pages) into o's blob.
+Result<void> DumpShmemPages(DumpContext& ctx, int fd, uint64_t size, img::ShmemObject* o);
 
 // What restoring one task's memory needs. `rs` runs in the task's leader, with gadgets in
 // the scratch page at `scratch`, the only mapping left once the old ones are gone.

@@ -139,6 +139,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     KLEAP_TRY(ValidateAio(t.pid(), mm));
   }
   KLEAP_TRY(ValidateFileObjects(plan.files));
+  KLEAP_TRY(ValidateShmem(plan));
   std::set<uint64_t> file_ids;
   for (auto& f : plan.files.files()) file_ids.insert(f.id());
   for (auto& [pid, table] : plan.fdtables)
@@ -200,7 +201,8 @@ Result<void> CheckFileIdentities(const RestorePlan& plan) {
   };
   for (auto& [pid, mm] : plan.mms) {
     for (auto& v : mm.vmas())
-      if (v.kind() == img::Vma::FILE_PRIVATE || v.kind() == img::Vma::FILE_SHARED)
+      if ((v.kind() == img::Vma::FILE_PRIVATE || v.kind() == img::Vma::FILE_SHARED) &&
+          v.shmem_id() == 0)  // a shmem object of the set is made anew, not found
         KLEAP_TRY(check(v.path(), v.file(),
                         "task " + std::to_string(pid) + " mapping " + Hex(v.start())));
     KLEAP_TRY(check(mm.exe_path(), mm.exe(), "task " + std::to_string(pid) + " executable"));
@@ -255,6 +257,7 @@ struct ShmemMapping {
 Result<std::map<uint64_t, ShmemMapping>> CreateShmem(ImageReader& images, const RestorePlan& plan) {
   std::map<uint64_t, ShmemMapping> out;
   for (auto& o : plan.shmem.objects()) {
+    if (o.kind() != img::ShmemObject::ANON_SHARED) continue;  // memfd.cc: CreateMemFiles
     if (o.size() == 0 || o.size() % 4096 || o.size() > (1ull << 40))
       return Err(EINVAL) << "shmem.img: object " << o.id() << " has bad size " << o.size();
     void* p = mmap(nullptr, o.size(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -379,6 +382,21 @@ struct Forker {
         snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)it->second.addr,
                  (unsigned long)(it->second.addr + it->second.size));
         KLEAP_TRY(place(open(path, O_RDWR | O_CLOEXEC), want, path));
+      } else if (v.shmem_id()) {
+        // A memfd or unlinked tmpfs file the controller made: a description of its own, read-only
+        // unless the mapping may write (a write-sealed memfd refuses writable ones).
+        auto it = files.mem_files.find(v.shmem_id());
+        if (it == files.mem_files.end())
+          return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown memory file "
+                             << v.shmem_id();
+        bool may_write =
+            v.kind() == img::Vma::FILE_SHARED &&
+            std::find(v.vm_flags().begin(), v.vm_flags().end(), "mw") != v.vm_flags().end();
+        // (Through the controller's /proc: the task closed its copies of the controller's fds.)
+        std::string path = "/proc/" + std::to_string(files.mem_files_pid) + "/fd/" +
+                           std::to_string(it->second.get());
+        KLEAP_TRY(
+            place(open(path.c_str(), (may_write ? O_RDWR : O_RDONLY) | O_CLOEXEC), want, v.path()));
       } else {
         bool may_write =
             v.kind() == img::Vma::FILE_SHARED &&
