@@ -10,6 +10,7 @@
 #include "engine/base/log.h"
 #include "engine/context.h"
 #include "engine/ipc.h"
+#include "engine/timens.h"
 
 namespace kleap {
 
@@ -126,6 +127,7 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   }
   KLEAP_TRY(images.WriteMessage(kFilesImage, ctx.files));
   KLEAP_TRY(images.WriteMessage(kShmemTableImage, ctx.shmem));
+  KLEAP_TRY(DumpTimeNamespaces(tree->tasks(), &pstree));
   KLEAP_TRY(images.WriteMessage(kPsTreeImage, pstree));
 
   img::Inventory inv = NewInventory();

@@ -40,6 +40,7 @@
 #include "engine/mm.h"
 #include "engine/seccomp.h"
 #include "engine/signal.h"
+#include "engine/timens.h"
 #include "engine/timers.h"
 #include "engine/tty.h"
 
@@ -138,6 +139,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     }
     KLEAP_TRY(ValidateAio(t.pid(), mm));
   }
+  KLEAP_TRY(ValidateTimeNamespaces(plan.pstree));
   KLEAP_TRY(ValidateFileObjects(plan.files));
   KLEAP_TRY(ValidateShmem(plan));
   std::set<uint64_t> file_ids;
@@ -448,8 +450,19 @@ struct Forker {
     }
     if (t.ps->pgid() == t.ps->pid() && t.ps->sid() != t.ps->pid() && setpgid(0, 0) < 0)
       Fail(i, ErrnoError() << "setpgid");
+    // Children in the task's own time namespace come first (Prepare sorts them), then
+    // the task makes the one it had unshared, for the others and its later children.
+    bool time_ns_made = false;
+    auto make_time_ns = [&]() {
+      if (time_ns_made || t.ps->zombie() ||
+          t.ps->time_ns_for_children().id() == t.ps->time_ns().id())
+        return;
+      if (auto r = MakeTimeNamespace(t.ps->time_ns_for_children()); !r) Fail(i, r.error());
+      time_ns_made = true;
+    };
     for (size_t c : t.children) {
       auto& ps = *tasks[c].ps;
+      if (!ps.zombie() && ps.time_ns().id() != t.ps->time_ns().id()) make_time_ns();
       int exit_signal = ps.exit_signal() ? ps.exit_signal() : SIGCHLD;
       pid_t p = Clone3(ps.pid(), exit_signal);
       if (p < 0)
@@ -457,6 +470,7 @@ struct Forker {
              ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
       if (p == 0) RunTask(c);
     }
+    make_time_ns();
     slot.state.store(1);
     while (!shared->go_pgid.load()) {
       if (shared->abort.load()) _exit(1);
@@ -542,6 +556,14 @@ Result<void> RestoreSession::Prepare() {
     if (ps.ppid()) tasks_[index.at(ps.ppid())].children.push_back(tasks_.size());
     tasks_.push_back(std::move(t));
   }
+  // A parent creates its children in its own time namespace before it makes another.
+  for (auto& t : tasks_)
+    std::stable_sort(t.children.begin(), t.children.end(), [&](size_t a, size_t b) {
+      auto later = [&](size_t c) {
+        return !tasks_[c].ps->zombie() && tasks_[c].ps->time_ns().id() != t.ps->time_ns().id();
+      };
+      return !later(a) && later(b);
+    });
   // Helper fds and staging sit above every target fd; make sure we may open them.
   rlimit nofile;
   getrlimit(RLIMIT_NOFILE, &nofile);
@@ -564,11 +586,20 @@ Result<void> RestoreSession::ForkAll() {
   if (p == MAP_FAILED) return ErrnoError() << "map restore state";
   shared_ = static_cast<SharedState*>(p);
   Forker forker{plan_, files_, shmem_, tasks_, shared_};
+  // The root's own time namespace is made here; kleap's later children (helpers) are
+  // born in kleap's own again.
+  UniqueFd kleap_time;
+  if (tasks_[0].ps->time_ns().id()) {
+    kleap_time = UniqueFd(open("/proc/self/ns/time", O_RDONLY | O_CLOEXEC));
+    KLEAP_TRY(MakeTimeNamespace(tasks_[0].ps->time_ns()));
+  }
   pid_t root = Forker::Clone3(tasks_[0].ps->pid(), SIGCHLD);
   if (root < 0)
     return ErrnoError() << "create task " << tasks_[0].ps->pid()
                         << (errno == EEXIST ? ": pid is taken" : "");
   if (root == 0) forker.RunTask(0);
+  if (kleap_time && setns(kleap_time.get(), CLONE_NEWTIME) < 0)
+    KLOG(kDebug) << "setns back to kleap's time namespace: " << strerror(errno) << ", ignoring";
   root_ = root;
   auto wait_for = [&](int state) -> Result<void> {
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
