@@ -6,6 +6,7 @@
 #include "engine/context.h"
 #include "engine/ipc.h"
 #include "engine/locks.h"
+#include "engine/share.h"
 #include "engine/sock_unix.h"
 #include "engine/timens.h"
 #include "engine/timers.h"
@@ -76,6 +77,7 @@ std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
 std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
   std::vector<Problem> out = CheckTreeShape(tasks);
   for (auto&& p : CheckUnixPeers(tasks)) out.push_back(std::move(p));
+  for (auto&& p : FindSharing(tasks).problems) out.push_back(std::move(p));
   for (auto&& p : CheckTimeNamespaces(tasks)) out.push_back(std::move(p));
   auto ttys = CheckCttys(tasks);
   out.insert(out.end(), ttys.begin(), ttys.end());

@@ -9,6 +9,7 @@
 
 #include "engine/base/log.h"
 #include "engine/context.h"
+#include "engine/share.h"
 #include "engine/ipc.h"
 #include "engine/timens.h"
 
@@ -86,6 +87,8 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   // connections have left repair mode (ctx goes first).
   SockLock lock = KLEAP_TRY(SockLock::ForTasks(tree->tasks()));
 
+  SharingReport sharing = FindSharing(tree->tasks());  // no problems: CheckTasks asked
+
   DumpContext ctx;
   ctx.images = &images;
   ctx.tree = tree.get();
@@ -103,6 +106,10 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
     ps->set_arch(uint32_t(t.arch));
     ps->set_comm(t.comm);
     ps->set_exit_signal(t.exit_signal);
+    if (auto s = sharing.by_pid.find(t.pid); s != sharing.by_pid.end()) {
+      ps->set_files_share_with(uint32_t(s->second.files_with));
+      ps->set_fs_share_with(uint32_t(s->second.fs_with));
+    }
     if (t.zombie) {
       ps->set_zombie(true);
       ps->set_exit_status(t.exit_status);

@@ -12,6 +12,7 @@
 #include "engine/base/log.h"
 #include "engine/ptrace/tracee.h"
 #include "engine/seccomp.h"
+#include "engine/share.h"
 #include "engine/task.h"
 
 namespace kleap {
@@ -137,6 +138,12 @@ Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
     if (!ppid) return Err(ENOTSUP) << "task " << pid << " (" << t.comm << ") is a zombie";
     tasks_.push_back(std::move(t));
     return Ok();
+  }
+  // It would never stop: refuse now, not after the freeze deadline.
+  if (pid_t tid = InVforkWait(t)) {
+    Problem p = VforkProblem(pid, tid);
+    return Err(ENOTSUP) << "task " << pid << " (" << t.comm << ") " << p.object << ": " << p.what
+                        << ": " << p.reason;
   }
   t.tids.clear();
   // Threads may be created until every thread is stopped: loop until the list is stable.

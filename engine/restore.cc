@@ -39,6 +39,7 @@
 #include "engine/locks.h"
 #include "engine/mm.h"
 #include "engine/seccomp.h"
+#include "engine/share.h"
 #include "engine/signal.h"
 #include "engine/timens.h"
 #include "engine/timers.h"
@@ -176,6 +177,7 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
     plan.has_ipc = true;
   }
   KLEAP_TRY(ValidatePlan(plan));
+  KLEAP_TRY(ValidateSharing(plan));
   KLEAP_TRY(ValidateIpc(plan));
   return plan;
 }
@@ -283,6 +285,9 @@ Result<std::map<uint64_t, ShmemMapping>> CreateShmem(ImageReader& images, const 
 
 struct Slot {
   std::atomic<int> state;  // 0 nothing, 1 created, 2 parked, -1 failed
+  // A shared fd table (share.cc): the task touches its fds no more before InstallFds,
+  // and has placed its helper fds.
+  std::atomic<int> fd_quiet, helpers_done;
   pid_t pid;
   char error[400];
 };
@@ -299,6 +304,16 @@ struct TaskPlan {
   const img::MmImage* mm;
   const img::FdTable* fds;
   int keep_from = 0;  // first fd number above the task's own
+  // Helper fds: [helper_from, helper_end). Tasks that share one fd table take disjoint
+  // ranges above the same keep_from.
+  int helper_from = 0, helper_end = 0;
+  // A table shared with the parent (CLONE_FILES): the holder, the first task of the
+  // group, installs it; each member places its helpers after the one before it.
+  bool files_shared = false, fs_shared = false;
+  size_t table_holder = 0, table_prev = 0, fs_holder = 0;
+  bool table_last = true;             // closes every helper of the table in Rebuild
+  std::vector<size_t> table_members;  // the holder's: the others, in order
+  std::vector<size_t> fs_members;     // tasks created with CLONE_FS from this one's fs
   MmHelpers helpers;
   uint64_t scratch = 0;
   std::vector<size_t> children;
@@ -307,13 +322,14 @@ struct TaskPlan {
 // Helper fds take fixed numbers just above the task's own, in mapping order, so the
 // task (which opens them) and the controller (which maps them) agree without talking.
 void AssignHelperFds(TaskPlan& t) {
-  int next = t.keep_from;
+  int next = t.helper_from;
   for (int i = 0; i < t.mm->vmas_size(); ++i) {
     auto k = t.mm->vmas(i).kind();
     if (k == img::Vma::ANON_SHARED || k == img::Vma::FILE_PRIVATE || k == img::Vma::FILE_SHARED)
       t.helpers.vma_fd[size_t(i)] = next++;
   }
   t.helpers.exe_fd = next++;
+  t.helper_end = next;
 }
 
 struct Forker {
@@ -330,9 +346,10 @@ struct Forker {
     _exit(1);
   }
 
-  static pid_t Clone3(pid_t want, int exit_signal) {
+  static pid_t Clone3(pid_t want, int exit_signal, uint64_t flags = 0) {
     clone_args args{};
     pid_t tid = want;
+    args.flags = flags;
     args.exit_signal = uint64_t(exit_signal);
     args.set_tid = uint64_t(&tid);
     args.set_tid_size = 1;
@@ -363,8 +380,9 @@ struct Forker {
 
   // Opens the files the task's mappings need, at the numbers AssignHelperFds chose.
   Result<void> OpenHelpers(const TaskPlan& t) {
-    // Nothing of the controller's stays above the task's own fds.
-    syscall(kCloseRange, t.keep_from, ~0u, 0);
+    // Nothing of the controller's stays above the task's own fds (a shared table's holder
+    // did that for the whole table).
+    if (!t.files_shared) syscall(kCloseRange, t.keep_from, ~0u, 0);
     auto place = [&](int fd, int want, const std::string& what) -> Result<void> {
       if (fd < 0) return ErrnoError() << "open " << what;
       if (fd != want) {
@@ -434,6 +452,31 @@ struct Forker {
     _exit(128 + sig);  // a signal that doesn't kill (SIGCHLD, ...) can't be a wait status
   }
 
+  void WaitFor(const std::atomic<int>& flag) {
+    while (!flag.load()) {
+      if (shared->abort.load()) _exit(1);
+      usleep(200);
+    }
+  }
+
+  // Installs the task's fd table and opens its helpers. A table shared by several tasks
+  // is installed once, by its holder, once no other member touches its fds any more;
+  // then each member in turn opens its helpers (open picks the lowest free number, so
+  // two at once could take each other's places).
+  Result<void> SetUpFds(size_t i) {
+    TaskPlan& t = tasks[i];
+    if (t.files_shared) {
+      shared->slots[i].fd_quiet.store(1);
+      WaitFor(shared->slots[t.table_prev].helpers_done);
+    } else {
+      for (size_t m : t.table_members) WaitFor(shared->slots[m].fd_quiet);
+      KLEAP_TRY(InstallFds(*t.fds, files, t.keep_from));
+    }
+    KLEAP_TRY(OpenHelpers(t));
+    shared->slots[i].helpers_done.store(1);
+    return Ok();
+  }
+
   // Runs in the new task; never returns.
   [[noreturn]] void RunTask(size_t i) {
     TaskPlan& t = tasks[i];
@@ -464,7 +507,9 @@ struct Forker {
       auto& ps = *tasks[c].ps;
       if (!ps.zombie() && ps.time_ns().id() != t.ps->time_ns().id()) make_time_ns();
       int exit_signal = ps.exit_signal() ? ps.exit_signal() : SIGCHLD;
-      pid_t p = Clone3(ps.pid(), exit_signal);
+      uint64_t flags =
+          (tasks[c].files_shared ? CLONE_FILES : 0) | (tasks[c].fs_shared ? CLONE_FS : 0);
+      pid_t p = Clone3(ps.pid(), exit_signal, flags);
       if (p < 0)
         Fail(i,
              ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
@@ -484,8 +529,7 @@ struct Forker {
     }
     if (t.ps->zombie()) BecomeZombie(i);
     if (auto r = SpawnThreads(t); !r) Fail(i, r.error());
-    if (auto r = InstallFds(*t.fds, files, t.keep_from); !r) Fail(i, r.error());
-    if (auto r = OpenHelpers(t); !r) Fail(i, r.error());
+    if (auto r = SetUpFds(i); !r) Fail(i, r.error());
     void* s =
         mmap(reinterpret_cast<void*>(t.scratch), kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
@@ -493,12 +537,17 @@ struct Forker {
       Fail(i, ErrnoError() << "map the scratch page at " << Hex(t.scratch));
     memcpy(static_cast<char*>(s) + kScratchGadget64, X64Arch::kSyscallInsn, 2);
     memcpy(static_cast<char*>(s) + kScratchGadget32, X86Arch::kSyscallInsn, 2);
-    umask(t.core->umask());
     if (personality(t.core->personality()) < 0)
       Fail(i, ErrnoError() << "personality " << Hex(t.core->personality()));
-    if (chdir(t.core->cwd().c_str()) < 0) Fail(i, ErrnoError() << "chdir " << t.core->cwd());
-    if (t.core->root() != "/" && chroot(t.core->root().c_str()) < 0)
-      Fail(i, ErrnoError() << "chroot " << t.core->root());
+    if (!t.fs_shared) {
+      // The tasks that share this fs open their helpers by path first: a chroot would
+      // move them.
+      for (size_t m : t.fs_members) WaitFor(shared->slots[m].helpers_done);
+      umask(t.core->umask());
+      if (chdir(t.core->cwd().c_str()) < 0) Fail(i, ErrnoError() << "chdir " << t.core->cwd());
+      if (t.core->root() != "/" && chroot(t.core->root().c_str()) < 0)
+        Fail(i, ErrnoError() << "chroot " << t.core->root());
+    }
     slot.state.store(2);
     kleap_park();
     _exit(1);
@@ -550,6 +599,24 @@ Result<void> RestoreSession::Prepare() {
       t.fds = &plan_.fdtables.at(ps.pid());
       for (auto& e : t.fds->fds()) t.keep_from = std::max(t.keep_from, e.fd() + 1);
       t.scratch = KLEAP_TRY(PickScratch(*t.mm));
+      // ValidateSharing made sure a shared table or fs is the live parent's, the same.
+      size_t me = tasks_.size();
+      t.helper_from = t.keep_from;
+      t.table_holder = t.fs_holder = me;
+      if (ps.files_share_with()) {
+        TaskPlan& holder = tasks_[tasks_[index.at(ps.ppid())].table_holder];
+        t.files_shared = true;
+        t.table_holder = tasks_[index.at(ps.ppid())].table_holder;
+        t.table_prev = holder.table_members.empty() ? t.table_holder : holder.table_members.back();
+        tasks_[t.table_prev].table_last = false;
+        t.helper_from = tasks_[t.table_prev].helper_end;
+        holder.table_members.push_back(me);
+      }
+      if (ps.fs_share_with()) {
+        t.fs_shared = true;
+        t.fs_holder = tasks_[index.at(ps.ppid())].fs_holder;
+        tasks_[t.fs_holder].fs_members.push_back(me);
+      }
       AssignHelperFds(t);
     }
     index[ps.pid()] = tasks_.size();
@@ -700,7 +767,10 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   if (t.core->child_subreaper())
     KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_CHILD_SUBREAPER, 1),
                   "task " << pid << ": set child subreaper");
-  KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, uint64_t(t.keep_from), ~0u, 0),
+  // A table shared with tasks not rebuilt yet keeps their helpers.
+  uint64_t close_from = uint64_t(t.table_last ? t.keep_from : t.helper_from);
+  uint64_t close_to = t.table_last ? ~0u : uint64_t(t.helper_end - 1);
+  KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, close_from, close_to, 0),
                 "task " << pid << ": close the restorer's fds");
   // Filters go in while the threads are still privileged (seccomp(2) needs
   // CAP_SYS_ADMIN or no_new_privs), suspended for the rest of the restore.
