@@ -19,7 +19,10 @@
  * checks the values moved by exactly the child's adj (5, 1, 100).
  *
  * `sysv00 STATEDIR hostns`: no namespace of its own, a SysV segment attached in kleap's
- * IPC namespace: the dump must be refused naming the mapping. */
+ * IPC namespace: the dump must be refused naming the mapping.
+ * `sysv00 STATEDIR outside`: the namespace of its own, and a process outside the tree
+ * in it (an orphaned grandchild, killed by the root after SIGUSR1): the dump must be
+ * refused naming that process. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +34,7 @@
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "workload.h"
@@ -226,10 +230,46 @@ static int run_hostns(void) {
   return wl_check_result("root", &c);
 }
 
+/* The root's namespace holds a message queue and an orphan outside the tree. */
+static int run_outside(void) {
+  idm = msgget(KEY_M, IPC_CREAT | IPC_EXCL | 0600);
+  if (idm < 0) wl_die("root", "msgget: %s", strerror(errno));
+  int p[2];
+  if (pipe(p) != 0) wl_die("root", "pipe: %s", strerror(errno));
+  pid_t mid = fork();
+  if (mid < 0) wl_die("root", "fork: %s", strerror(errno));
+  if (mid == 0) {
+    pid_t gc = fork();
+    if (gc == 0) {
+      close(p[0]);
+      close(p[1]);
+      for (int i = 0; i < 6000; i++) wl_sleep_ms(100); /* the root kills it long before */
+      _exit(0);
+    }
+    if (write(p[1], &gc, sizeof gc) != sizeof gc) _exit(1);
+    _exit(0);
+  }
+  pid_t orphan = 0;
+  close(p[1]);
+  if (read(p[0], &orphan, sizeof orphan) != sizeof orphan || orphan <= 0)
+    wl_die("root", "the grandchild's pid did not come");
+  close(p[0]);
+  waitpid(mid, NULL, 0);
+  wl_log("orphan %d outside the tree, in its IPC namespace", (int)orphan);
+  wl_ready("root");
+  struct wl_check c;
+  int rc = wl_await("root", &c);
+  kill(orphan, SIGKILL); /* ours: started by this program */
+  if (rc != 0) return 1;
+  wl_check(&c, msgget(KEY_M, 0) == idm, "the message queue is gone");
+  return wl_check_result("root", &c);
+}
+
 int main(int argc, char** argv) {
   wl_init(argc, argv);
   if (argc > 2 && strcmp(argv[2], "hostns") == 0) return run_hostns();
   if (unshare(CLONE_NEWIPC) != 0) wl_skip("unshare(CLONE_NEWIPC): %s", strerror(errno));
+  if (argc > 2 && strcmp(argv[2], "outside") == 0) return run_outside();
   int fd = open("/proc/sys/kernel/msgmax", O_WRONLY);
   if (fd < 0 || write(fd, MSGMAX, strlen(MSGMAX)) < 0)
     wl_die("root", "set kernel.msgmax: %s", strerror(errno));
