@@ -6,14 +6,20 @@
  * After the restore: the child's /proc/self/timens_offsets reads the same, its
  * monotonic clock did not go backwards, and the difference to the root's clocks is
  * still the offsets (the root sends them again); the root still makes its children in
- * the child's namespace and is not in it itself. */
+ * the child's namespace and is not in it itself.
+ * `timens00 STATEDIR outside`: a process outside the tree (a grandchild that left it
+ * by a double fork; it exits once the root is gone) is in the namespace too, which
+ * check and dump must refuse, naming it. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -113,6 +119,21 @@ int main(int argc, char** argv) {
   if (fd < 0 || write(fd, text, (size_t)len) != len)
     wl_die("main", "write timens_offsets: %s", strerror(errno));
   close(fd);
+  pid_t root = getpid();
+  if (argc > 2 && strcmp(argv[2], "outside") == 0) {
+    pid_t mid = fork();
+    if (mid < 0) wl_die("main", "fork: %s", strerror(errno));
+    if (mid == 0) {
+      if (fork() == 0) {
+        setsid();
+        prctl(PR_SET_NAME, "timens00-out");
+        while (kill(root, 0) == 0) usleep(100000);
+        _exit(0);
+      }
+      _exit(0);
+    }
+    waitpid(mid, NULL, 0);
+  }
   int p[2];
   if (pipe2(p, O_CLOEXEC) != 0) wl_die("main", "pipe2: %s", strerror(errno));
   pid_t child = wl_fork();
