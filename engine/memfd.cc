@@ -123,6 +123,16 @@ bool ClassifyMemMapping(pid_t pid, const MapsEntry& m, VmaClass* c) {
   bool is_mem = false;
   std::string reason = MemFileReason(path, m.path, regular, nlink, &is_mem);
   if (!is_mem) return false;
+  if (reason.empty() && m.shared && m.write) {
+    // Sealed against writes after this mapping was made: no writable mapping of it can
+    // be made again.
+    UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    int seals = fd ? fcntl(fd.get(), F_GET_SEALS) : -1;
+    if (seals > 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)))
+      reason =
+          "a writable shared mapping of a memfd sealed against writes since "
+          "(F_SEAL_FUTURE_WRITE) can't be made again";
+  }
   c->reason = reason;
   c->kind = m.shared ? img::Vma::FILE_SHARED : img::Vma::FILE_PRIVATE;
   c->mem_file = reason.empty();

@@ -18,7 +18,9 @@
  * /proc/self/fd; then the parent writes a token through its shared mappings of A and of
  * the unlinked shm file, which the child must see through its own mappings and through
  * the fds, and the child answers. The private mapping must keep its copied-on-write page.
- * With the argument "hugetlb" the root holds a MFD_HUGETLB memfd instead (a refusal). */
+ * With the argument "hugetlb" the root holds a MFD_HUGETLB memfd instead, with
+ * "future-write" a writable shared mapping of a memfd sealed F_SEAL_FUTURE_WRITE since
+ * (both refusals). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +34,9 @@
 
 #include "workload.h"
 
+#ifndef F_SEAL_FUTURE_WRITE
+#define F_SEAL_FUTURE_WRITE 0x0010
+#endif
 #ifndef F_SEAL_EXEC
 #define F_SEAL_EXEC 0x0020
 #endif
@@ -112,9 +117,11 @@ static void check_off(const char* what, int fd, off_t want, int accmode) {
            role, what, fl, accmode);
 }
 
-static void check_seals(const char* what, int fd, int want) {
+/* The sealed operations are only tried when the seals are right: without them they
+ * would change the file under the other process. */
+static int check_seals(const char* what, int fd, int want) {
   int s = fcntl(fd, F_GET_SEALS);
-  wl_check(&chk, s == want, "%s: %s has seals 0x%x, want 0x%x", role, what, s, want);
+  return wl_check(&chk, s == want, "%s: %s has seals 0x%x, want 0x%x", role, what, s, want);
 }
 
 static void check_maps_name(const char* what, void* addr, const char* name) {
@@ -154,11 +161,12 @@ static void check_all(void) {
   wl_check(&chk, data == (off_t)(5 * pg), "%s: memfd A: SEEK_DATA from page 3 gives %lld, want %zu",
            role, (long long)data, 5 * pg);
   if (probe >= 0) close(probe);
-  check_seals("memfd A", fd_a, A_SEALS);
-  wl_check(&chk, ftruncate(fd_a, A_SIZE + pg) < 0 && errno == EPERM,
-           "%s: memfd A grew past F_SEAL_GROW (%s)", role, strerror(errno));
-  wl_check(&chk, ftruncate(fd_a, pg) < 0 && errno == EPERM,
-           "%s: memfd A shrank past F_SEAL_SHRINK (%s)", role, strerror(errno));
+  if (check_seals("memfd A", fd_a, A_SEALS)) {
+    wl_check(&chk, ftruncate(fd_a, A_SIZE + pg) < 0 && errno == EPERM,
+             "%s: memfd A grew past F_SEAL_GROW (%s)", role, strerror(errno));
+    wl_check(&chk, ftruncate(fd_a, pg) < 0 && errno == EPERM,
+             "%s: memfd A shrank past F_SEAL_SHRINK (%s)", role, strerror(errno));
+  }
   check_off("memfd A fd", fd_a, 1234, O_RDWR);
   check_off("memfd A read-only fd", fd_a_ro, 42, O_RDONLY);
   check_maps_name("memfd A shared mapping", a_shared, "/memfd:kleap-memfd00-a (deleted)");
@@ -175,12 +183,12 @@ static void check_all(void) {
   fill(want, B_SIZE, 3);
   check_fd_content("memfd B", fd_b, want, B_SIZE);
   check_bytes("memfd B mapping", b_map, want, B_SIZE);
-  check_seals("memfd B", fd_b, B_SEALS);
-  wl_check(&chk, pwrite(fd_b, "x", 1, 0) < 0 && errno == EPERM,
-           "%s: memfd B took a write past F_SEAL_WRITE (%s)", role, strerror(errno));
+  if (check_seals("memfd B", fd_b, B_SEALS))
+    wl_check(&chk, pwrite(fd_b, "x", 1, 0) < 0 && errno == EPERM,
+             "%s: memfd B took a write past F_SEAL_WRITE (%s)", role, strerror(errno));
   wl_check(&chk, mprotect(b_map, pg, PROT_READ | PROT_WRITE) != 0,
            "%s: memfd B's read-only shared mapping could be made writable", role);
-  wl_check(&chk, fcntl(fd_b, F_ADD_SEALS, F_SEAL_EXEC) < 0 && errno == EPERM,
+  wl_check(&chk, fcntl(fd_b, F_GET_SEALS) != B_SEALS || fcntl(fd_b, F_ADD_SEALS, F_SEAL_EXEC) < 0,
            "%s: memfd B took a seal past F_SEAL_SEAL", role);
   check_off("memfd B fd", fd_b, 5, O_RDWR);
   check_maps_name("memfd B mapping", b_map, "/memfd:kleap-memfd00-b (deleted)");
@@ -268,11 +276,27 @@ static void hugetlb_main(void) {
   exit(0);
 }
 
+/* A writable shared mapping made before F_SEAL_FUTURE_WRITE: it can't be made again. */
+static void future_write_main(void) {
+  int fd = memfd_create("kleap-memfd00-fw", MFD_ALLOW_SEALING | MFD_CLOEXEC);
+  if (fd < 0 || ftruncate(fd, (off_t)pg) != 0) die("memfd_create");
+  unsigned char* p = map(pg, PROT_READ | PROT_WRITE, MAP_SHARED, fd);
+  p[0] = 1;
+  if (fcntl(fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) != 0)
+    wl_skip("F_SEAL_FUTURE_WRITE: %s", strerror(errno));
+  wl_ready("parent");
+  if (wl_wait() != 0) exit(1);
+  p[0]++;
+  wl_result("parent", p[0] == 2 && pwrite(fd, "x", 1, 0) < 0, "the seal or the mapping changed");
+  exit(0);
+}
+
 int main(int argc, char** argv) {
   wl_init(argc, argv);
   wl_check_init(&chk);
   pg = (size_t)sysconf(_SC_PAGESIZE);
   if (argc > 2 && strcmp(argv[2], "hugetlb") == 0) hugetlb_main();
+  if (argc > 2 && strcmp(argv[2], "future-write") == 0) future_write_main();
 
   /* A: pattern in pages 0-1 and from page 5 to the end, nothing written in 2-4. */
   expect_a = calloc(1, 6 * pg);
