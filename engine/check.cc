@@ -5,6 +5,7 @@
 
 #include "engine/context.h"
 #include "engine/ipc.h"
+#include "engine/leaders.h"
 #include "engine/locks.h"
 #include "engine/share.h"
 #include "engine/sock_unix.h"
@@ -47,31 +48,10 @@ std::vector<Problem> CheckTaskState(pid_t pid) {
   return out;
 }
 
-// Sessions and process groups must have their leaders inside the tree.
+// Sessions and process groups must have their leaders inside the tree, or gone
+// (leaders.h).
 std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks) {
-  std::vector<Problem> out;
-  std::set<pid_t> pids;
-  for (auto& t : tasks) pids.insert(t.pid);
-  std::map<pid_t, const TaskInfo*> by_pid;
-  for (auto& t : tasks) by_pid[t.pid] = &t;
-  for (auto& t : tasks) {
-    // A task inherits its session from the parent that creates it on restore: one in
-    // another session than its parent's must lead that session itself.
-    auto parent = by_pid.find(t.ppid);
-    if (parent != by_pid.end() && t.sid != parent->second->sid && t.sid != t.pid) {
-      out.push_back({t.pid, "task", "session " + std::to_string(t.sid),
-                     "the task is in another session than its parent and doesn't lead it"});
-      continue;
-    }
-    if (!pids.count(t.sid))
-      out.push_back({t.pid, "task", "session " + std::to_string(t.sid),
-                     "the session leader is outside the tree; start the tree in a session of its "
-                     "own (setsid)"});
-    else if (!pids.count(t.pgid))
-      out.push_back({t.pid, "task", "process group " + std::to_string(t.pgid),
-                     "the process group leader is outside the tree"});
-  }
-  return out;
+  return PlanLeaders(tasks).problems;
 }
 
 std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {

@@ -9,8 +9,9 @@
 
 #include "engine/base/log.h"
 #include "engine/context.h"
-#include "engine/share.h"
 #include "engine/ipc.h"
+#include "engine/leaders.h"
+#include "engine/share.h"
 #include "engine/timens.h"
 
 namespace kleap {
@@ -135,6 +136,8 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   KLEAP_TRY(images.WriteMessage(kFilesImage, ctx.files));
   KLEAP_TRY(images.WriteMessage(kShmemTableImage, ctx.shmem));
   KLEAP_TRY(DumpTimeNamespaces(tree->tasks(), &pstree));
+  // Sessions and groups whose leader is gone (CheckTasks refused the shapes it can't make).
+  for (auto& h : PlanLeaders(tree->tasks()).helpers) *pstree.add_helpers() = h;
   KLEAP_TRY(images.WriteMessage(kPsTreeImage, pstree));
 
   img::Inventory inv = NewInventory();

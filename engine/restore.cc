@@ -36,6 +36,7 @@
 #include "engine/context.h"
 #include "engine/core.h"
 #include "engine/ipc.h"
+#include "engine/leaders.h"
 #include "engine/locks.h"
 #include "engine/mm.h"
 #include "engine/seccomp.h"
@@ -57,7 +58,8 @@ constexpr int kCloseRange = 436;
 // ---- collect ----
 
 Result<void> ValidatePlan(const RestorePlan& plan) {
-  std::set<pid_t> pids, tids;
+  std::set<pid_t> pids, tids, helpers;
+  for (auto& h : plan.pstree.helpers()) helpers.insert(h.pid());
   for (auto& t : plan.pstree.tasks()) {
     if (t.pid() <= 0 || !pids.insert(t.pid()).second)
       return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
@@ -93,10 +95,10 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
       if (core.threads(i).arch() > uint32_t(ArchKind::kX86))
         return Err(EINVAL) << CoreImage(t.pid()) << ": bad arch";
     }
-    if (pids.count(t.sid()) == 0 && t.sid() != t.pid())
+    if (pids.count(t.sid()) == 0 && t.sid() != t.pid() && !helpers.count(t.sid()))
       return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in session " << t.sid()
                          << ", whose leader is not in the set";
-    if (pids.count(t.pgid()) == 0 && t.pgid() != t.pid()) {
+    if (pids.count(t.pgid()) == 0 && t.pgid() != t.pid() && !helpers.count(t.pgid())) {
       bool later = false;
       for (auto& o : plan.pstree.tasks()) later |= o.pid() == t.pgid();
       if (!later)
@@ -177,6 +179,12 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
     plan.has_ipc = true;
   }
   KLEAP_TRY(ValidatePlan(plan));
+  // Who creates whom; a session helper's orphans come back to a subreaper.
+  KLEAP_TRY(TaskCreators(plan.pstree));
+  for (auto& h : plan.pstree.helpers())
+    if (h.session() && !plan.cores.at(h.parent()).child_subreaper())
+      return Err(EINVAL) << "pstree.img: helper " << h.pid() << ": its parent " << h.parent()
+                         << " is not a subreaper, so its children would not come back to it";
   KLEAP_TRY(ValidateSharing(plan));
   KLEAP_TRY(ValidateIpc(plan));
   return plan;
@@ -215,6 +223,14 @@ Result<void> CheckFileIdentities(const RestorePlan& plan) {
 }
 
 Result<void> CheckPidsFree(const RestorePlan& plan) {
+  for (auto& h : plan.pstree.helpers())
+    if (access(("/proc/" + std::to_string(h.pid())).c_str(), F_OK) == 0) {
+      auto comm = ReadFileToString("/proc/" + std::to_string(h.pid()) + "/comm");
+      return Err(EEXIST) << "pid " << h.pid() << " is taken"
+                         << (comm ? " by " + std::string(Trim(*comm)) : std::string()) << "; the "
+                         << (h.session() ? "session" : "process group") << " " << h.pid()
+                         << " needs it for a moment to be made again";
+    }
   for (auto& t : plan.pstree.tasks())
     for (int tid : t.tids()) {
       if (access(("/proc/" + std::to_string(tid)).c_str(), F_OK) == 0 ||
@@ -288,6 +304,8 @@ struct Slot {
   // A shared fd table (share.cc): the task touches its fds no more before InstallFds,
   // and has placed its helper fds.
   std::atomic<int> fd_quiet, helpers_done;
+  // In its process group: the helpers of gone leaders may exit (leaders.h).
+  std::atomic<int> joined;
   pid_t pid;
   char error[400];
 };
@@ -295,7 +313,16 @@ struct SharedState {
   std::atomic<int> go_pgid;
   std::atomic<int> go_zombies;  // every group is joined: the zombies may exit
   std::atomic<int> abort;
+  std::atomic<int> go_helpers;  // every task joined its group: the leaders' helpers exit
   Slot slots[1];
+};
+
+// A stand-in for a gone session or group leader (leaders.h), alive during the fork.
+struct LeaderHelper {
+  pid_t pid;
+  bool session;
+  std::vector<size_t> children;  // tasks it creates (TaskPlan indices)
+  std::vector<size_t> helpers;   // helpers it creates (group helpers of its session)
 };
 
 struct TaskPlan {
@@ -317,6 +344,8 @@ struct TaskPlan {
   MmHelpers helpers;
   uint64_t scratch = 0;
   std::vector<size_t> children;
+  std::vector<size_t> leader_helpers;  // helpers of gone leaders it creates (LeaderHelper)
+  bool by_helper = false;              // created by a session helper, which exits
 };
 
 // Helper fds take fixed numbers just above the task's own, in mapping order, so the
@@ -338,6 +367,7 @@ struct Forker {
   const std::map<uint64_t, ShmemMapping>& shmem;
   std::vector<TaskPlan>& tasks;
   SharedState* shared;
+  std::vector<LeaderHelper>* leaders = nullptr;
 
   [[noreturn]] void Fail(size_t i, const Error& e) {
     std::string s = e.ToString();
@@ -477,6 +507,76 @@ struct Forker {
     return Ok();
   }
 
+  // ---- helpers for the sessions and groups whose leader is gone (leaders.h) ----
+
+  // Their exits must not leave a SIGCHLD for the task: it is blocked while they live.
+  static void BlockChld(bool block) {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGCHLD);
+    if (!block) {
+      timespec zero{};
+      while (sigtimedwait(&s, nullptr, &zero) > 0) {
+      }
+    }
+    sigprocmask(block ? SIG_BLOCK : SIG_UNBLOCK, &s, nullptr);
+  }
+
+  void SpawnHelpers(const std::vector<size_t>& hs, size_t owner) {
+    if (hs.empty()) return;
+    BlockChld(true);
+    for (size_t h : hs) {
+      pid_t p = Clone3((*leaders)[h].pid, SIGCHLD);
+      if (p < 0)
+        Fail(owner, ErrnoError() << "create the helper " << (*leaders)[h].pid << " of a "
+                                 << ((*leaders)[h].session ? "session" : "process group")
+                                 << " whose leader is gone"
+                                 << (errno == EEXIST ? " (pid taken)" : ""));
+      if (p == 0) RunHelper(h, owner);
+    }
+  }
+
+  void ReapHelpers(const std::vector<size_t>& hs, size_t owner) {
+    if (hs.empty()) return;
+    for (size_t h : hs) {
+      int st = 0;
+      pid_t w;
+      do w = waitpid((*leaders)[h].pid, &st, __WALL);
+      while (w < 0 && errno == EINTR);
+      if (w != (*leaders)[h].pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        if (shared->slots[owner].state.load() < 0) _exit(1);  // the helper said why
+        Fail(owner, Err(EIO) << "the helper " << (*leaders)[h].pid << " ended with status "
+                             << Hex(uint64_t(uint32_t(st))));
+      }
+    }
+    BlockChld(false);
+  }
+
+  // A leader's stand-in: makes the session or group, creates its members, waits until
+  // every task is in its group, exits. Errors go to the task that owns it.
+  [[noreturn]] void RunHelper(size_t h, size_t owner) {
+    const LeaderHelper& lh = (*leaders)[h];
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (lh.session ? setsid() < 0 : setpgid(0, 0) < 0)
+      Fail(owner,
+           ErrnoError() << "helper " << lh.pid << ": " << (lh.session ? "setsid" : "setpgid"));
+    SpawnHelpers(lh.helpers, owner);
+    for (size_t c : lh.children) {
+      auto& ps = *tasks[c].ps;
+      pid_t p = Clone3(ps.pid(), ps.exit_signal() ? ps.exit_signal() : SIGCHLD);
+      if (p < 0)
+        Fail(owner,
+             ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
+      if (p == 0) RunTask(c);
+    }
+    while (!shared->go_helpers.load()) {
+      if (shared->abort.load()) _exit(1);
+      usleep(200);
+    }
+    ReapHelpers(lh.helpers, owner);
+    _exit(0);
+  }
+
   // Runs in the new task; never returns.
   [[noreturn]] void RunTask(size_t i) {
     TaskPlan& t = tasks[i];
@@ -503,6 +603,10 @@ struct Forker {
       if (auto r = MakeTimeNamespace(t.ps->time_ns_for_children()); !r) Fail(i, r.error());
       time_ns_made = true;
     };
+    // A helper's children come back to this task when it exits: it is a subreaper.
+    if (!t.leader_helpers.empty() && t.core && t.core->child_subreaper())
+      prctl(PR_SET_CHILD_SUBREAPER, 1);
+    SpawnHelpers(t.leader_helpers, i);
     for (size_t c : t.children) {
       auto& ps = *tasks[c].ps;
       if (!ps.zombie() && ps.time_ns().id() != t.ps->time_ns().id()) make_time_ns();
@@ -523,6 +627,10 @@ struct Forker {
     }
     if (getpgid(0) != t.ps->pgid() && setpgid(0, t.ps->pgid()) < 0)
       Fail(i, ErrnoError() << "join process group " << t.ps->pgid());
+    // Its creator, a helper, exits now; the restore's own death signal goes with it.
+    if (t.by_helper) prctl(PR_SET_PDEATHSIG, 0);
+    slot.joined.store(1);
+    ReapHelpers(t.leader_helpers, i);
     if (ctty) {
       if (auto r = SetForeground(ctty.get(), t.core->ctty().foreground()); !r) Fail(i, r.error());
       ctty.reset();
@@ -579,6 +687,7 @@ class RestoreSession {
   std::map<uint64_t, ShmemMapping> shmem_;
   std::unique_ptr<IpcRestore> ipc_;
   std::vector<TaskPlan> tasks_;
+  std::vector<LeaderHelper> leaders_;
   SharedState* shared_ = nullptr;
   size_t shared_size_ = 0;
   std::map<pid_t, std::unique_ptr<RemoteSyscalls>> threads_;
@@ -590,6 +699,12 @@ class RestoreSession {
 
 Result<void> RestoreSession::Prepare() {
   std::map<pid_t, size_t> index;
+  auto creators = KLEAP_TRY(TaskCreators(plan_.pstree));
+  std::map<pid_t, size_t> helper_index;
+  for (auto& h : plan_.pstree.helpers()) {
+    helper_index[h.pid()] = leaders_.size();
+    leaders_.push_back({h.pid(), h.session(), {}, {}});
+  }
   for (auto& ps : plan_.pstree.tasks()) {
     TaskPlan t;
     t.ps = &ps;
@@ -620,7 +735,13 @@ Result<void> RestoreSession::Prepare() {
       AssignHelperFds(t);
     }
     index[ps.pid()] = tasks_.size();
-    if (ps.ppid()) tasks_[index.at(ps.ppid())].children.push_back(tasks_.size());
+    pid_t creator = creators.at(ps.pid());
+    if (auto h = helper_index.find(creator); creator && h != helper_index.end()) {
+      leaders_[h->second].children.push_back(tasks_.size());
+      t.by_helper = true;
+    } else if (creator) {
+      tasks_[index.at(creator)].children.push_back(tasks_.size());
+    }
     tasks_.push_back(std::move(t));
   }
   // A parent creates its children in its own time namespace before it makes another.
@@ -631,6 +752,13 @@ Result<void> RestoreSession::Prepare() {
       };
       return !later(a) && later(b);
     });
+  for (auto& h : plan_.pstree.helpers()) {
+    size_t me = helper_index.at(h.pid());
+    if (auto p = helper_index.find(h.parent()); p != helper_index.end())
+      leaders_[p->second].helpers.push_back(me);
+    else
+      tasks_[index.at(h.parent())].leader_helpers.push_back(me);
+  }
   // Helper fds and staging sit above every target fd; make sure we may open them.
   rlimit nofile;
   getrlimit(RLIMIT_NOFILE, &nofile);
@@ -653,6 +781,7 @@ Result<void> RestoreSession::ForkAll() {
   if (p == MAP_FAILED) return ErrnoError() << "map restore state";
   shared_ = static_cast<SharedState*>(p);
   Forker forker{plan_, files_, shmem_, tasks_, shared_};
+  forker.leaders = &leaders_;
   // The root's own time namespace is made here; kleap's later children (helpers) are
   // born in kleap's own again.
   UniqueFd kleap_time;
@@ -692,7 +821,26 @@ Result<void> RestoreSession::ForkAll() {
   };
   KLEAP_TRY(wait_for(1));
   shared_->go_pgid.store(1);
+  if (!leaders_.empty()) {
+    // Every task in its group: the leaders' helpers may go, and their children come
+    // back to the subreapers that made them.
+    for (size_t i = 0; i < tasks_.size(); ++i)
+      while (!shared_->slots[i].joined.load()) {
+        if (shared_->slots[i].state.load() < 0)
+          return Err(EIO) << "task " << tasks_[i].ps->pid() << " (" << tasks_[i].ps->comm()
+                          << "): " << shared_->slots[i].error;
+        usleep(200);
+      }
+    shared_->go_helpers.store(1);
+  }
   KLEAP_TRY(wait_for(2));
+  for (auto& t : tasks_) {
+    if (!t.ps->ppid()) continue;
+    auto st = KLEAP_TRY(ReadStat(t.ps->pid()));
+    if (st.ppid != t.ps->ppid())
+      return Err(EIO) << "task " << t.ps->pid() << " came back with parent " << st.ppid << ", not "
+                      << t.ps->ppid();
+  }
   // Every task is in its group: the zombies exit now; wait until each is one, so the
   // tree resumes as it was.
   shared_->go_zombies.store(1);
