@@ -268,6 +268,11 @@ Result<UniqueFd> MakeTmpfsFile(const img::ShmemObject& o,
   std::string dir = path.substr(0, path.rfind('/'));
   if (dir.empty()) dir = "/";
   UniqueFd tmp(open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, o.mode() & 07777));
+  struct statfs sf;
+  if (tmp && (fstatfs(tmp.get(), &sf) < 0 || uint64_t(sf.f_type) != TMPFS_MAGIC)) {
+    tmp.reset();  // not a tmpfs (any more): the file must not land on a disk
+    errno = EOPNOTSUPP;
+  }
   if (!tmp) {
     if (errno != ENOENT && errno != EOPNOTSUPP && errno != EISDIR)
       return ErrnoError() << "recreate unlinked file " << path << " in " << dir;
