@@ -16,7 +16,6 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
-#include <dirent.h>
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -405,23 +404,18 @@ std::vector<Problem> CheckIpc(const std::vector<TaskInfo>& tasks) {
   }
   if (!carried) return out;
   // The namespace goes whole: nobody outside the tree may be in it.
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    char* end;
-    long pid = strtol(e->d_name, &end, 10);
-    if (*end || pid <= 0 || in_tree.count(pid_t(pid))) continue;
-    auto st = NsStat(ProcPath(pid_t(pid), "ns/ipc"));
+  auto pids = ListPids();
+  if (!pids) return out;
+  for (pid_t pid : *pids) {
+    if (in_tree.count(pid)) continue;
+    auto st = NsStat(ProcPath(pid, "ns/ipc"));
     if (!st || !SameFile(*st, *root)) continue;
-    auto comm = ReadFileToString(ProcPath(pid_t(pid), "comm"));
     out.push_back({tasks[0].pid, "task", "ipc namespace",
-                   "pid " + std::to_string(pid) +
-                       (comm ? " (" + std::string(Trim(*comm)) + ")" : std::string()) +
+                   DescribePid(pid) +
                        ", outside the tree, is in the tree's IPC namespace, which is carried "
                        "whole"});
     break;
   }
-  closedir(d);
   return out;
 }
 

@@ -223,25 +223,18 @@ Result<void> CheckFileIdentities(const RestorePlan& plan) {
 }
 
 Result<void> CheckPidsFree(const RestorePlan& plan) {
+  auto exists = [](pid_t pid) { return access(ProcPath(pid, "").c_str(), F_OK) == 0; };
   for (auto& h : plan.pstree.helpers())
-    if (access(("/proc/" + std::to_string(h.pid())).c_str(), F_OK) == 0) {
-      auto comm = ReadFileToString("/proc/" + std::to_string(h.pid()) + "/comm");
-      return Err(EEXIST) << "pid " << h.pid() << " is taken"
-                         << (comm ? " by " + std::string(Trim(*comm)) : std::string()) << "; the "
+    if (exists(h.pid()))
+      return Err(EEXIST) << DescribePid(h.pid()) << " is taken; the "
                          << (h.session() ? "session" : "process group") << " " << h.pid()
-                         << " needs it for a moment to be made again";
-    }
+                         << " needs that pid for a moment to be made again";
   for (auto& t : plan.pstree.tasks())
-    for (int tid : t.tids()) {
-      if (access(("/proc/" + std::to_string(tid)).c_str(), F_OK) == 0 ||
-          access(("/proc/" + std::to_string(t.pid()) + "/task/" + std::to_string(tid)).c_str(),
-                 F_OK) == 0) {
-        auto comm = ReadFileToString("/proc/" + std::to_string(tid) + "/comm");
-        return Err(EEXIST) << "pid " << tid << " is taken"
-                           << (comm ? " by " + std::string(Trim(*comm)) : std::string())
-                           << "; task " << t.pid() << " (" << t.comm() << ") needs it";
-      }
-    }
+    for (int tid : t.tids())
+      if (exists(tid) ||
+          access(ProcPath(t.pid(), "task/" + std::to_string(tid)).c_str(), F_OK) == 0)
+        return Err(EEXIST) << DescribePid(tid) << " is taken; task " << t.pid() << " (" << t.comm()
+                           << ") needs it";
   return Ok();
 }
 

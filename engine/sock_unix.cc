@@ -26,7 +26,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <set>
 
@@ -165,17 +164,14 @@ dev_t UserDev(uint32_t kdev) {
 // The task holding a socket outside the tree, for messages: "pid 12 (dbus-daemon)".
 std::string Holder(uint32_t ino) {
   std::string want = "socket:[" + std::to_string(ino) + "]";
-  std::error_code ec;
-  for (auto& p : std::filesystem::directory_iterator("/proc", ec)) {
-    std::string pid = p.path().filename();
-    if (pid.empty() || !isdigit(uint8_t(pid[0]))) continue;
-    std::error_code ec2;
-    for (auto& f : std::filesystem::directory_iterator(p.path() / "fd", ec2)) {
-      auto link = ReadLink(f.path());
-      if (!link || *link != want) continue;
-      auto comm = ReadFileToString("/proc/" + pid + "/comm");
-      std::string c = comm ? std::string(Trim(*comm)) : "?";
-      return "pid " + pid + " (" + c + ")";
+  auto pids = ListPids();
+  if (!pids) return "no task";
+  for (pid_t pid : *pids) {
+    auto fds = ListFds(pid);
+    if (!fds) continue;
+    for (int fd : *fds) {
+      auto link = ReadLink(ProcPath(pid, "fd/" + std::to_string(fd)));
+      if (link && *link == want) return DescribePid(pid);
     }
   }
   return "no task";

@@ -14,7 +14,6 @@
 // and no task in the tree makes children in the first).
 #include "engine/timens.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/stat.h>
@@ -133,27 +132,22 @@ std::vector<Problem> CheckTimeNamespaces(const std::vector<TaskInfo>& tasks) {
   // Namespaces go whole: nobody outside the tree may be in one.
   std::set<pid_t> in_tree;
   for (auto& t : tasks) in_tree.insert(t.pid);
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    char* end;
-    long pid = strtol(e->d_name, &end, 10);
-    if (*end || pid <= 0 || in_tree.count(pid_t(pid))) continue;
+  auto pids = ListPids();
+  if (!pids) return out;
+  for (pid_t pid : *pids) {
+    if (in_tree.count(pid)) continue;
     for (const char* link : {"ns/time", "ns/time_for_children"}) {
-      uint64_t id = NsIno(ProcPath(pid_t(pid), link));
+      uint64_t id = NsIno(ProcPath(pid, link));
       auto m = member.find(id);
       if (!id || m == member.end()) continue;
-      auto comm = ReadFileToString(ProcPath(pid_t(pid), "comm"));
       out.push_back({m->second, "task", "time namespace",
-                     "pid " + std::to_string(pid) +
-                         (comm ? " (" + std::string(Trim(*comm)) + ")" : std::string()) +
+                     DescribePid(pid) +
                          ", outside the tree, is in the tree's time namespace or makes children "
                          "in it"});
       member.erase(m);  // one name is enough
       break;
     }
   }
-  closedir(d);
   return out;
 }
 

@@ -394,6 +394,18 @@ Result<std::vector<int>> ListFds(pid_t pid) {
   return std::vector<int>(v.begin(), v.end());
 }
 
+Result<std::vector<pid_t>> ListPids() {
+  auto v = KLEAP_TRY(ListNumericDir("/proc"));
+  return std::vector<pid_t>(v.begin(), v.end());
+}
+
+std::string DescribePid(pid_t pid) {
+  std::string out = "pid " + std::to_string(pid);
+  auto comm = ReadFileToString(ProcPath(pid, "comm"));
+  if (comm) out += " (" + std::string(Trim(*comm)) + ")";
+  return out;
+}
+
 Result<std::vector<pid_t>> ListChildren(pid_t pid, pid_t tid) {
   auto text =
       KLEAP_TRY(ReadFileToString(ProcPath(pid, "task/" + std::to_string(tid) + "/children")));

@@ -107,6 +107,10 @@ Result<std::vector<pid_t>> ListThreads(pid_t pid);
 Result<std::vector<pid_t>> ListChildren(pid_t pid, pid_t tid);
 // Open fd numbers, from /proc/PID/fd.
 Result<std::vector<int>> ListFds(pid_t pid);
+// Every process of the system (kleap's pid namespace), from /proc.
+Result<std::vector<pid_t>> ListPids();
+// "pid N (comm)", or "pid N" when it is gone: how errors name a process.
+std::string DescribePid(pid_t pid);
 // Undoes the octal escapes (\040 and friends) of mountinfo and maps-like files.
 std::string UnescapeOctal(std::string_view s);
 
