@@ -124,7 +124,7 @@ constexpr FdKind kFdKinds[] = {
     {FdType::kCharDevice, img::FileObject::kReg, nullptr, DumpRegFile, nullptr, OpenRegFile},
     {FdType::kPipe, img::FileObject::kPipe, nullptr, DumpPipeEnd, nullptr, OpenPipeEnd},
     {FdType::kFifo, img::FileObject::kPipe, nullptr, DumpPipeEnd, nullptr, OpenPipeEnd},
-    {FdType::kEventfd, img::FileObject::kEventfd, RefuseEventfd, DumpEventfd, ValidateEventfd,
+    {FdType::kEventfd, img::FileObject::kEventfd, nullptr, DumpEventfd, ValidateEventfd,
      OpenEventfd},
     {FdType::kTimerfd, img::FileObject::kTimerfd, nullptr, DumpTimerfd, ValidateTimerfd,
      OpenTimerfd},

@@ -62,7 +62,6 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
 Result<void> DumpPipeEnd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<UniqueFd> OpenPipeEnd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
 
-std::string RefuseEventfd(const FdDesc& d);
 Result<void> DumpEventfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<void> ValidateEventfd(const img::FileObject& fo);
 Result<UniqueFd> OpenEventfd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);

@@ -3,6 +3,7 @@
  *   fd 40: dup(big), one object behind two fds;
  *   sem:   eventfd(N, EFD_SEMAPHORE|EFD_NONBLOCK|EFD_CLOEXEC), N from the pid;
  *   empty: eventfd(0, EFD_NONBLOCK);
+ *   sem1:  eventfd(1, EFD_SEMAPHORE|EFD_NONBLOCK): a mode a read can't tell at once;
  *   shared with a child: eventfd(V, 0); the child adds 1 after the restore.
  * After the restore, for each fd: F_GETFL, F_GETFD and the fdinfo counter and mode
  * are what they were; then big reads its counter plus what was written through
@@ -83,9 +84,11 @@ int main(int argc, char** argv) {
   struct efd sem = {"sem", eventfd(sem_n, EFD_SEMAPHORE | EFD_NONBLOCK | EFD_CLOEXEC), 0, 0, "",
                     ""};
   struct efd empty = {"empty", eventfd(0, EFD_NONBLOCK), 0, 0, "", ""};
+  struct efd sem1 = {"sem1", eventfd(1, EFD_SEMAPHORE | EFD_NONBLOCK), 0, 0, "", ""};
   struct efd shared = {"shared", eventfd((unsigned)shared_v, 0), 0, 0, "", ""};
-  if (sem.fd < 0 || empty.fd < 0 || shared.fd < 0) wl_die("main", "eventfd: %s", strerror(errno));
-  struct efd* all[] = {&big, &dup40, &sem, &empty, &shared};
+  if (sem.fd < 0 || empty.fd < 0 || shared.fd < 0 || sem1.fd < 0)
+    wl_die("main", "eventfd: %s", strerror(errno));
+  struct efd* all[] = {&big, &dup40, &sem, &empty, &shared, &sem1};
   for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
     describe(all[i], "main");
     wl_log("%s: fd %d flags 0%o fdflags %d count %s semaphore %s", all[i]->what, all[i]->fd,
@@ -126,6 +129,10 @@ int main(int argc, char** argv) {
            errno ? strerror(errno) : "a value");
   wl_check(&c, write_u64(empty.fd, 9) == 0 && read_u64(empty.fd, &v) == 0 && v == 9,
            "empty: read %llu after writing 9", (unsigned long long)v);
+  wl_check(&c,
+           write_u64(sem1.fd, 1) == 0 && read_u64(sem1.fd, &v) == 0 && v == 1 &&
+               read_u64(sem1.fd, &v) == 0 && v == 1 && read_u64(sem1.fd, &v) != 0,
+           "sem1: with 2 in it, not two reads of 1 and then nothing");
   if (wl_reap_children(5000, why, sizeof why) != 0) wl_check(&c, 0, "main: %s", why);
   v = 0;
   wl_check(&c, read_u64(shared.fd, &v) == 0 && v == shared_v + 1,
