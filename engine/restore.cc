@@ -545,6 +545,20 @@ struct Forker {
     BlockChld(false);
   }
 
+  // Creates task c, with the clone flags of what it shares with its creator; a failure
+  // is reported in the owner's slot.
+  void CreateTask(size_t c, size_t owner) {
+    auto& ps = *tasks[c].ps;
+    int exit_signal = ps.exit_signal() ? ps.exit_signal() : SIGCHLD;
+    uint64_t flags =
+        (tasks[c].files_shared ? CLONE_FILES : 0) | (tasks[c].fs_shared ? CLONE_FS : 0);
+    pid_t p = Clone3(ps.pid(), exit_signal, flags);
+    if (p < 0)
+      Fail(owner,
+           ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
+    if (p == 0) RunTask(c);
+  }
+
   // A leader's stand-in: makes the session or group, creates its members, waits until
   // every task is in its group, exits. Errors go to the task that owns it.
   [[noreturn]] void RunHelper(size_t h, size_t owner) {
@@ -554,14 +568,7 @@ struct Forker {
       Fail(owner,
            ErrnoError() << "helper " << lh.pid << ": " << (lh.session ? "setsid" : "setpgid"));
     SpawnHelpers(lh.helpers, owner);
-    for (size_t c : lh.children) {
-      auto& ps = *tasks[c].ps;
-      pid_t p = Clone3(ps.pid(), ps.exit_signal() ? ps.exit_signal() : SIGCHLD);
-      if (p < 0)
-        Fail(owner,
-             ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
-      if (p == 0) RunTask(c);
-    }
+    for (size_t c : lh.children) CreateTask(c, owner);
     while (!shared->go_helpers.load()) {
       if (shared->abort.load()) _exit(1);
       usleep(200);
@@ -603,14 +610,7 @@ struct Forker {
     for (size_t c : t.children) {
       auto& ps = *tasks[c].ps;
       if (!ps.zombie() && ps.time_ns().id() != t.ps->time_ns().id()) make_time_ns();
-      int exit_signal = ps.exit_signal() ? ps.exit_signal() : SIGCHLD;
-      uint64_t flags =
-          (tasks[c].files_shared ? CLONE_FILES : 0) | (tasks[c].fs_shared ? CLONE_FS : 0);
-      pid_t p = Clone3(ps.pid(), exit_signal, flags);
-      if (p < 0)
-        Fail(i,
-             ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
-      if (p == 0) RunTask(c);
+      CreateTask(c, i);
     }
     make_time_ns();
     slot.state.store(1);

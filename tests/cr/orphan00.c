@@ -51,12 +51,7 @@ static int orphan_checks(const char* role, struct ids want, pid_t gone, pid_t ch
   wl_check(&c, now.pgid == want.pgid, "process group %d, was %d", now.pgid, want.pgid);
   wl_check(&c, kill(gone, 0) != 0 && errno == ESRCH, "the gone leader %d exists again (kill: %s)",
            gone, strerror(errno));
-  if (child > 0) {
-    int st = 0;
-    pid_t w = waitpid(child, &st, 0);
-    wl_check(&c, w == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-             "child %d: waitpid %d, status %#x", child, w, st);
-  }
+  if (child > 0) wl_check_reaped(&c, child, "child", 10000);
   return wl_check_result(role, &c);
 }
 
@@ -134,10 +129,6 @@ int main(int argc, char** argv) {
   if (wl_await(role, &c) < 0) return 1;
   for (int i = 0; i < 2; i++) kill(mine[i], SIGUSR1);
   wl_check(&c, prctl(PR_GET_CHILD_SUBREAPER, &n) == 0 && n == 1, "not a subreaper (%d)", n);
-  for (int i = 0; i < 2; i++) {
-    pid_t w = waitpid(mine[i], &st, 0);
-    wl_check(&c, w == mine[i] && WIFEXITED(st) && WEXITSTATUS(st) == 0,
-             "orphan %d: waitpid %d, status %#x", mine[i], w, st);
-  }
+  for (int i = 0; i < 2; i++) wl_check_reaped(&c, mine[i], "orphan", 10000);
   return wl_check_result(role, &c);
 }

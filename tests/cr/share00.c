@@ -25,7 +25,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "workload.h"
@@ -145,19 +144,6 @@ static int run_plain(void) {
   return wl_check_result("plain", &c);
 }
 
-static int reap(pid_t pid, const char* role, struct wl_check* c) {
-  for (int i = 0; i < 500; i++) {
-    int st;
-    pid_t r = waitpid(pid, &st, WNOHANG);
-    if (r == pid)
-      return wl_check(c, WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s (%d) ended with status 0x%x",
-                      role, (int)pid, st);
-    if (r < 0) return wl_check(c, 0, "waitpid %s (%d): %s", role, (int)pid, strerror(errno));
-    wl_sleep_ms(10);
-  }
-  return wl_check(c, 0, "%s (%d) did not exit within 5 s", role, (int)pid);
-}
-
 int main(int argc, char** argv) {
   wl_init(argc, argv);
   struct sigaction sa;
@@ -237,8 +223,8 @@ int main(int argc, char** argv) {
              "fd %d that files opened after the restore is not files-file here", y);
 
   forward_to_kids = 0;
-  reap(kid_files, "files", &c);
-  reap(kid_fs, "fs", &c);
-  reap(kid_plain, "plain", &c);
+  wl_check_reaped(&c, kid_files, "files", 5000);
+  wl_check_reaped(&c, kid_fs, "fs", 5000);
+  wl_check_reaped(&c, kid_plain, "plain", 5000);
   return wl_check_result("root", &c);
 }

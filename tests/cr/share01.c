@@ -18,7 +18,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,19 +44,6 @@ static int kcmp(pid_t a, pid_t b, int type) {
  * between x86_64 and i386). */
 static pid_t raw_clone(unsigned long flags) {
   return (pid_t)syscall(SYS_clone, flags, 0L, 0L, 0L, 0L);
-}
-
-static int reap(pid_t pid, const char* role, struct wl_check* c) {
-  for (int i = 0; i < 500; i++) {
-    int st;
-    pid_t r = waitpid(pid, &st, WNOHANG);
-    if (r == pid)
-      return wl_check(c, WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s (%d) ended with status 0x%x",
-                      role, (int)pid, st);
-    if (r < 0) return wl_check(c, 0, "waitpid %s (%d): %s", role, (int)pid, strerror(errno));
-    wl_sleep_ms(10);
-  }
-  return wl_check(c, 0, "%s (%d) did not exit within 5 s", role, (int)pid);
 }
 
 static int sibling(const char* role) {
@@ -91,8 +77,8 @@ static int run_siblings(void) {
   wl_check(&c, kcmp(a, b, KCMP_FILES) == 0, "kcmp: a and b no longer share a table");
   wl_check(&c, kcmp(root_pid, a, KCMP_FILES) != 0, "kcmp: the root shares a's table");
   if (write(p_done[1], "dd", 2) != 2) wl_check(&c, 0, "write to a and b failed");
-  reap(a, "a", &c);
-  reap(b, "b", &c);
+  wl_check_reaped(&c, a, "a", 5000);
+  wl_check_reaped(&c, b, "b", 5000);
   return wl_check_result("root", &c);
 }
 
@@ -126,7 +112,7 @@ static int run_vm(void) {
   wl_check(&c, vm_counter != before, "the CLONE_VM child's writes are not seen (counter %d)",
            before);
   vm_stop = 1;
-  reap(v, "vm child", &c);
+  wl_check_reaped(&c, v, "vm child", 5000);
   return wl_check_result("root", &c);
 }
 
@@ -148,7 +134,7 @@ static int run_vfork(void) {
     struct wl_check c;
     if (wl_await("vforker", &c) != 0) return 1;
     wl_check(&c, g > 0, "vfork: %s", strerror(errno));
-    if (g > 0) reap(g, "vfork child", &c);
+    if (g > 0) wl_check_reaped(&c, g, "vfork child", 5000);
     return wl_check_result("vforker", &c);
   }
   kids[nkids++] = cpid;
@@ -173,7 +159,7 @@ static int run_vfork(void) {
   wl_ready("root vforker");
   struct wl_check c;
   if (wl_await("root", &c) != 0) return 1;
-  reap(cpid, "vforker", &c);
+  wl_check_reaped(&c, cpid, "vforker", 5000);
   return wl_check_result("root", &c);
 }
 

@@ -202,36 +202,51 @@ int wl_wait(void) {
   return 0;
 }
 
+/* Waits up to timeout_ms for pid to end: 0 when it exited (with any code, in *status),
+ * else -1 with the reason. */
+static int wl_wait_exit(pid_t pid, int timeout_ms, int* status, char* reason, size_t n) {
+  int waited = 0;
+  pid_t r;
+  for (;;) {
+    r = waitpid(pid, status, WNOHANG);
+    if (r != 0 || waited >= timeout_ms) break;
+    wl_sleep_ms(10);
+    waited += 10;
+  }
+  if (r < 0)
+    snprintf(reason, n, "waitpid(child %d): %s (is it still my child?)", (int)pid, strerror(errno));
+  else if (r == 0)
+    snprintf(reason, n, "child %d did not exit within %d ms", (int)pid, timeout_ms);
+  else if (WIFSIGNALED(*status))
+    snprintf(reason, n, "child %d was killed by signal %d", (int)pid, WTERMSIG(*status));
+  else if (!WIFEXITED(*status))
+    snprintf(reason, n, "child %d: odd wait status 0x%x", (int)pid, *status);
+  else
+    return 0;
+  return -1;
+}
+
 int wl_reap_children(int timeout_ms, char* why, size_t n) {
   int rc = 0;
   for (int i = 0; i < wl_nchildren; i++) {
-    pid_t pid = wl_children[i];
-    int status = 0, waited = 0;
-    pid_t r;
-    for (;;) {
-      r = waitpid(pid, &status, WNOHANG);
-      if (r != 0 || waited >= timeout_ms) break;
-      wl_sleep_ms(10);
-      waited += 10;
-    }
-    char reason[160] = "";
-    if (r < 0)
-      snprintf(reason, sizeof reason, "waitpid(child %d): %s (is it still my child?)", (int)pid,
-               strerror(errno));
-    else if (r == 0)
-      snprintf(reason, sizeof reason, "child %d did not exit within %d ms", (int)pid, timeout_ms);
-    else if (WIFSIGNALED(status))
-      snprintf(reason, sizeof reason, "child %d was killed by signal %d", (int)pid,
-               WTERMSIG(status));
-    else if (!WIFEXITED(status))
-      snprintf(reason, sizeof reason, "child %d: odd wait status 0x%x", (int)pid, status);
-    if (reason[0]) {
+    int status = 0;
+    char reason[160];
+    if (wl_wait_exit(wl_children[i], timeout_ms, &status, reason, sizeof reason) != 0) {
       wl_log("%s", reason);
       if (rc == 0) snprintf(why, n, "%s", reason);
       rc = -1;
     }
   }
   return rc;
+}
+
+int wl_check_reaped(struct wl_check* c, pid_t pid, const char* role, int timeout_ms) {
+  int status = 0;
+  char reason[160];
+  if (wl_wait_exit(pid, timeout_ms, &status, reason, sizeof reason) != 0)
+    return wl_check(c, 0, "%s: %s", role, reason);
+  return wl_check(c, WEXITSTATUS(status) == 0, "%s (%d) exited with %d", role, (int)pid,
+                  WEXITSTATUS(status));
 }
 
 static void wl_vresult(const char* role, int ok, const char* fmt, va_list ap) {

@@ -97,6 +97,9 @@ int wl_check(struct wl_check* c, int ok, const char* fmt, ...) WL_PRINTF(3, 4);
 int wl_await(const char* role, struct wl_check* c);
 /* Writes result.<role> from c; returns the process exit code (0 pass, 1 fail). */
 int wl_check_result(const char* role, const struct wl_check* c);
+/* Reaps child pid (one not made by wl_fork, e.g. by a raw clone), waiting up to
+ * timeout_ms; records a failure in c unless it exited with 0. Returns ok. */
+int wl_check_reaped(struct wl_check* c, pid_t pid, const char* role, int timeout_ms);
 
 /* Fills buf with a deterministic byte pattern derived from seed. */
 void wl_pattern(void* buf, size_t len, uint32_t seed);
