@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -120,9 +121,14 @@ Result<void> CreateMemFiles(const RestorePlan& plan, ImageReader& images, OpenFi
 Result<void> ValidateShmem(const RestorePlan& plan);
 // Every file object has a known kind whose fields make sense (files.img is untrusted).
 Result<void> ValidateFileObjects(const img::FileTable& files);
-// In a new task, before ptrace takes over: put every fd of its table in place and close
-// everything else below `keep_from`.
-Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int keep_from);
+// Puts every fd of a new task's table in place and closes everything else below
+// `keep_from`, through `sys`: the task's own syscalls before ptrace takes over
+// (LocalFdSyscall), or injected ones for a task that runs no C code of the restorer's
+// (one sharing its parent's address space). `sys` returns the result or -errno.
+using FdSyscall = std::function<long(long nr, long a1, long a2, long a3)>;
+long LocalFdSyscall(long nr, long a1, long a2, long a3);
+Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int keep_from,
+                        const FdSyscall& sys);
 
 // Helper fds a task opens for its mappings (files, shmem objects, exe), at high numbers.
 struct MmHelpers {

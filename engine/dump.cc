@@ -110,6 +110,7 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
     if (auto s = sharing.by_pid.find(t.pid); s != sharing.by_pid.end()) {
       ps->set_files_share_with(uint32_t(s->second.files_with));
       ps->set_fs_share_with(uint32_t(s->second.fs_with));
+      ps->set_vm_share_with(uint32_t(s->second.vm_with));
     }
     if (t.zombie) {
       ps->set_zombie(true);
@@ -122,13 +123,15 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
     KLEAP_TRY(DumpCore(ctx, t, &core));
     for (auto& u : ipc.undo[t.pid]) *core.add_sem_undo() = u;
     KLEAP_TRY(DumpSignals(ctx, t, &core));
+    // An address space shared with the parent is the parent's image (pstree order).
+    bool own_mm = ps->vm_share_with() == 0;
     img::MmImage mm;
-    KLEAP_TRY(DumpMm(ctx, t, &mm));
+    if (own_mm) KLEAP_TRY(DumpMm(ctx, t, &mm));
     img::FdTable fds;
     KLEAP_TRY(DumpFds(ctx, t, &fds));
     KLEAP_TRY(FaultPoint("dump-write"));
     KLEAP_TRY(images.WriteMessage(CoreImage(t.pid), core));
-    KLEAP_TRY(images.WriteMessage(MmImage(t.pid), mm));
+    if (own_mm) KLEAP_TRY(images.WriteMessage(MmImage(t.pid), mm));
     KLEAP_TRY(images.WriteMessage(FdTableImage(t.pid), fds));
     stats.tasks++;
     stats.threads += t.tids.size();

@@ -461,7 +461,21 @@ Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenF
   return Ok();
 }
 
-Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int keep_from) {
+long LocalFdSyscall(long nr, long a1, long a2, long a3) {
+  long r = syscall(nr, a1, a2, a3);
+  return r < 0 ? -errno : r;
+}
+
+Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int keep_from,
+                        const FdSyscall& sys) {
+  auto call = [&](long nr, long a1, long a2, long a3) -> Result<long> {
+    long r = sys(nr, a1, a2, a3);
+    if (r < 0) {
+      errno = int(-r);
+      return ErrnoError();
+    }
+    return r;
+  };
   // Move every source above the highest target first, so no dup2 clobbers a source.
   int top = keep_from;
   std::vector<std::pair<int, const img::FdEntry*>> staged;
@@ -469,22 +483,22 @@ Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int k
     auto it = files.by_id.find(e.file_id());
     if (it == files.by_id.end())
       return Err(EINVAL) << "fd " << e.fd() << ": file " << e.file_id() << " was not opened";
-    int s = fcntl(it->second.get(), F_DUPFD_CLOEXEC, top);
-    if (s < 0) return ErrnoError() << "stage fd " << e.fd();
+    int s = int(KLEAP_TRY_CTX(call(SYS_fcntl, it->second.get(), F_DUPFD_CLOEXEC, top),
+                              "stage fd " << e.fd()));
     top = s + 1;
     staged.push_back({s, &e});
   }
   for (auto& [s, e] : staged) {
-    if (dup3(s, e->fd(), e->cloexec() ? O_CLOEXEC : 0) < 0)
-      return ErrnoError() << "install fd " << e->fd();
-    close(s);
+    KLEAP_TRY_CTX(call(SYS_dup3, s, e->fd(), e->cloexec() ? O_CLOEXEC : 0),
+                  "install fd " << e->fd());
+    sys(SYS_close, s, 0, 0);
   }
   // Close everything below keep_from that the table doesn't name.
   std::vector<bool> wanted(size_t(keep_from), false);
   for (auto& e : table.fds())
     if (e.fd() < keep_from) wanted[size_t(e.fd())] = true;
   for (int fd = 0; fd < keep_from; ++fd)
-    if (!wanted[size_t(fd)]) close(fd);
+    if (!wanted[size_t(fd)]) sys(SYS_close, fd, 0, 0);
   return Ok();
 }
 

@@ -49,6 +49,7 @@
 extern "C" void kleap_park(void);
 extern "C" char kleap_park_gadget[];
 extern "C" long kleap_clone_thread(struct clone_args* args, size_t size);
+extern "C" long kleap_clone_process(struct clone_args* args, size_t size);
 
 namespace kleap {
 namespace {
@@ -115,6 +116,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
       if (th.pdeath_signal() < 0 || th.pdeath_signal() > 64)
         return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << th.tid() << ": bad death signal "
                            << th.pdeath_signal();
+    if (t.vm_share_with()) continue;  // its parent's address space (ValidateSharing)
     auto& mm = plan.mms.at(t.pid());
     if (mm.arch() > uint32_t(ArchKind::kX86))
       return Err(EINVAL) << MmImage(t.pid()) << ": unknown arch " << mm.arch();
@@ -168,8 +170,10 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
     pid_t pid = t.pid();
     if (t.zombie()) continue;  // no images: only its place and its wait status
     KLEAP_TRY(images.ReadMessage(CoreImage(pid), &plan.cores[pid]));
-    KLEAP_TRY(images.ReadMessage(MmImage(pid), &plan.mms[pid]));
-    KLEAP_TRY(images.ReadMessage(PagemapImage(pid), &plan.pagemaps[pid]));
+    if (!t.vm_share_with()) {  // else its parent's
+      KLEAP_TRY(images.ReadMessage(MmImage(pid), &plan.mms[pid]));
+      KLEAP_TRY(images.ReadMessage(PagemapImage(pid), &plan.pagemaps[pid]));
+    }
     KLEAP_TRY(images.ReadMessage(FdTableImage(pid), &plan.fdtables[pid]));
   }
   KLEAP_TRY(images.ReadMessage(kFilesImage, &plan.files));
@@ -334,6 +338,11 @@ struct TaskPlan {
   bool table_last = true;             // closes every helper of the table in Rebuild
   std::vector<size_t> table_members;  // the holder's: the others, in order
   std::vector<size_t> fs_members;     // tasks created with CLONE_FS from this one's fs
+  // The task shares its parent's address space (share.cc): `mm` and `scratch` are the
+  // parent's, it has no helper fds, and Rebuild sets it up by injected syscalls. The
+  // scratch page goes with the last task of the address space rebuilt.
+  bool vm_shared = false;
+  bool unmap_scratch = true;
   MmHelpers helpers;
   uint64_t scratch = 0;
   std::vector<size_t> children;
@@ -379,24 +388,33 @@ struct Forker {
     return pid_t(syscall(SYS_clone3, &args, sizeof args));
   }
 
+  // A thread or process in this one's memory, made by `clone` (park.S) on a small stack
+  // of its own: it parks at once, running no C code. The id, or -1 with errno set.
+  static pid_t CloneParked(long (*clone)(clone_args*, size_t), pid_t want, uint64_t flags,
+                           int exit_signal) {
+    constexpr size_t kStack = 16384;
+    void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (stack == MAP_FAILED) return -1;
+    clone_args args{};
+    args.flags = flags;
+    args.exit_signal = uint64_t(exit_signal);
+    args.stack = uint64_t(stack);
+    args.stack_size = kStack;
+    args.set_tid = uint64_t(&want);
+    args.set_tid_size = 1;
+    long r = clone(&args, sizeof args);
+    if (r < 0) errno = int(-r);
+    return r < 0 ? -1 : pid_t(r);
+  }
+
   Result<void> SpawnThreads(const TaskPlan& t) {
     for (int i = 1; i < t.ps->tids_size(); ++i) {
-      size_t stack_size = 16384;
-      void* stack =
-          mmap(nullptr, stack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (stack == MAP_FAILED) return ErrnoError() << "thread stack";
-      clone_args args{};
       pid_t tid = t.ps->tids(i);
-      args.flags = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
-      args.stack = uint64_t(stack);
-      args.stack_size = stack_size;
-      args.set_tid = uint64_t(&tid);
-      args.set_tid_size = 1;
-      long r = kleap_clone_thread(&args, sizeof args);
-      if (r < 0) {
-        errno = int(-r);
+      if (CloneParked(
+              kleap_clone_thread, tid,
+              CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM,
+              0) < 0)
         return ErrnoError() << "create thread " << tid << (errno == EEXIST ? " (tid taken)" : "");
-      }
     }
     return Ok();
   }
@@ -493,7 +511,7 @@ struct Forker {
       WaitFor(shared->slots[t.table_prev].helpers_done);
     } else {
       for (size_t m : t.table_members) WaitFor(shared->slots[m].fd_quiet);
-      KLEAP_TRY(InstallFds(*t.fds, files, t.keep_from));
+      KLEAP_TRY(InstallFds(*t.fds, files, t.keep_from, LocalFdSyscall));
     }
     KLEAP_TRY(OpenHelpers(t));
     shared->slots[i].helpers_done.store(1);
@@ -552,11 +570,38 @@ struct Forker {
     int exit_signal = ps.exit_signal() ? ps.exit_signal() : SIGCHLD;
     uint64_t flags =
         (tasks[c].files_shared ? CLONE_FILES : 0) | (tasks[c].fs_shared ? CLONE_FS : 0);
+    if (tasks[c].vm_shared) return CreateVmMember(c, owner, flags, exit_signal);
     pid_t p = Clone3(ps.pid(), exit_signal, flags);
     if (p < 0)
       Fail(owner,
            ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
     if (p == 0) RunTask(c);
+  }
+
+  // A task in its creator's address space parks at once, in assembly, on a stack of its
+  // own; it is set up by injected syscalls in Rebuild. Its own process group is made
+  // now, for others to join; another one once its creator is in its own (JoinVmMembers).
+  void CreateVmMember(size_t c, size_t owner, uint64_t flags, int exit_signal) {
+    auto& ps = *tasks[c].ps;
+    pid_t r = CloneParked(kleap_clone_process, ps.pid(), flags | CLONE_VM, exit_signal);
+    if (r < 0)
+      Fail(owner, ErrnoError() << "create task " << ps.pid() << " in the address space of "
+                               << ps.ppid() << (errno == EEXIST ? " (pid taken)" : ""));
+    Slot& slot = shared->slots[c];
+    slot.pid = r;
+    if (ps.pgid() == ps.pid() && setpgid(r, r) < 0)
+      Fail(owner, ErrnoError() << "task " << ps.pid() << ": setpgid");
+    slot.state.store(2);
+  }
+
+  void JoinVmMembers(size_t i) {
+    for (size_t c : tasks[i].children) {
+      if (!tasks[c].vm_shared) continue;
+      pid_t pid = tasks[c].ps->pid(), pgid = tasks[c].ps->pgid();
+      if (getpgid(pid) != pgid && setpgid(pid, pgid) < 0)
+        Fail(i, ErrnoError() << "task " << pid << ": join process group " << pgid);
+      shared->slots[c].joined.store(1);
+    }
   }
 
   // A leader's stand-in: makes the session or group, creates its members, waits until
@@ -620,6 +665,7 @@ struct Forker {
     }
     if (getpgid(0) != t.ps->pgid() && setpgid(0, t.ps->pgid()) < 0)
       Fail(i, ErrnoError() << "join process group " << t.ps->pgid());
+    JoinVmMembers(i);
     // Its creator, a helper, exits now; the restore's own death signal goes with it.
     if (t.by_helper) prctl(PR_SET_PDEATHSIG, 0);
     slot.joined.store(1);
@@ -670,6 +716,8 @@ class RestoreSession {
   Result<void> ForkAll();
   Result<void> SeizeAll();
   Result<void> Rebuild(TaskPlan& t);
+  Result<void> RebuildMm(TaskPlan& t, uint64_t data);
+  Result<void> SetUpVmMember(TaskPlan& t, uint64_t data);
   void KillAll();
 
   const RestoreOptions& opts_;
@@ -703,14 +751,37 @@ Result<void> RestoreSession::Prepare() {
     t.ps = &ps;
     if (!ps.zombie()) {
       t.core = &plan_.cores.at(ps.pid());
-      t.mm = &plan_.mms.at(ps.pid());
       t.fds = &plan_.fdtables.at(ps.pid());
       for (auto& e : t.fds->fds()) t.keep_from = std::max(t.keep_from, e.fd() + 1);
-      t.scratch = KLEAP_TRY(PickScratch(*t.mm));
-      // ValidateSharing made sure a shared table or fs is the live parent's, the same.
+      // ValidateSharing made sure a shared table, fs or address space is the live
+      // parent's, the same.
       size_t me = tasks_.size();
       t.helper_from = t.keep_from;
       t.table_holder = t.fs_holder = me;
+      if (ps.vm_share_with()) {
+        TaskPlan& holder = tasks_[index.at(ps.ppid())];
+        if (creators.at(ps.pid()) != ps.ppid())
+          return Err(EINVAL) << "pstree.img: task " << ps.pid() << " shares the address space of "
+                             << ps.ppid() << ", which does not create it";
+        t.vm_shared = true;
+        t.mm = holder.mm;
+        t.scratch = holder.scratch;
+        // Neither in its table's nor in its fs's order: it opens no helpers, by path or
+        // otherwise, and its parent installs a shared table after it is made.
+        t.files_shared = ps.files_share_with() != 0;
+        t.fs_shared = ps.fs_share_with() != 0;
+        t.table_last = !t.files_shared;
+        holder.unmap_scratch = false;
+        for (auto& o : tasks_)
+          if (o.vm_shared && o.mm == t.mm) o.unmap_scratch = false;
+        t.helper_end = t.helper_from;
+        index[ps.pid()] = tasks_.size();
+        tasks_[index.at(ps.ppid())].children.push_back(tasks_.size());
+        tasks_.push_back(std::move(t));
+        continue;
+      }
+      t.mm = &plan_.mms.at(ps.pid());
+      t.scratch = KLEAP_TRY(PickScratch(*t.mm));
       if (ps.files_share_with()) {
         TaskPlan& holder = tasks_[tasks_[index.at(ps.ppid())].table_holder];
         t.files_shared = true;
@@ -862,18 +933,9 @@ Result<void> RestoreSession::SeizeAll() {
   return Ok();
 }
 
-Result<void> RestoreSession::Rebuild(TaskPlan& t) {
-  if (t.ps->zombie()) return Ok();
+Result<void> RestoreSession::RebuildMm(TaskPlan& t, uint64_t data) {
   pid_t pid = t.ps->pid();
   RemoteSyscalls& leader = *threads_.at(pid);
-  constexpr ArchKind k64 = ArchKind::kX86_64;
-  // The first syscalls run from the restorer's own code, still mapped at the same place.
-  leader.SetGadget(k64, RemotePtr(uint64_t(kleap_park_gadget)));
-  KLEAP_TRY(UnregisterRseq(leader, pid));
-  for (int tid : t.ps->tids()) {
-    threads_.at(tid)->SetGadget(k64, RemotePtr(t.scratch + kScratchGadget64));
-    threads_.at(tid)->SetGadget(ArchKind::kX86, RemotePtr(t.scratch + kScratchGadget32));
-  }
   MmRestore mr;
   mr.pid = pid;
   mr.rs = &leader;
@@ -886,9 +948,64 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   KLEAP_TRY(RestoreMm(mr));
   page_bytes_ += mr.page_bytes;
   KLEAP_TRY(AttachSysvShm(leader, pid, *t.mm));
-  KLEAP_TRY(FaultPoint("restore-rebuild"));
+  return RestoreAio(leader, pid, data, *t.mm);
+}
+
+// What a task's own restorer code does before it parks, for a task that shares its
+// parent's address space and so ran none (its creator made it with the controller's
+// fds, fs and personality).
+Result<void> RestoreSession::SetUpVmMember(TaskPlan& t, uint64_t data) {
+  pid_t pid = t.ps->pid();
+  RemoteSyscalls& rs = *threads_.at(pid);
+  constexpr ArchKind k64 = ArchKind::kX86_64;
+  if (!t.files_shared) {
+    auto inject = [&](long nr, long a1, long a2, long a3) -> long {
+      auto r = rs.Call(k64, nr, uint64_t(a1), uint64_t(a2), uint64_t(a3));
+      return r ? long(*r) : -long(r.error().code());
+    };
+    // (The controller's fds above keep_from are closed with everyone's, in Rebuild.)
+    KLEAP_TRY_CTX(InstallFds(*t.fds, files_, t.keep_from, inject), "task " << pid);
+  }
+  if (!t.fs_shared) {
+    KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kUmask, t.core->umask()), "task " << pid << ": umask");
+    for (auto [nr, path] : {std::pair{long(X64Arch::kChdir), &t.core->cwd()},
+                            std::pair{long(X64Arch::kChroot), &t.core->root()}}) {
+      if (nr == X64Arch::kChroot && *path == "/") continue;
+      if (path->size() >= kScratchSize - kScratchData)
+        return Err(ENAMETOOLONG) << "task " << pid << ": path " << *path;
+      KLEAP_TRY_CTX(WriteRemote(pid, RemotePtr(data), path->c_str(), path->size() + 1),
+                    "task " << pid);
+      KLEAP_TRY_CTX(
+          rs.Call(k64, nr, data),
+          "task " << pid << ": " << (nr == X64Arch::kChdir ? "chdir " : "chroot ") << *path);
+    }
+  }
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPersonality, t.core->personality()),
+                "task " << pid << ": personality " << Hex(t.core->personality()));
+  return Ok();
+}
+
+Result<void> RestoreSession::Rebuild(TaskPlan& t) {
+  if (t.ps->zombie()) return Ok();
+  pid_t pid = t.ps->pid();
+  RemoteSyscalls& leader = *threads_.at(pid);
+  constexpr ArchKind k64 = ArchKind::kX86_64;
   const uint64_t data = t.scratch + kScratchData;
-  KLEAP_TRY(RestoreAio(leader, pid, data, *t.mm));
+  // The first syscalls run from the restorer's own code, still mapped at the same place.
+  // (A task in its parent's address space has no rseq: clone(CLONE_VM) drops it.)
+  if (!t.vm_shared) {
+    leader.SetGadget(k64, RemotePtr(uint64_t(kleap_park_gadget)));
+    KLEAP_TRY(UnregisterRseq(leader, pid));
+  }
+  for (int tid : t.ps->tids()) {
+    threads_.at(tid)->SetGadget(k64, RemotePtr(t.scratch + kScratchGadget64));
+    threads_.at(tid)->SetGadget(ArchKind::kX86, RemotePtr(t.scratch + kScratchGadget32));
+  }
+  if (t.vm_shared)
+    KLEAP_TRY(SetUpVmMember(t, data));
+  else
+    KLEAP_TRY(RebuildMm(t, data));
+  KLEAP_TRY(FaultPoint("restore-rebuild"));
   KLEAP_TRY(RestoreSigactions(leader, pid, data, *t.core));
   KLEAP_TRY(RestoreRlimits(pid, *t.core));
   // The restorer asked to die with its parent while it was being built; the task didn't.
@@ -908,11 +1025,13 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   if (t.core->child_subreaper())
     KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_CHILD_SUBREAPER, 1),
                   "task " << pid << ": set child subreaper");
-  // A table shared with tasks not rebuilt yet keeps their helpers.
+  // A table shared with tasks not rebuilt yet keeps their helpers. (A task in its
+  // parent's address space has none of its own.)
   uint64_t close_from = uint64_t(t.table_last ? t.keep_from : t.helper_from);
   uint64_t close_to = t.table_last ? ~0u : uint64_t(t.helper_end - 1);
-  KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, close_from, close_to, 0),
-                "task " << pid << ": close the restorer's fds");
+  if (t.table_last || t.helper_end > t.helper_from)
+    KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, close_from, close_to, 0),
+                  "task " << pid << ": close the restorer's fds");
   // Filters go in while the threads are still privileged (seccomp(2) needs
   // CAP_SYS_ADMIN or no_new_privs), suspended for the rest of the restore.
   for (auto& th : t.core->threads()) {
@@ -935,9 +1054,11 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
         KLEAP_TRY_CTX(threads_.at(th.tid())->Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG,
                                                   uint64_t(th.pdeath_signal())),
                       "thread " << th.tid() << ": set death signal " << th.pdeath_signal());
-  // The scratch page goes last; after this the threads only get their final registers.
-  KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kMunmap, t.scratch, kScratchSize),
-                "task " << pid << ": unmap the scratch page");
+  // The scratch page goes last, with the last task of its address space; after this the
+  // threads only get their final registers.
+  if (t.unmap_scratch)
+    KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kMunmap, t.scratch, kScratchSize),
+                  "task " << pid << ": unmap the scratch page");
   for (auto& th : t.core->threads()) KLEAP_TRY(SetFinalRegisters(*threads_.at(th.tid()), th));
   return Ok();
 }

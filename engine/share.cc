@@ -3,8 +3,12 @@
 // orders those objects, so a tree of n tasks is grouped with O(n log n) calls.
 //
 // The restore creates each task from its parent (restore.cc), so the only sharing it can
-// remake is a task sharing with its parent: the parent creates it with CLONE_FILES or
-// CLONE_FS. Everything else is refused here, for check and dump alike.
+// remake is a task sharing with its parent: the parent creates it with CLONE_FILES,
+// CLONE_FS or CLONE_VM. Everything else is refused here, for check and dump alike.
+//
+// A task sharing its parent's address space is created by an assembly clone that runs no
+// C code in the shared memory (engine/ptrace/park.S) and is set up by injected syscalls,
+// so it may hold no threads, children or session of its own.
 #include "engine/share.h"
 
 #include <linux/kcmp.h>
@@ -51,6 +55,19 @@ void SortByKcmp(std::vector<pid_t>& v, int type) {
 std::string CommOf(pid_t pid) {
   auto st = ReadStat(pid);
   return st ? " (" + st->comm + ")" : std::string();
+}
+
+// Why a task sharing its parent's address space can't be remade, or "".
+std::string VmMemberProblem(const TaskInfo& t, const TaskInfo& parent,
+                            const std::vector<TaskInfo>& tasks) {
+  if (t.tids.size() > 1) return "has threads of its own (thread " + std::to_string(t.tids[1]) + ")";
+  for (auto& o : tasks)
+    if (o.ppid == t.pid)
+      return "has children of its own (pid " + std::to_string(o.pid) + CommOf(o.pid) + ")";
+  if (t.sid != parent.sid)
+    return "is in session " + std::to_string(t.sid) + ", not its parent's " +
+           std::to_string(parent.sid);
+  return "";
 }
 
 }  // namespace
@@ -112,12 +129,16 @@ SharingReport FindSharing(const std::vector<TaskInfo>& tasks) {
                                     ", outside the tree: the sharing can't be remade"});
       } else if (k == &kVmKind) {
         // A vfork child: its parent's wait is the problem already named.
-        if (!in_vfork.count(parent))
+        if (in_vfork.count(parent)) continue;
+        std::string why = VmMemberProblem(t, tasks[order.at(parent)], tasks);
+        if (why.empty())
+          rep.by_pid[t.pid].vm_with = parent;
+        else
           rep.problems.push_back(
               {t.pid, "task", with,
                "the task shares its address space with its parent " + std::to_string(parent) +
-                   " (clone CLONE_VM without CLONE_THREAD); an address space shared between "
-                   "processes is not carried yet"});
+                   " (clone CLONE_VM without CLONE_THREAD) and " + why +
+                   "; such a task is rebuilt by injected syscalls alone, which can't make them"});
       } else if (k == &kFilesKind) {
         rep.by_pid[t.pid].files_with = parent;
       } else {
@@ -154,8 +175,28 @@ SharingReport FindSharing(const std::vector<TaskInfo>& tasks) {
 
 Result<void> ValidateSharing(const RestorePlan& plan) {
   std::map<pid_t, const img::PsTask*> by_pid;
-  for (auto& t : plan.pstree.tasks()) by_pid[t.pid()] = &t;
+  std::map<pid_t, int> children;
   for (auto& t : plan.pstree.tasks()) {
+    by_pid[t.pid()] = &t;
+    children[t.ppid()]++;
+  }
+  for (auto& h : plan.pstree.helpers()) children[h.parent()]++;
+  for (auto& t : plan.pstree.tasks()) {
+    if (pid_t with = pid_t(t.vm_share_with())) {
+      auto p = by_pid.find(with);
+      if (with != t.ppid() || t.zombie() || p == by_pid.end() || p->second->zombie() ||
+          p->second->vm_share_with())
+        return Err(EINVAL) << "pstree.img: task " << t.pid() << " shares the address space of "
+                           << with << ", which is not its live parent with one of its own";
+      if (t.tids_size() != 1 || children.count(t.pid()) || t.sid() != p->second->sid())
+        return Err(EINVAL) << "pstree.img: task " << t.pid() << " shares its parent's address "
+                           << "space but has threads, children or a session of its own";
+      // clone(CLONE_VM) is refused across time namespaces, and so is unsharing one.
+      if (t.time_ns().id() != p->second->time_ns().id() ||
+          (t.time_ns_for_children().id() && t.time_ns_for_children().id() != t.time_ns().id()))
+        return Err(EINVAL) << "pstree.img: task " << t.pid() << " shares its parent's address "
+                           << "space but not its time namespace";
+    }
     for (int with : {int(t.files_share_with()), int(t.fs_share_with())}) {
       if (!with) continue;
       auto p = by_pid.find(with);

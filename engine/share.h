@@ -14,12 +14,14 @@ namespace kleap {
 struct TaskSharing {
   pid_t files_with = 0;
   pid_t fs_with = 0;
+  pid_t vm_with = 0;  // the address space: no mm image of its own
 };
 
 struct SharingReport {
   std::map<pid_t, TaskSharing> by_pid;
   // Shapes that can't be remade: sharing with a task other than the parent, or with a
-  // task outside the tree; address spaces shared between processes; a vfork() wait.
+  // task outside the tree; an address space shared with a task that has threads,
+  // children or a session of its own; a vfork() wait.
   std::vector<Problem> problems;
 };
 
@@ -33,8 +35,8 @@ SharingReport FindSharing(const std::vector<TaskInfo>& tasks);
 pid_t InVforkWait(const TaskInfo& t);
 Problem VforkProblem(pid_t pid, pid_t tid);
 
-// Restore side (pstree.img is untrusted): a shared table or fs names the task's parent,
-// and the two images agree on what they share.
+// Restore side (pstree.img is untrusted): a shared table, fs or address space names the
+// task's parent, and the two images agree on what they share.
 Result<void> ValidateSharing(const RestorePlan& plan);
 
 }  // namespace kleap

@@ -56,6 +56,7 @@ struct X64Arch {
     kRtSigprocmask = 14,
     kMadvise = 28,
     kGetpid = 39,
+    kChdir = 80,
     kUmask = 95,
     kSetgroups = 116,
     kSetresuid = 117,

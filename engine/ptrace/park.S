@@ -25,4 +25,23 @@ kleap_clone_thread:
 2:	jmp kleap_park
 	.size kleap_clone_thread, .-kleap_clone_thread
 
+	.globl kleap_clone_process
+	.type kleap_clone_process, @function
+/* long kleap_clone_process(struct clone_args *args, size_t size): clone3 a process that
+ * shares the caller's memory (CLONE_VM without CLONE_THREAD), asks to die with its
+ * parent, and parks: it runs no C code, whose stack, heap and TLS are the caller's.
+ * Returns the new pid, or -errno, in the caller. */
+kleap_clone_process:
+	mov $435, %eax		/* __NR_clone3 */
+	syscall
+	test %rax, %rax
+	jz 3f
+	ret
+3:	mov $157, %eax		/* __NR_prctl */
+	mov $1, %edi		/* PR_SET_PDEATHSIG */
+	mov $9, %esi		/* SIGKILL */
+	syscall
+	jmp kleap_park
+	.size kleap_clone_process, .-kleap_clone_process
+
 	.section .note.GNU-stack,"",@progbits

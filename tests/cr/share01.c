@@ -2,8 +2,11 @@
  * by argument:
  *   siblings (the default): the root clones two children with CLONE_FILES, then takes a table of
  * its own (unshare): the children share a table their parent doesn't, which no parent can hand down
- * at restore; vm:       a child cloned with CLONE_VM | SIGCHLD (not a thread) shares the root's
- *             address space, bumping a counter the root reads;
+ * at restore;
+ *   vmkids:   a child cloned with CLONE_VM | SIGCHLD (not a thread) shares the root's
+ *             address space, bumping a counter the root reads, and has forked a child of its
+ *             own (vmshare00 carries one without);
+ *   vmthreads: the same child with a thread of its own instead;
  *   vfork:    a child vfork()s: it waits in vfork() until its own child (which loops
  *             in the shared memory until SIGUSR1) exits.
  * `kleap check` must name the task with the reason and `kleap dump` must fail; the tree
@@ -17,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,9 +86,26 @@ static int run_siblings(void) {
   return wl_check_result("root", &c);
 }
 
+/* A thread of the CLONE_VM child, or its forked child (which dies with it). */
+static int vm_extra(void* arg) {
+  (void)arg;
+  syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  struct timespec ms = {0, 1000000};
+  while (!vm_stop) syscall(SYS_nanosleep, &ms, NULL);
+  syscall(SYS_exit, 0);
+  return 0;
+}
+
+static char vm_thread_stack[64 * 1024] __attribute__((aligned(16)));
+
 /* The CLONE_VM child: no stdio, no malloc, no errno worth reading; just the counter. */
 static int vm_child(void* arg) {
-  (void)arg;
+  if (arg == (void*)1) {
+    if (raw_clone(SIGCHLD) == 0) vm_extra(NULL);
+  } else {
+    clone(vm_extra, vm_thread_stack + sizeof vm_thread_stack,
+          CLONE_VM | CLONE_THREAD | CLONE_SIGHAND | CLONE_FS | CLONE_FILES, NULL);
+  }
   struct timespec ms = {0, 1000000};
   while (!vm_stop) {
     vm_counter++;
@@ -94,12 +115,12 @@ static int vm_child(void* arg) {
   return 0;
 }
 
-static int run_vm(void) {
+static int run_vm(int kids) {
   size_t size = 64 * 1024;
   char* stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (stack == MAP_FAILED) wl_die("root", "mmap: %s", strerror(errno));
   /* Not forwarded SIGUSR1: its handler would run on this very memory. */
-  pid_t v = clone(vm_child, stack + size, CLONE_VM | SIGCHLD, NULL);
+  pid_t v = clone(vm_child, stack + size, CLONE_VM | SIGCHLD, kids ? (void*)1 : NULL);
   if (v < 0) wl_die("root", "clone CLONE_VM: %s", strerror(errno));
   for (int i = 0; i < 300 && vm_counter == 0; i++) wl_sleep_ms(10);
   if (vm_counter == 0) wl_die("root", "the CLONE_VM child never ran");
@@ -176,7 +197,8 @@ int main(int argc, char** argv) {
     wl_die("root", "pipe: %s", strerror(errno));
   const char* mode = argc > 2 ? argv[2] : "siblings";
   if (strcmp(mode, "siblings") == 0) return run_siblings();
-  if (strcmp(mode, "vm") == 0) return run_vm();
+  if (strcmp(mode, "vmkids") == 0) return run_vm(1);
+  if (strcmp(mode, "vmthreads") == 0) return run_vm(0);
   if (strcmp(mode, "vfork") == 0) return run_vfork();
-  wl_die("root", "usage: share01 STATEDIR siblings|vm|vfork");
+  wl_die("root", "usage: share01 STATEDIR siblings|vmkids|vmthreads|vfork");
 }

@@ -74,5 +74,39 @@ TEST(ValidateSharing, TheImagesMustAgree) {
       << Message(ValidateSharing(plan));
 }
 
+TEST(ValidateSharing, AddressSpaceOfTheLiveParent) {
+  RestorePlan plan = TwoTasks();
+  plan.pstree.mutable_tasks(1)->set_vm_share_with(1);
+  EXPECT_TRUE(ValidateSharing(plan)) << Message(ValidateSharing(plan));
+  plan.pstree.mutable_tasks(0)->set_vm_share_with(2);  // the root with its child
+  EXPECT_NE(Message(ValidateSharing(plan))
+                .find("task 1 shares the address space of 2, which is not its live parent"),
+            std::string::npos)
+      << Message(ValidateSharing(plan));
+  plan = TwoTasks();
+  plan.pstree.mutable_tasks(1)->set_vm_share_with(1);
+  plan.pstree.mutable_tasks(0)->set_zombie(true);
+  EXPECT_FALSE(ValidateSharing(plan));
+}
+
+TEST(ValidateSharing, AddressSpaceMemberIsALeaf) {
+  for (int shape = 0; shape < 4; ++shape) {
+    RestorePlan plan = TwoTasks();
+    plan.pstree.mutable_tasks(1)->set_vm_share_with(1);
+    if (shape == 0) plan.pstree.mutable_tasks(1)->add_tids(3);
+    if (shape == 1) {
+      img::PsTask* t = plan.pstree.add_tasks();
+      t->set_pid(4);
+      t->set_ppid(2);
+      t->add_tids(4);
+    }
+    if (shape == 2) plan.pstree.mutable_tasks(1)->set_sid(2);
+    if (shape == 3) plan.pstree.mutable_tasks(1)->mutable_time_ns()->set_id(5);
+    EXPECT_NE(Message(ValidateSharing(plan)).find("task 2 shares its parent's address space"),
+              std::string::npos)
+        << "shape " << shape << ": " << Message(ValidateSharing(plan));
+  }
+}
+
 }  // namespace
 }  // namespace kleap
