@@ -2,9 +2,14 @@
 # /init of the kleap VM test guest (busybox sh). Built into the guest by
 # tests/vm/vm-lib.sh (build_guest); not meant to run anywhere else.
 #
+#   /init            PID 1 (the role `init`), the scenario's first steps
+#   /init sysinit    the entries of /etc/inittab, for the scenarios whose PID 1 is
+#   /init once       busybox init (workloads, upgrade): /init execs busybox init,
+#   /init shutdown   which runs these
+#
 # Kernel command line:
 #   kleaptest.scenario=NAME   boot | kexec-plain | store-kexec | store-damaged |
-#                             kexec-nostore | dbus-dry-run
+#                             kexec-nostore | dbus-dry-run | workloads | upgrade
 #   kleaptest.phase=N         1 (default) on the first kernel, 2 after the kexec
 #   kleaptest.sum=MD5         phase 1 -> 2: checksum of the pattern left on /dev/pmem0
 #   kleaptest.kexec=tools     kexec-plain: use kexec-tools even if kleap-kexec is here
@@ -14,10 +19,24 @@
 #   kleaptest.size=MIB        store-*: memstore-stress --size (default 240: 256 does
 #                             not fit the 256 MiB region with the store's own metadata)
 #   kleaptest.watchdog=S      power off after S seconds whatever happens (default 150)
+#   kleaptest.wlmem=MIB       workloads, upgrade: wl-mem --mib (default 512)
 #
 # dbus-dry-run: a system dbus-daemon and kleapd in the guest; upgrade-kernel runs a
 # dry-run upgrade to 6.12 through the D-Bus API, which must stage the kernel, unload
 # it and succeed, changing nothing.
+#
+# workloads, upgrade: a whole system. /init execs busybox init. Its sysinit mounts
+# proc, sysfs, devtmpfs, devpts and tmpfs at /run, /tmp and /var/lib/kleap (all state
+# lives in tmpfs: the new kernel unpacks the root afresh), makes every later pid >= 1000
+# (the new kernel's threads take low pids), loads the pmem and NIC modules, configures
+# the NIC (QEMU user networking), starts dbus-daemon and kleapd, and the workloads of
+# tests/vm/workloads, each `PROG /run/kleap-wl/PROG` in a session of its own. It marks
+# "tcp-ready" once wl-tcp listens (the host's tcp-echo-client connects then). The once
+# entry waits for that client, then:
+#   workloads: prints `kleap check --tree 1`, runs kleap-wl-check;
+#   upgrade:   runs `upgrade-kernel upgrade` into 6.12 with the pmem store, is carried
+#              across the upgrade with everything else, and runs kleap-wl-check on 6.12.
+#              If /init runs again on 6.12 (phase 2), kleap-init fell back: FAIL.
 #
 # Markers on the console, one a line: "KLEAPTEST: <what>". Every run ends with
 # "KLEAPTEST: PASS <scenario>" or "KLEAPTEST: FAIL <scenario>: <why>" (or a kexec),
@@ -25,6 +44,7 @@
 
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 export HOME=/root
+ROLE=${1:-init}
 
 # ---------------------------------------------------------------- plumbing
 [ -e /proc/self ] || mount -t proc proc /proc
@@ -38,8 +58,10 @@ mark() { echo "KLEAPTEST: $*"; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 elapsed() { awk -v a="$1" -v b="$(uptime_s)" 'BEGIN { printf "%.2f", b - a }'; }
 
-mark "init-start uptime=$(uptime_s) pid=$$ kernel=$(uname -r)"
-echo "kleaptest: init-start" >/dev/kmsg 2>/dev/null
+if [ "$ROLE" = init ]; then
+  mark "init-start uptime=$(uptime_s) pid=$$ kernel=$(uname -r)"
+  echo "kleaptest: init-start" >/dev/kmsg 2>/dev/null
+fi
 
 # param NAME DEFAULT: the last NAME=VALUE of the kernel command line.
 # shellcheck disable=SC2013  # the command line is one line of words
@@ -60,6 +82,7 @@ FINISHED=0
 finish() {
   [ "$FINISHED" = 1 ] && return
   FINISHED=1
+  [ -n "${TCP_CLIENT:-}" ] && stop_tcp_client
   mark "DONE uptime=$(uptime_s)"
   sync
   poweroff -f
@@ -71,22 +94,36 @@ finish() {
 pass() { mark "PASS $SCENARIO"; finish; }
 fail() { mark "FAIL $SCENARIO: $*"; finish; }
 
-# Whatever happens, the guest powers off: on exit of this shell, and after the
-# watchdog's time even if a command hangs.
-trap 'fail "init exited (line ${LINENO:-?})"' EXIT
-trap 'fail "signal"' INT TERM
-(
-  sleep "$WATCHDOG"
-  echo "KLEAPTEST: FAIL $SCENARIO: guest watchdog (${WATCHDOG}s)"
-  echo "KLEAPTEST: DONE"
-  sync
-  poweroff -f
-) &
+# Whatever happens, the guest powers off: on exit of the shell that gives the verdict
+# (PID 1, or busybox init's once entry), and after the watchdog's time even if a
+# command hangs.
+start_watchdog() {
+  (
+    sleep "$WATCHDOG"
+    echo "KLEAPTEST: FAIL $SCENARIO: guest watchdog (${WATCHDOG}s)"
+    echo "KLEAPTEST: DONE"
+    sync
+    poweroff -f
+  ) &
+}
+case $ROLE in
+  init | once)
+    trap 'fail "$ROLE exited (line ${LINENO:-?})"' EXIT
+    trap 'fail "signal"' INT TERM
+    ;;
+esac
+# Busybox init's sysinit starts the watchdog itself, once later pids are >= 1000.
+case $ROLE/$SCENARIO/$PHASE in
+  init/workloads/1 | init/upgrade/1 | sysinit/* | once/* | shutdown/*) ;;
+  *) start_watchdog ;;
+esac
 
 # shellcheck disable=SC1091  # written by build_guest
 [ -f /etc/kleaptest.conf ] && . /etc/kleaptest.conf
-mark "scenario $SCENARIO phase $PHASE"
-mark "cmdline $(cat /proc/cmdline)"
+if [ "$ROLE" = init ]; then
+  mark "scenario $SCENARIO phase $PHASE"
+  mark "cmdline $(cat /proc/cmdline)"
+fi
 
 # ---------------------------------------------------------------- helpers
 # run CMD...: runs a command with its output on the console, marks its status.
@@ -112,11 +149,17 @@ run_json() {
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
-load_pmem() {
-  for _m in nd_e820 nd_pmem; do
+# modprobe_marked MODULE...: loads each module that is not built in, marking how it went.
+modprobe_marked() {
+  for _m in "$@"; do
+    grep -q "/$_m\.ko\$" "/lib/modules/$(uname -r)/modules.builtin" 2>/dev/null && continue
     _out=$(modprobe "$_m" 2>&1)
     mark "modprobe $_m rc=$? $_out"
   done
+}
+
+load_pmem() {
+  modprobe_marked nd_e820 nd_pmem
   _i=0
   while [ ! -b /dev/pmem0 ] && [ $_i -lt 100 ]; do
     usleep 100000
@@ -137,10 +180,23 @@ expect_kernel() {
   fail "running $(uname -r), expected $1"
 }
 
+# pmem_bytes: the size of the command line's memmap=SIZE!OFFSET region, in bytes.
+pmem_bytes() {
+  _s=$(param memmap 0)
+  _s=${_s%%!*}
+  case $_s in
+    *G) echo $((${_s%G} << 30)) ;;
+    *M) echo $((${_s%M} << 20)) ;;
+    *K) echo $((${_s%K} << 10)) ;;
+    *) echo "$_s" ;;
+  esac
+}
+
 expect_pmem() {
   [ -b /dev/pmem0 ] || fail "no /dev/pmem0"
   _sz=$(($(cat /sys/block/pmem0/size) * 512))
-  [ "$_sz" -eq 268435456 ] || fail "/dev/pmem0 is $_sz bytes, expected 256 MiB"
+  [ "$_sz" -eq "$(pmem_bytes)" ] ||
+    fail "/dev/pmem0 is $_sz bytes, expected $(pmem_bytes) ($(param memmap none))"
 }
 
 # pattern_write: 4 MiB of random bytes at 0 and at 252 MiB of /dev/pmem0, synced and
@@ -186,6 +242,11 @@ kexec_now() {
   echo "kleaptest: kexec-e" >/dev/kmsg 2>/dev/null
   "$@"
   fail "kexec returned ($?): $*"
+}
+
+# fallback_reason: why kleap-init fell back to the normal boot, from the kernel log.
+fallback_reason() {
+  dmesg | grep -m1 'kleap-init: falling back' | sed 's/.*falling back[^:]*: *//'
 }
 
 # kleap_init_lines: what kleap-init said in the kernel log, marked.
@@ -293,7 +354,7 @@ scn_store_kexec() {
   else
     store_phase2_common
     if dmesg | grep -q 'kleap-init: falling back'; then
-      fail "kleap-init fell back: $(dmesg | grep -m1 'kleap-init: falling back' | sed 's/.*falling back[^:]*: *//')"
+      fail "kleap-init fell back: $(fallback_reason)"
     fi
     dmesg | grep -q 'kleap-init: store whole' || fail "no 'kleap-init: store whole' in the kernel log"
     run_json memstore-stress verify --backend pmem:/dev/pmem0 --seed 7 || fail "memstore-stress verify"
@@ -307,7 +368,7 @@ scn_store_kexec() {
 fallback_check() {
   store_phase2_common
   dmesg | grep -q 'kleap-init: store whole' && fail "kleap-init took a bad store as whole"
-  _why=$(dmesg | grep -m1 'kleap-init: falling back' | sed 's/.*falling back[^:]*: *//')
+  _why=$(fallback_reason)
   [ -n "$_why" ] || fail "no 'kleap-init: falling back ...: <reason>' in the kernel log"
   mark "fallback reason: $_why"
   if [ -n "$1" ]; then
@@ -328,15 +389,14 @@ scn_kexec_nostore() {
   if [ "$PHASE" = 1 ]; then store_phase1 prep_wipe; else fallback_check "no store"; fi
 }
 
-# A dry run through the D-Bus API: check and stage for real (kexec_file_load of 6.12),
-# then unload; the tree and the machine are as they were.
-scn_dbus_dry_run() {
-  load_pmem
+# start_kleapd: the system bus (dbus-daemon) and kleapd on it, with the pmem store and
+# the new kernel's entry (kleaptest.entry, default /kleap-init); returns once
+# upgrade-kernel reaches it.
+start_kleapd() {
   need_tools kleapd upgrade-kernel dbus-daemon kleap-kexec
-  expect_kernel 6.1.
-  expect_pmem
   run dbus-daemon --config-file=/etc/kleap-system-bus.conf --fork --nopidfile || fail "dbus-daemon"
-  kleapd --no-exit-on-idle --memstore pmem:/dev/pmem0 --entry rdinit=/kleap-init &
+  kleapd --no-exit-on-idle --memstore pmem:/dev/pmem0 \
+    --entry "rdinit=$(param kleaptest.entry /kleap-init)" &
   _i=0
   until timeout 2 upgrade-kernel status >/dev/null 2>&1; do
     [ $_i -lt 100 ] || fail "kleapd did not come up on the system bus"
@@ -344,6 +404,15 @@ scn_dbus_dry_run() {
     _i=$((_i + 1))
   done
   run upgrade-kernel status || fail "upgrade-kernel status"
+}
+
+# A dry run through the D-Bus API: check and stage for real (kexec_file_load of 6.12),
+# then unload; the tree and the machine are as they were.
+scn_dbus_dry_run() {
+  load_pmem
+  expect_kernel 6.1.
+  expect_pmem
+  start_kleapd
   # The tree to carry: a process in a session of its own.
   setsid sleep 3600 </dev/null >/dev/null 2>&1 &
   _tree=$!
@@ -367,14 +436,196 @@ scn_dbus_dry_run() {
   pass
 }
 
-case $SCENARIO in
-  boot) scn_boot ;;
-  dbus-dry-run) scn_dbus_dry_run ;;
-  kexec-plain) scn_kexec_plain ;;
-  store-kexec) scn_store_kexec ;;
-  store-damaged) scn_store_damaged ;;
-  kexec-nostore) scn_kexec_nostore ;;
-  shell) load_pmem; mark "shell"; trap - EXIT; setsid cttyhack sh; finish ;;
-  *) fail "unknown scenario '$SCENARIO'" ;;
+# ---------------------------------------------------------------- whole system
+# workloads and upgrade: PID 1 is busybox init, which runs this script's sysinit and
+# once roles (/etc/inittab, written by build_guest).
+
+WL_DIR=/run/kleap-wl
+# The workloads, wl-tcp first: the host's client connects while the others set up.
+WORKLOADS="wl-tcp wl-counter wl-counter32 wl-tree wl-mixed wl-mem wl-tmpfs"
+TCP_PORT=7777
+
+# mount_once TYPE DIR [OPTIONS]: mounts TYPE at DIR unless something is mounted there.
+mount_once() {
+  grep -q "^[^ ]* $2 " /proc/mounts && return 0
+  mkdir -p "$2" || fail "mkdir $2"
+  mount -t "$1" ${3:+-o "$3"} "$1" "$2" || fail "mount -t $1 $2"
+}
+
+# load_net: the virtio NIC on QEMU's user network, configured as its DHCP would.
+load_net() {
+  modprobe_marked virtio_pci virtio_net
+  _i=0
+  while [ ! -e /sys/class/net/eth0 ]; do
+    [ $_i -lt 100 ] || fail "no eth0 (modules: $(cut -d' ' -f1 /proc/modules | tr '\n' ' '))"
+    usleep 100000
+    _i=$((_i + 1))
+  done
+  for _c in "link set lo up" "link set eth0 up" "addr add 10.0.2.15/24 dev eth0" \
+    "route add default via 10.0.2.2"; do
+    # shellcheck disable=SC2086  # one command a string
+    ip $_c || fail "ip $_c"
+  done
+  mark "net $(ip -o -4 addr show eth0 | awk '{ print $2, $4 }')"
+}
+
+# start_workload NAME [ARG...]: `NAME WL_DIR/NAME ARG...` in a session of its own, its
+# output in WL_DIR/NAME.log.
+start_workload() {
+  _n=$1
+  shift
+  mkdir -p "$WL_DIR/$_n" || fail "mkdir $WL_DIR/$_n"
+  setsid "$_n" "$WL_DIR/$_n" "$@" </dev/null >"$WL_DIR/$_n.log" 2>&1 &
+}
+
+# wait_ready NAME SECONDS: until the workload wrote its ready file.
+wait_ready() {
+  _i=0
+  while [ ! -f "$WL_DIR/$1/ready" ]; do
+    if [ $_i -ge $(($2 * 10)) ]; then
+      cat "$WL_DIR/$1.log"
+      fail "workload $1 is not ready after $2 s"
+    fi
+    usleep 100000
+    _i=$((_i + 1))
+  done
+  mark "workload $1 ready pid=$(cat "$WL_DIR/$1/pid") uptime=$(uptime_s)"
+}
+
+# The sysinit entry: the machine and its long-lived processes.
+whole_system_sysinit() {
+  mark "sysinit uptime=$(uptime_s) pid=$$"
+  mount_once proc /proc
+  mount_once sysfs /sys
+  mount_once devtmpfs /dev
+  mount_once devpts /dev/pts
+  mount_once tmpfs /run mode=755
+  mount_once tmpfs /tmp
+  mount_once tmpfs /var/lib/kleap mode=700
+  mkdir -p /run/dbus "$WL_DIR"
+  # The new kernel's own threads take the low pids: every process from here on gets
+  # one the restore can have again.
+  echo 1000 >/proc/sys/kernel/ns_last_pid || fail "cannot write ns_last_pid"
+  start_watchdog
+  load_pmem
+  expect_kernel 6.1.
+  expect_pmem
+  load_net
+  # What the engine asks the kernel about sockets (a distro loads them on demand).
+  modprobe_marked unix_diag tcp_diag udp_diag netlink_diag af_packet_diag
+  start_kleapd
+  # shellcheck disable=SC2086  # a list of names
+  need_tools $WORKLOADS wl-mixed32 kleap-wl-check
+  _t0=$(uptime_s)
+  start_workload wl-tcp --port "$TCP_PORT"
+  wait_ready wl-tcp 60
+  mark "tcp-ready port=$TCP_PORT"
+  for _w in $WORKLOADS; do
+    case $_w in
+      wl-tcp) ;;
+      wl-mem) start_workload "$_w" --mib "$(param kleaptest.wlmem 512)" ;;
+      *) start_workload "$_w" ;;
+    esac
+  done
+  for _w in $WORKLOADS; do [ "$_w" = wl-tcp ] || wait_ready "$_w" 240; done
+  mark "TIME workloads-ready-s $(elapsed "$_t0")"
+  mark "sysinit done uptime=$(uptime_s)"
+}
+
+# wait_client: until the host's TCP client has connected to wl-tcp. From then on, the
+# verdict (finish) first has the host stop the client (stop_tcp_client).
+wait_client() {
+  TCP_CLIENT=1
+  _i=0
+  until [ -s "$WL_DIR/wl-tcp/client" ]; do
+    [ $_i -lt 600 ] || fail "no TCP client connected to wl-tcp within 60 s"
+    usleep 100000
+    _i=$((_i + 1))
+  done
+  mark "tcp client $(cat "$WL_DIR/wl-tcp/client")"
+}
+
+# stop_tcp_client: asks the host to stop its TCP client, and waits (10 s at most) until
+# it has closed its connection, so that the power-off does not look like a drop.
+stop_tcp_client() {
+  mark "tcp-client-stop"
+  _port=$(printf ':%04X$' "$TCP_PORT")
+  _i=0
+  # /proc/net/tcp: slot, local address, remote address, state (01 established).
+  while awk -v p="$_port" '$2 ~ p && $4 == "01" { found = 1 } END { exit !found }' \
+    /proc/net/tcp && [ $_i -lt 100 ]; do
+    usleep 100000
+    _i=$((_i + 1))
+  done
+}
+
+# check_workloads WHEN: kleap-wl-check; FAIL unless every workload passes.
+check_workloads() {
+  echo "+ kleap-wl-check"
+  kleap-wl-check "$WL_DIR" >/run/wl-check.out 2>&1
+  _rc=$?
+  cat /run/wl-check.out
+  [ $_rc -eq 0 ] || fail "workloads $1: $(grep -c ' FAIL ' /run/wl-check.out) failed (rc $_rc)"
+}
+
+scn_workloads() {
+  wait_client
+  sleep 3
+  # What the engine says of the whole system (informational: the upgrade scenario is
+  # where it must be able to carry it).
+  echo "+ kleap check --tree 1 --json"
+  kleap check --tree 1 --json >/run/kleap-check.out 2>&1
+  mark "kleap-check rc=$?"
+  sed 's/^/KLEAPTEST: kleap-check: /' /run/kleap-check.out
+  check_workloads "on $(uname -r)"
+  pass
+}
+
+scn_upgrade() {
+  wait_client
+  sleep 3
+  _old=$(uname -r)
+  mark "upgrade from $_old uptime=$(uptime_s)"
+  upgrade-kernel --json upgrade /kernels/vmlinuz-6.12 --initrd /kernels/initrd.cpio.gz \
+    --cmdline "$(next_cmdline kleaptest.phase=2)" --yes >/run/upgrade.out 2>&1
+  _rc=$?
+  _new=$(uname -r)
+  cat /run/upgrade.out
+  grep '^[{[]' /run/upgrade.out | while read -r _l; do mark "JSON $_l"; done
+  mark "kernel old=$_old new=$_new pid1=$(cat /proc/1/comm) uptime=$(uptime_s)"
+  [ $_rc -eq 0 ] || fail "upgrade-kernel upgrade exited $_rc: $(tail -n 1 /run/upgrade.out)"
+  expect_kernel 6.12.
+  check_workloads "after the upgrade"
+  pass
+}
+
+# /init (PID 1) of workloads and upgrade.
+whole_system_init() {
+  if [ "$PHASE" = 1 ]; then
+    trap - EXIT INT TERM
+    mark "exec busybox init"
+    exec /bin/busybox init
+  fi
+  # /init runs on the new kernel only when kleap-init gave the machine a normal boot.
+  expect_kernel 6.12.
+  kleap_init_lines
+  _why=$(fallback_reason)
+  fail "fell back to the normal boot: ${_why:-no 'kleap-init: falling back' line in the kernel log}"
+}
+
+case $ROLE/$SCENARIO in
+  sysinit/*) whole_system_sysinit; exit 0 ;;
+  shutdown/*) mark "shutdown uptime=$(uptime_s)"; sync; exit 0 ;;
+  once/workloads) scn_workloads ;;
+  once/upgrade) scn_upgrade ;;
+  init/workloads | init/upgrade) whole_system_init ;;
+  init/boot) scn_boot ;;
+  init/dbus-dry-run) scn_dbus_dry_run ;;
+  init/kexec-plain) scn_kexec_plain ;;
+  init/store-kexec) scn_store_kexec ;;
+  init/store-damaged) scn_store_damaged ;;
+  init/kexec-nostore) scn_kexec_nostore ;;
+  init/shell) load_pmem; mark "shell"; trap - EXIT; setsid cttyhack sh; finish ;;
+  *) fail "unknown scenario '$SCENARIO' (role $ROLE)" ;;
 esac
 fail "scenario $SCENARIO returned without a verdict"

@@ -10,6 +10,8 @@
 #                             goes to a log file whose path it prints
 #   vm_log_has / vm_wait_marker / vm_fail_report
 #                             look at a console log; show its tail on failure
+#   vm_layout big|default     the guest's RAM and pmem region (KLEAP_VM_MEM_MB/MEMMAP)
+#   vm_free_port              a free TCP port on the host's loopback
 #
 # Environment:
 #   KLEAP_VM_CACHE     kernels, kexec-tools, the QEMU lock  (/var/cache/kleap-vm)
@@ -18,6 +20,8 @@
 #   KLEAP_VM_QEMU_ARGS extra QEMU arguments (word-split)
 #   KLEAP_VM_APPEND    extra guest kernel arguments, on every run
 #   KLEAP_VM_STRIP     1: strip debug info off what goes in the guest (default 1)
+#   KLEAP_VM_HOSTFWD   HOSTPORT:GUESTPORT: run_vm gives the guest a virtio NIC on QEMU's
+#                      user network, with that TCP port forwarded from 127.0.0.1
 #
 # Everything here prints its progress on stderr; stdout carries only results.
 
@@ -26,16 +30,44 @@ KLEAP_VM_CACHE=${KLEAP_VM_CACHE:-/var/cache/kleap-vm}
 KLEAP_VM_WORK=${KLEAP_VM_WORK:-/tmp/kleap-vm-$(id -u)}
 KLEAP_VM_QEMU=${KLEAP_VM_QEMU:-qemu-system-x86_64}
 KLEAP_VM_STRIP=${KLEAP_VM_STRIP:-1}
-# The pmem region every guest gets: 256 MiB at 768 MiB of a 1.5 GiB guest.
-KLEAP_VM_MEM_MB=1536
-KLEAP_VM_MEMMAP='memmap=256M!768M'
 # Package name patterns of the upgrade pair (Debian 12 and its 6.12 backport).
 KLEAP_VM_K61_PATTERN='linux-image-6\.1\.0-[0-9]+-cloud-amd64'
 KLEAP_VM_K612_PATTERN='linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned'
-# Modules the guest needs for legacy pmem (their dependencies come along).
-KLEAP_VM_MODULES=(nd_e820 nd_pmem)
+# Modules the guest needs for legacy pmem, for its NIC (virtio_pci is built into 6.12)
+# and for the engine's sock_diag queries; their dependencies come along.
+KLEAP_VM_MODULES=(nd_e820 nd_pmem virtio_pci virtio_net
+  unix_diag tcp_diag udp_diag netlink_diag af_packet_diag)
 
 vm_say() { printf 'vm: %s\n' "$*" >&2; }
+
+# vm_layout big|default: the guest's RAM (KLEAP_VM_MEM_MB) and pmem region
+# (KLEAP_VM_MEMMAP). By default 256 MiB at 768 MiB of a 1.5 GiB guest. `big` is for the
+# scenarios that carry a whole system: 512 MiB of workload memory, and a 1 GiB store
+# that can hold it, at 1.5 GiB of a 3 GiB guest (not at the top: QEMU reserves the last
+# 128 KiB below 3 GiB, and a region that overlaps it is cut in two misaligned halves
+# that nd_pmem refuses).
+vm_layout() {
+  case $1 in
+    default) KLEAP_VM_MEM_MB=1536 KLEAP_VM_MEMMAP='memmap=256M!768M' ;;
+    big) KLEAP_VM_MEM_MB=3072 KLEAP_VM_MEMMAP='memmap=1024M!1536M' ;;
+    *) vm_warn "no guest layout '$1'"; return 1 ;;
+  esac
+}
+vm_layout default
+
+# vm_free_port: prints a TCP port nothing listens on at 127.0.0.1 (QEMU binds it for a
+# hostfwd; only one QEMU of the bed runs at a time).
+vm_free_port() {
+  local port try
+  for try in $(seq 1 50); do
+    port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  return 1
+}
 vm_warn() { printf 'vm: warning: %s\n' "$*" >&2; }
 
 # vm_skip_reason: prints why this machine cannot run the bed, or nothing.
@@ -306,7 +338,9 @@ vm__install_modules() {
     # shellcheck disable=SC2206
     todo+=(${deps_of[$name]})
   done
-  # modules.dep lists every dependency, the indirect ones too, deepest last.
+  # modules.dep lists every dependency, the indirect ones too, each after every module
+  # that needs it: modprobe loads them from the last one. (vm__all_deps lists a module
+  # before what it needs; of a module listed twice, the last place is kept.)
   vm__all_deps() {
     local n=$1 d
     for d in ${deps_of[$n]}; do
@@ -319,7 +353,9 @@ vm__install_modules() {
   : >"$dst/modules.dep"
   : >"$dst/modules.alias"
   for name in "${order[@]}"; do
-    echo "${path_of[$name]}: $(vm__all_deps "$name" | awk '!seen[$0]++' | tr '\n' ' ' | sed 's/ $//')" \
+    echo "${path_of[$name]}: $(vm__all_deps "$name" |
+      awk '{ last[$0] = NR; line[NR] = $0 } END { for (i = 1; i <= NR; i++) if (last[line[i]] == i) print line[i] }' |
+      tr '\n' ' ' | sed 's/ $//')" \
       >>"$dst/modules.dep"
     while IFS= read -r f; do
       [[ -n $f ]] && echo "alias $f $name" >>"$dst/modules.alias"
@@ -346,8 +382,9 @@ vm__cpio() {
 # build_guest OUT.cpio.gz BIN...
 # The guest: busybox-static with its applet links, kexec-tools, the given binaries
 # (in /bin; kleap-init also as /kleap-init, its rdinit= entry) with every shared
-# library they need, the legacy pmem modules of both kernels, /init =
-# guest-init.sh, /kleap-entry (loads the pmem modules, then execs /kleap-init), and
+# library they need, the legacy pmem and NIC modules of both kernels, /init =
+# guest-init.sh, /etc/inittab (read only when a scenario makes busybox init PID 1),
+# /bin/kleap-wl-check, /kleap-entry (loads the pmem modules, then execs /kleap-init), and
 # /kernels/{vmlinuz-6.12,initrd.cpio.gz} for the kexec, where initrd.cpio.gz is the
 # same guest without /kernels.
 # Needs vm_kernels_setup and vm_kexec_tools_setup first.
@@ -415,6 +452,15 @@ BUS
   vm__install_modules "$stage" "$KLEAP_VM_K61_MODULES" || return 1
   vm__install_modules "$stage" "$KLEAP_VM_K612_MODULES" || return 1
   install -m 755 "$KLEAP_VM_DIR/guest-init.sh" "$stage/init" || return 1
+  install -m 755 "$KLEAP_VM_DIR/kleap-wl-check" "$stage/bin/kleap-wl-check" || return 1
+  # For the scenarios whose PID 1 is busybox init (guest-init.sh execs it): /init again,
+  # in the role of each entry. It is part of the image, not written at run time,
+  # because the new kernel unpacks the image afresh.
+  cat >"$stage/etc/inittab" <<'INITTAB' || return 1
+::sysinit:/init sysinit
+::once:/init once
+::shutdown:/init shutdown
+INITTAB
   # An rdinit= entry that does what a distro initramfs does before it hands over to
   # kleap-init: load the pmem modules.
   cat >"$stage/kleap-entry" <<'ENTRY' || return 1
@@ -455,7 +501,7 @@ ENTRY
 # vm_guest_hash BIN...: a hash of everything build_guest puts in the guest.
 vm_guest_hash() {
   {
-    cat "$KLEAP_VM_DIR/vm-lib.sh" "$KLEAP_VM_DIR/guest-init.sh"
+    cat "$KLEAP_VM_DIR/vm-lib.sh" "$KLEAP_VM_DIR/guest-init.sh" "$KLEAP_VM_DIR/kleap-wl-check"
     echo "$KLEAP_VM_K61_PKG $KLEAP_VM_K612_PKG $KLEAP_VM_STRIP"
     sha256sum "$(vm__busybox)" "$KLEAP_VM_KEXEC" "$@" | awk '{print $1}'
     echo "$KLEAP_VM_LIBPATH"
@@ -499,7 +545,8 @@ vm__reader() {
 }
 
 # run_vm NAME KERNEL INITRD APPEND TIMEOUT
-# Boots KERNEL with INITRD under TCG, the serial console logged to
+# Boots KERNEL with INITRD under TCG (KLEAP_VM_MEM_MB of RAM, KLEAP_VM_MEMMAP; a NIC when
+# KLEAP_VM_HOSTFWD is set), the serial console logged to
 # $KLEAP_VM_WORK/logs/NAME.log (and NAME.tlog with host timestamps). Returns when
 # QEMU exits (the guest powers off), 15 s after the guest printed
 # "KLEAPTEST: DONE", or after TIMEOUT seconds, when QEMU is killed (status 124).
@@ -523,6 +570,9 @@ run_vm() {
   local -a cmd=("$KLEAP_VM_QEMU" -accel tcg -m "$KLEAP_VM_MEM_MB" -smp 1 -nographic -no-reboot
     -kernel "$kernel" -initrd "$initrd"
     -append "console=ttyS0 tsc=reliable $KLEAP_VM_MEMMAP panic=-1 printk.time=1 $append ${KLEAP_VM_APPEND:-}")
+  if [[ -n ${KLEAP_VM_HOSTFWD:-} ]]; then
+    cmd+=(-nic "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:${KLEAP_VM_HOSTFWD%%:*}-:${KLEAP_VM_HOSTFWD#*:}")
+  fi
   # shellcheck disable=SC2206  # extra arguments are meant to be split
   [[ -n ${KLEAP_VM_QEMU_ARGS:-} ]] && cmd+=($KLEAP_VM_QEMU_ARGS)
   printf '%s ' "${cmd[@]@Q}" >"$logdir/$name.cmd"
@@ -645,19 +695,27 @@ vm_timings() {
 
 # The project's binaries that go into the guest.
 KLEAP_VM_PROJECT_BINS=(kleap kleap-init kleap-kexec memstore-stress kleapd upgrade-kernel)
+# The workloads (tests/vm/workloads) of the scenarios that carry a whole system: only
+# their guests have them. wl-mixed execs wl-mixed32 and the other way round.
+# shellcheck disable=SC2034  # used by run-vm-test.sh
+KLEAP_VM_WORKLOAD_BINS=(wl-counter wl-counter32 wl-tree wl-mixed wl-mixed32 wl-mem wl-tmpfs wl-tcp)
+KLEAP_VM_EXTRA_BINS=()
 
 # vm_find_bins DIR BIN...: prints BIN... and, one a line, those of
-# KLEAP_VM_PROJECT_BINS not among them that are found under DIR (a build tree).
+# KLEAP_VM_PROJECT_BINS (and of KLEAP_VM_EXTRA_BINS, which a scenario may set) not among
+# them that are found under DIR (a build tree).
 vm_find_bins() {
   local dir=$1 name b f have
   shift
   for b in "$@"; do echo "$b"; done
   [[ -n $dir ]] || return 0
-  for name in "${KLEAP_VM_PROJECT_BINS[@]}"; do
+  local -i depth=3   # the workloads sit one deeper (tests/vm/workloads)
+  for name in "${KLEAP_VM_PROJECT_BINS[@]}" - "${KLEAP_VM_EXTRA_BINS[@]}"; do
+    [[ $name == - ]] && { depth=4; continue; }
     have=0
     for b in "$@"; do [[ $(basename "$b") == "$name" ]] && have=1; done
     ((have)) && continue
-    f=$(find "$dir" -maxdepth 3 -name "$name" -type f -perm -u+x -print -quit 2>/dev/null)
+    f=$(find "$dir" -maxdepth "$depth" -name "$name" -type f -perm -u+x -print -quit 2>/dev/null)
     [[ -n $f ]] && echo "$f"
   done
   return 0
