@@ -568,15 +568,23 @@ check_workloads() {
   [ $_rc -eq 0 ] || fail "workloads $1: $(grep -c ' FAIL ' /run/wl-check.out) failed (rc $_rc)"
 }
 
+# show_check NAME CMD...: runs CMD, and marks its status and each line of its output
+# (what the engine and kleapd say of the whole system: informational, the upgrade
+# scenario is where it must be carried).
+show_check() {
+  _name=$1
+  shift
+  echo "+ $*"
+  "$@" >"/run/$_name.out" 2>&1
+  mark "$_name rc=$?"
+  sed "s/^/KLEAPTEST: $_name: /" "/run/$_name.out"
+}
+
 scn_workloads() {
   wait_client
   sleep 3
-  # What the engine says of the whole system (informational: the upgrade scenario is
-  # where it must be able to carry it).
-  echo "+ kleap check --tree 1 --json"
-  kleap check --tree 1 --json >/run/kleap-check.out 2>&1
-  mark "kleap-check rc=$?"
-  sed 's/^/KLEAPTEST: kleap-check: /' /run/kleap-check.out
+  show_check kleap-check kleap check --tree 1 --json
+  show_check upgrade-kernel-check upgrade-kernel check --kernel /kernels/vmlinuz-6.12
   check_workloads "on $(uname -r)"
   pass
 }
@@ -584,6 +592,7 @@ scn_workloads() {
 scn_upgrade() {
   wait_client
   sleep 3
+  show_check upgrade-kernel-check upgrade-kernel check --kernel /kernels/vmlinuz-6.12
   _old=$(uname -r)
   mark "upgrade from $_old uptime=$(uptime_s)"
   upgrade-kernel --json upgrade /kernels/vmlinuz-6.12 --initrd /kernels/initrd.cpio.gz \
