@@ -140,9 +140,12 @@ Result<RestorePlan> LoadPlan(ImageReader& images);
 // LoadPlan has bounded every page run by its mapping; this checks the blobs hold them.
 Result<void> CheckPageBlobSizes(ImageReader& images, const RestorePlan& plan);
 Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan);
-Result<void> CheckPidsFree(const RestorePlan& plan);
+// as_init: pid 1 is the restorer itself, which becomes the root.
+Result<void> CheckPidsFree(const RestorePlan& plan, bool as_init = false);
 // Checks that every file the set maps or opens is the one that was dumped.
-Result<void> CheckFileIdentities(const RestorePlan& plan);
+// Every mapped file and executable is the one dumped: same size, mtime and ELF build-id,
+// and (when `same_boot`) the same inode and device.
+Result<void> CheckFileIdentities(const RestorePlan& plan, bool same_boot);
 Result<img::FileIdentity> IdentifyFile(const std::string& path, const struct stat& st);
 
 }  // namespace kleap

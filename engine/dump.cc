@@ -147,7 +147,12 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   inv.set_root_pid(opts.root);
   KLEAP_TRY(images.Commit(inv));
 
-  if (opts.leave_running) {
+  if (opts.while_frozen) {
+    auto r = opts.while_frozen();
+    ctx.repaired_socks.Undo();
+    tree->ResumeAll();
+    if (!r) return std::move(r).error();
+  } else if (opts.leave_running) {
     ctx.repaired_socks.Undo();
     tree->ResumeAll();
   } else {

@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,11 +33,17 @@ struct CheckReport {
 };
 
 // Walks the tree rooted at `root` through /proc only: no task is stopped or changed.
+// Every walk leaves out the calling process (kleap itself, when it is in the tree it
+// dumps: `--tree 1`) and so everything it started.
 Result<CheckReport> CheckTree(pid_t root);
 
 struct DumpOptions {
   pid_t root = 0;
   bool leave_running = false;
+  // Runs once the set is committed, with the tree still frozen and its TCP connections
+  // quiet (in repair mode, packets dropped): an upgrade kexecs here. If it returns, the
+  // tree runs on as with leave_running, and its error (if any) is the dump's.
+  std::function<Result<void>()> while_frozen;
 };
 
 struct DumpStats {
@@ -50,16 +57,30 @@ struct DumpStats {
 // tree or lets it run on. On failure the tree runs on exactly as before.
 Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images);
 
-struct RestoreOptions {
-  bool detach = false;
-  bool force_vdso_proxy = false;
-};
-
 struct RestoreResult {
   pid_t root = 0;
   double seconds = 0;
   uint64_t page_bytes = 0;
+  size_t tasks = 0;
   int exit_status = 0;  // of the root, when not detached
+};
+
+struct RestoreOptions {
+  bool detach = false;
+  bool force_vdso_proxy = false;
+  // A whole system, restored by PID 1 (kleap-init; or `kleap restore --as-init` as PID 1
+  // of a new pid namespace): the caller becomes the set's root, which must be pid 1,
+  // and a controller it forks does the rest.
+  // - RestoreTree returns only for failures before any task was created.
+  // - Afterwards the caller never returns: it becomes the old PID 1, or, when the
+  //   restore fails, every restored task is killed and it calls init_fallback (which
+  //   must not return) with the reason. If its memory was the old init's already, the
+  //   controller execs fallback_init in it instead.
+  // - The controller calls init_done after a success, then exits.
+  bool as_init = false;
+  void (*init_fallback)(const char* why) = nullptr;
+  std::function<void(const RestoreResult&)> init_done;
+  std::string fallback_init = "/sbin/init";
 };
 
 // Rebuilds the tree with the same PIDs and resumes it. On failure no restored task

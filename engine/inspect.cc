@@ -131,7 +131,7 @@ Result<void> ValidateImages(ImageReader& images) {
     if (f.has_reg() && f.reg().deleted() && !images.Find(f.reg().ghost_blob()))
       return Err(EINVAL) << "files.img: deleted file " << f.reg().path() << " has no content image";
   // Restorable here and now: the files it maps are the ones dumped, and its PIDs are free.
-  KLEAP_TRY(CheckFileIdentities(plan));
+  KLEAP_TRY(CheckFileIdentities(plan, images.inventory().boot_id() == BootId()));
   KLEAP_TRY(CheckPidsFree(plan));
   return Ok();
 }

@@ -31,7 +31,7 @@ const char kUsage[] =
     "  check --tree PID [--json]             report what in the tree can't be carried\n"
     "  dump --tree PID --images DIR [--leave-running] [--stats]\n"
     "                                         freeze the tree and write its images\n"
-    "  restore --images DIR [--detach] [--stats]\n"
+    "  restore --images DIR [--detach] [--stats] [--as-init [--fallback-init PATH]]\n"
     "                                         rebuild the tree with the same PIDs and resume it\n"
     "  inspect DIR [--json]                  decode an image set\n"
     "  validate DIR                          check that a set is whole and restorable\n"
@@ -50,6 +50,9 @@ const char kUsage[] =
     "                    memstore, pmem:/dev/pmemN or dir:PATH\n"
     "  --leave-running   dump: let the tree run on afterwards instead of killing it\n"
     "  --detach          restore: print the root PID and return once the tree runs\n"
+    "  --as-init         restore: as PID 1 (of a new pid namespace), become the set's PID 1\n"
+    "  --fallback-init PATH  restore --as-init: what PID 1 execs when the restore fails\n"
+    "                    after its memory was replaced (default /sbin/init)\n"
     "  --vdso-proxy      restore: use vDSO trampolines even when the kernel's vDSO is the same\n"
     "  --stats           dump/restore: print one JSON line of timings on stdout\n"
     "  --json            machine-readable output\n"
@@ -68,7 +71,15 @@ struct Args {
   std::string netns;
   std::string images;
   bool json = false, leave_running = false, detach = false, vdso_proxy = false, stats = false;
+  bool as_init = false;
+  std::string fallback_init;
 };
+
+// restore --as-init: PID 1 of a pid namespace can only end the namespace when it fails.
+void InitFallback(const char* why) {
+  std::fprintf(stderr, "kleap: restore as init failed: %s\n", why);
+  _exit(kExitFail);
+}
 
 int Usage(const std::string& msg) {
   std::fprintf(stderr, "kleap: %s\nTry 'kleap --help'.\n", msg.c_str());
@@ -171,6 +182,20 @@ int RunRestore(const Args& a) {
   RestoreOptions opts;
   opts.detach = a.detach;
   opts.force_vdso_proxy = a.vdso_proxy;
+  if (a.as_init) {
+    opts.as_init = true;
+    opts.init_fallback = InitFallback;
+    if (!a.fallback_init.empty()) opts.fallback_init = a.fallback_init;
+    opts.init_done = [&](const RestoreResult& res) {
+      std::fprintf(stderr, "kleap: restored %zu tasks as init in %.3f s\n", res.tasks, res.seconds);
+      if (a.stats)
+        std::printf("{\"op\":\"restore\",\"seconds\":%.6f,\"bytes\":%llu,\"max_rss_kib\":%ld}\n",
+                    res.seconds, (unsigned long long)res.page_bytes, MaxRssKib());
+      std::fflush(stdout);
+    };
+    auto res = RestoreTree(opts, **r);  // returns only when nothing was created
+    return Fail(res.error(), "restore failed");
+  }
   if (a.detach) {
     auto res = RestoreTree(opts, **r);
     if (!res) return Fail(res.error(), "restore failed");
@@ -284,6 +309,12 @@ int Main(int argc, char** argv) {
       a.leave_running = true;
     } else if (s == "--detach" || s == "-d") {
       a.detach = true;
+    } else if (s == "--as-init") {
+      a.as_init = true;
+    } else if (s == "--fallback-init") {
+      const char* v = need("--fallback-init");
+      if (!v) return Usage(s + " needs a PATH");
+      a.fallback_init = v;
     } else if (s == "--vdso-proxy") {
       a.vdso_proxy = true;
     } else if (s == "--stats") {

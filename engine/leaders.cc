@@ -25,12 +25,16 @@ LeaderPlan PlanLeaders(const std::vector<TaskInfo>& tasks) {
   auto problem = [&](const TaskInfo& t, const std::string& what, const std::string& why) {
     out.problems.push_back({t.pid, "task", what, why});
   };
+  // A whole system (the root is PID 1): session and group 0 are the kernel's, those of
+  // an init that never called setsid(), and of the children that inherit them.
+  bool whole = !tasks.empty() && tasks[0].pid == 1;
   for (auto& t : tasks) {
     std::string session = "session " + std::to_string(t.sid);
     std::string group = "process group " + std::to_string(t.pgid);
     auto parent = by_pid.find(t.ppid);
     if (parent == by_pid.end()) {  // the root
-      if (!by_pid.count(t.sid))
+      if (whole && t.sid == 0 && t.pgid == 0) {
+      } else if (!by_pid.count(t.sid))
         problem(t, session,
                 "the session leader is outside the tree; start the tree in a session of its own "
                 "(setsid)");
@@ -69,7 +73,8 @@ LeaderPlan PlanLeaders(const std::vector<TaskInfo>& tasks) {
       }
       creator[t.pid] = t.sid;
     }
-    if (t.pgid == t.pid || by_pid.count(t.pgid) || helper.count(t.pgid)) continue;
+    if (t.pgid == t.pid || by_pid.count(t.pgid) || helper.count(t.pgid) || (whole && !t.pgid))
+      continue;
     if (!Gone(t.pgid)) {
       problem(t, group, "the process group leader is outside the tree");
       continue;

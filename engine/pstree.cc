@@ -1,6 +1,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -71,6 +72,7 @@ Result<std::vector<pid_t>> ChildrenOf(const TaskInfo& t) {
     if (!c) return std::move(c).error().Context("task " + std::to_string(t.pid));
     kids.insert(c->begin(), c->end());
   }
+  kids.erase(getpid());  // kleap is never part of what it walks (engine.h)
   return std::vector<pid_t>(kids.begin(), kids.end());
 }
 
@@ -184,10 +186,22 @@ Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
 }
 
 void SeizedTree::KillAll() {
-  for (auto& t : tasks_) kill(t.pid, SIGKILL);
-  for (auto& [tid, rs] : threads_) rs->Disarm();
-  pt::ReapKilled(seized_order_);
+  // The init of kleap's own pid namespace ignores SIGKILL from inside it: it is let go
+  // as it was instead.
+  std::set<pid_t> init_tids;
+  for (auto& t : tasks_) {
+    if (t.pid == 1) {
+      KLOG(kWarning) << "pid 1 runs on: the init of kleap's pid namespace can't be killed from "
+                        "inside it (kill it from the parent namespace)";
+      init_tids.insert(t.tids.begin(), t.tids.end());
+      continue;
+    }
+    kill(t.pid, SIGKILL);
+  }
+  for (auto& [tid, rs] : threads_)
+    if (!init_tids.count(tid)) rs->Disarm();
   threads_.clear();
+  pt::ReapKilledExcept(seized_order_, init_tids);
   tasks_.clear();
   done_ = true;
 }

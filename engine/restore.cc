@@ -29,6 +29,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "engine/aio.h"
@@ -96,10 +97,14 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
       if (core.threads(i).arch() > uint32_t(ArchKind::kX86))
         return Err(EINVAL) << CoreImage(t.pid()) << ": bad arch";
     }
-    if (pids.count(t.sid()) == 0 && t.sid() != t.pid() && !helpers.count(t.sid()))
+    // Session and group 0 are the kernel's, in a whole system (leaders.cc).
+    bool whole = plan.pstree.tasks(0).pid() == 1;
+    if (pids.count(t.sid()) == 0 && t.sid() != t.pid() && !helpers.count(t.sid()) &&
+        !(whole && t.sid() == 0))
       return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in session " << t.sid()
                          << ", whose leader is not in the set";
-    if (pids.count(t.pgid()) == 0 && t.pgid() != t.pid() && !helpers.count(t.pgid())) {
+    if (pids.count(t.pgid()) == 0 && t.pgid() != t.pid() && !helpers.count(t.pgid()) &&
+        !(whole && t.pgid() == 0)) {
       bool later = false;
       for (auto& o : plan.pstree.tasks()) later |= o.pid() == t.pgid();
       if (!later)
@@ -194,7 +199,7 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
   return plan;
 }
 
-Result<void> CheckFileIdentities(const RestorePlan& plan) {
+Result<void> CheckFileIdentities(const RestorePlan& plan, bool same_boot) {
   std::map<std::string, img::FileIdentity> cache;
   auto check = [&](const std::string& path, const img::FileIdentity& want,
                    const std::string& who) -> Result<void> {
@@ -205,8 +210,10 @@ Result<void> CheckFileIdentities(const RestorePlan& plan) {
       it = cache.emplace(path, KLEAP_TRY(IdentifyFile(path, st))).first;
     }
     const img::FileIdentity& have = it->second;
-    const char* what = have.ino() != want.ino() || have.dev() != want.dev()
-                           ? "it is another file (inode)"
+    // After a reboot (a kexec), inode and device numbers say nothing: an initramfs or
+    // tmpfs is made afresh, and devices may be numbered differently.
+    bool moved = same_boot && (have.ino() != want.ino() || have.dev() != want.dev());
+    const char* what = moved                                ? "it is another file (inode)"
                        : have.size() != want.size()         ? "its size changed"
                        : have.mtime_ns() != want.mtime_ns() ? "its modification time changed"
                        : have.build_id() != want.build_id() ? "its ELF build-id changed"
@@ -226,8 +233,10 @@ Result<void> CheckFileIdentities(const RestorePlan& plan) {
   return Ok();
 }
 
-Result<void> CheckPidsFree(const RestorePlan& plan) {
-  auto exists = [](pid_t pid) { return access(ProcPath(pid, "").c_str(), F_OK) == 0; };
+Result<void> CheckPidsFree(const RestorePlan& plan, bool as_init) {
+  auto exists = [&](pid_t pid) {
+    return !(as_init && pid == 1) && access(ProcPath(pid, "").c_str(), F_OK) == 0;
+  };
   for (auto& h : plan.pstree.helpers())
     if (exists(h.pid()))
       return Err(EEXIST) << DescribePid(h.pid()) << " is taken; the "
@@ -236,7 +245,8 @@ Result<void> CheckPidsFree(const RestorePlan& plan) {
   for (auto& t : plan.pstree.tasks())
     for (int tid : t.tids())
       if (exists(tid) ||
-          access(ProcPath(t.pid(), "task/" + std::to_string(tid)).c_str(), F_OK) == 0)
+          (exists(t.pid()) &&
+           access(ProcPath(t.pid(), "task/" + std::to_string(tid)).c_str(), F_OK) == 0))
         return Err(EEXIST) << DescribePid(tid) << " is taken; task " << t.pid() << " (" << t.comm()
                            << ") needs it";
   return Ok();
@@ -311,6 +321,7 @@ struct SharedState {
   std::atomic<int> go_zombies;  // every group is joined: the zombies may exit
   std::atomic<int> abort;
   std::atomic<int> go_helpers;  // every task joined its group: the leaders' helpers exit
+  char abort_reason[512];       // as_init: why, for PID 1's fallback
   Slot slots[1];
 };
 
@@ -370,12 +381,24 @@ struct Forker {
   std::vector<TaskPlan>& tasks;
   SharedState* shared;
   std::vector<LeaderHelper>* leaders = nullptr;
+  // This process is PID 1 restoring a whole system (RestoreOptions::as_init): it must
+  // never exit, and falls back instead.
+  bool is_init = false;
+  void (*init_fallback)(const char* why) = nullptr;
+
+  [[noreturn]] void Exit1() {
+    if (is_init && init_fallback) {
+      const char* why = shared->abort_reason[0] ? shared->abort_reason : shared->slots[0].error;
+      init_fallback(why[0] ? why : "the restore was aborted");
+    }
+    _exit(1);
+  }
 
   [[noreturn]] void Fail(size_t i, const Error& e) {
     std::string s = e.ToString();
     snprintf(shared->slots[i].error, sizeof shared->slots[i].error, "%s", s.c_str());
     shared->slots[i].state.store(-1);
-    _exit(1);
+    Exit1();
   }
 
   static pid_t Clone3(pid_t want, int exit_signal, uint64_t flags = 0) {
@@ -476,7 +499,7 @@ struct Forker {
     int st = tasks[i].ps->exit_status();
     shared->slots[i].state.store(2);
     while (!shared->go_zombies.load()) {
-      if (shared->abort.load()) _exit(1);
+      if (shared->abort.load()) Exit1();
       usleep(200);
     }
     if ((st & 0x7f) == 0) _exit((st >> 8) & 0xff);
@@ -495,7 +518,7 @@ struct Forker {
 
   void WaitFor(const std::atomic<int>& flag) {
     while (!flag.load()) {
-      if (shared->abort.load()) _exit(1);
+      if (shared->abort.load()) Exit1();
       usleep(200);
     }
   }
@@ -543,7 +566,10 @@ struct Forker {
                                  << ((*leaders)[h].session ? "session" : "process group")
                                  << " whose leader is gone"
                                  << (errno == EEXIST ? " (pid taken)" : ""));
-      if (p == 0) RunHelper(h, owner);
+      if (p == 0) {
+        is_init = false;
+        RunHelper(h, owner);
+      }
     }
   }
 
@@ -555,7 +581,7 @@ struct Forker {
       do w = waitpid((*leaders)[h].pid, &st, __WALL);
       while (w < 0 && errno == EINTR);
       if (w != (*leaders)[h].pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-        if (shared->slots[owner].state.load() < 0) _exit(1);  // the helper said why
+        if (shared->slots[owner].state.load() < 0) Exit1();  // the helper said why
         Fail(owner, Err(EIO) << "the helper " << (*leaders)[h].pid << " ended with status "
                              << Hex(uint64_t(uint32_t(st))));
       }
@@ -575,7 +601,10 @@ struct Forker {
     if (p < 0)
       Fail(owner,
            ErrnoError() << "create task " << ps.pid() << (errno == EEXIST ? " (pid taken)" : ""));
-    if (p == 0) RunTask(c);
+    if (p == 0) {
+      is_init = false;
+      RunTask(c);
+    }
   }
 
   // A task in its creator's address space parks at once, in assembly, on a stack of its
@@ -615,7 +644,7 @@ struct Forker {
     SpawnHelpers(lh.helpers, owner);
     for (size_t c : lh.children) CreateTask(c, owner);
     while (!shared->go_helpers.load()) {
-      if (shared->abort.load()) _exit(1);
+      if (shared->abort.load()) Exit1();
       usleep(200);
     }
     ReapHelpers(lh.helpers, owner);
@@ -660,10 +689,10 @@ struct Forker {
     make_time_ns();
     slot.state.store(1);
     while (!shared->go_pgid.load()) {
-      if (shared->abort.load()) _exit(1);
+      if (shared->abort.load()) Exit1();
       usleep(200);
     }
-    if (getpgid(0) != t.ps->pgid() && setpgid(0, t.ps->pgid()) < 0)
+    if (t.ps->pgid() && getpgid(0) != t.ps->pgid() && setpgid(0, t.ps->pgid()) < 0)
       Fail(i, ErrnoError() << "join process group " << t.ps->pgid());
     JoinVmMembers(i);
     // Its creator, a helper, exits now; the restore's own death signal goes with it.
@@ -696,6 +725,12 @@ struct Forker {
         Fail(i, ErrnoError() << "chroot " << t.core->root());
     }
     slot.state.store(2);
+    if (is_init) {
+      // PID 1 waits in kleap's code instead of parking: if the restore fails before its
+      // memory is replaced, the controller lets it go on here, to fall back.
+      while (!shared->abort.load()) usleep(1000);
+      Exit1();
+    }
     kleap_park();
     _exit(1);
   }
@@ -710,6 +745,9 @@ class RestoreSession {
     if (shared_) munmap(shared_, shared_size_);
   }
   Result<RestoreResult> Run();
+  // as_init: whether this is the forked controller (PID 1 never gets here).
+  bool in_controller() const { return in_controller_; }
+  void SetFailure(const std::string& why) { failure_ = why; }
 
  private:
   Result<void> Prepare();
@@ -736,6 +774,10 @@ class RestoreSession {
   pid_t root_ = 0;
   bool success_ = false;
   uint64_t page_bytes_ = 0;
+  bool in_controller_ = false;
+  bool init_replaced_ = false;  // as_init: PID 1's memory is the old init's
+  std::string failure_;
+  void ExecFallbackInInit();
 };
 
 Result<void> RestoreSession::Prepare() {
@@ -849,15 +891,42 @@ Result<void> RestoreSession::ForkAll() {
   // The root's own time namespace is made here; kleap's later children (helpers) are
   // born in kleap's own again.
   UniqueFd kleap_time;
+  if (opts_.as_init && tasks_[0].ps->time_ns().id())
+    return Err(ENOTSUP) << "the set's PID 1 is in a time namespace of its own, which PID 1 can't "
+                           "enter";
   if (tasks_[0].ps->time_ns().id()) {
     kleap_time = UniqueFd(open("/proc/self/ns/time", O_RDONLY | O_CLOEXEC));
     KLEAP_TRY(MakeTimeNamespace(tasks_[0].ps->time_ns()));
   }
-  pid_t root = Forker::Clone3(tasks_[0].ps->pid(), SIGCHLD);
-  if (root < 0)
-    return ErrnoError() << "create task " << tasks_[0].ps->pid()
-                        << (errno == EEXIST ? ": pid is taken" : "");
-  if (root == 0) forker.RunTask(0);
+  pid_t root;
+  if (opts_.as_init) {
+    // PID 1 becomes the root; a child of it, the controller, does the rest. It takes a
+    // pid above every pid of the set: the next pid is set past them first.
+    int top = 0;
+    for (auto& t : plan_.pstree.tasks())
+      for (int tid : t.tids()) top = std::max(top, tid);
+    for (auto& h : plan_.pstree.helpers()) top = std::max(top, int(h.pid()));
+    if (FILE* f = fopen("/proc/sys/kernel/ns_last_pid", "w")) {
+      fprintf(f, "%d", top);
+      fclose(f);
+    }
+    pid_t c = fork();
+    if (c < 0) return ErrnoError() << "fork the restore's controller";
+    if (c > 0) {
+      files_.mem_files_pid = c;  // the controller keeps the memory files open
+      forker.is_init = true;
+      forker.init_fallback = opts_.init_fallback;
+      forker.RunTask(0);
+    }
+    in_controller_ = true;
+    root = 1;
+  } else {
+    root = Forker::Clone3(tasks_[0].ps->pid(), SIGCHLD);
+    if (root < 0)
+      return ErrnoError() << "create task " << tasks_[0].ps->pid()
+                          << (errno == EEXIST ? ": pid is taken" : "");
+    if (root == 0) forker.RunTask(0);
+  }
   if (kleap_time && setns(kleap_time.get(), CLONE_NEWTIME) < 0)
     KLOG(kDebug) << "setns back to kleap's time namespace: " << strerror(errno) << ", ignoring";
   root_ = root;
@@ -874,7 +943,7 @@ Result<void> RestoreSession::ForkAll() {
       }
       if (all) return Ok();
       int st;
-      if (waitpid(root_, &st, WNOHANG) == root_) {
+      if (!opts_.as_init && waitpid(root_, &st, WNOHANG) == root_) {
         root_ = 0;
         return Err(EIO) << "task " << tasks_[0].ps->pid() << " died while being created";
       }
@@ -925,7 +994,9 @@ Result<void> RestoreSession::SeizeAll() {
   for (auto& t : tasks_)
     for (int tid : t.ps->tids()) {
       if (t.ps->zombie()) break;
-      KLEAP_TRY_CTX(pt::SeizeAndStop(tid, /*exit_kill=*/true), "task " << t.ps->pid());
+      // PID 1 must not be killed if the controller dies: that panics the kernel.
+      bool init = opts_.as_init && t.ps->pid() == 1;
+      KLEAP_TRY_CTX(pt::SeizeAndStop(tid, /*exit_kill=*/!init), "task " << t.ps->pid());
       seized_.push_back(tid);
       auto rs = KLEAP_TRY(RemoteSyscalls::Create(tid));
       threads_[tid] = std::make_unique<RemoteSyscalls>(std::move(rs));
@@ -945,6 +1016,7 @@ Result<void> RestoreSession::RebuildMm(TaskPlan& t, uint64_t data) {
   mr.images = &images_;
   mr.helpers = &t.helpers;
   mr.force_vdso_proxy = opts_.force_vdso_proxy;
+  if (opts_.as_init && pid == 1) init_replaced_ = true;
   KLEAP_TRY(RestoreMm(mr));
   page_bytes_ += mr.page_bytes;
   KLEAP_TRY(AttachSysvShm(leader, pid, *t.mm));
@@ -1063,17 +1135,46 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   return Ok();
 }
 
+// PID 1's memory is the old init's already: it can't go back to kleap's code, so it
+// execs the fallback init, from the scratch page (still mapped: it goes last).
+void RestoreSession::ExecFallbackInInit() {
+  RemoteSyscalls& rs = *threads_.at(1);
+  const std::string& path = opts_.fallback_init;
+  uint64_t data = tasks_[0].scratch + kScratchData, str = data + 16;
+  uint64_t argv[2] = {str, 0};
+  if (path.size() >= kScratchSize - kScratchData - 16 ||
+      !WriteRemote(1, RemotePtr(data), argv, sizeof argv) ||
+      !WriteRemote(1, RemotePtr(str), path.c_str(), path.size() + 1)) {
+    KLOG(kError) << "PID 1: can't write the fallback init's name";
+    return;
+  }
+  if (auto r = rs.Execve(str, data, 0); !r)
+    KLOG(kError) << "PID 1: exec " << path << ": " << r.error().ToString();
+}
+
 void RestoreSession::KillAll() {
-  if (shared_) shared_->abort.store(1);
+  if (shared_) {
+    snprintf(shared_->abort_reason, sizeof shared_->abort_reason, "%s",
+             failure_.empty() ? "the restore failed" : failure_.c_str());
+    shared_->abort.store(1);
+  }
+  // as_init: PID 1 can't be killed. It goes back to its wait in kleap's code, which
+  // falls back, or execs the fallback init there if that code is gone.
+  std::set<pid_t> init_tids;
+  if (opts_.as_init && !tasks_.empty())
+    init_tids.insert(tasks_[0].ps->tids().begin(), tasks_[0].ps->tids().end());
   std::vector<pid_t> pids;
   if (shared_)
     for (size_t i = 0; i < tasks_.size(); ++i)
-      if (shared_->slots[i].pid > 0) pids.push_back(shared_->slots[i].pid);
+      if (shared_->slots[i].pid > 0 && !init_tids.count(shared_->slots[i].pid))
+        pids.push_back(shared_->slots[i].pid);
   for (pid_t p : pids) kill(p, SIGKILL);
-  for (auto& [tid, rs] : threads_) rs->Disarm();
+  if (init_replaced_ && threads_.count(1)) ExecFallbackInInit();
+  for (auto& [tid, rs] : threads_)
+    if (!init_tids.count(tid)) rs->Disarm();
   threads_.clear();
-  pt::ReapKilled(seized_);
-  if (root_ > 0) {
+  pt::ReapKilledExcept(seized_, init_tids);
+  if (root_ > 0 && !opts_.as_init) {
     int st;
     waitpid(root_, &st, 0);
   }
@@ -1088,6 +1189,9 @@ void RestoreSession::KillAll() {
 
 Result<RestoreResult> RestoreSession::Run() {
   auto t0 = std::chrono::steady_clock::now();
+  if (opts_.as_init && (getpid() != 1 || plan_.pstree.tasks(0).pid() != 1))
+    return Err(EINVAL) << "a restore as init runs as PID 1 and needs a set whose root is pid 1 "
+                       << "(a whole system); this set's root is " << plan_.pstree.tasks(0).pid();
   KLEAP_TRY(Prepare());
   KLEAP_TRY(ForkAll());
   KLEAP_TRY(SeizeAll());
@@ -1108,6 +1212,7 @@ Result<RestoreResult> RestoreSession::Run() {
   shmem_.clear();
   RestoreResult res;
   res.root = root_;
+  res.tasks = tasks_.size();
   res.page_bytes = page_bytes_;
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
@@ -1118,10 +1223,30 @@ Result<RestoreResult> RestoreSession::Run() {
 Result<RestoreResult> RestoreTree(const RestoreOptions& opts, ImageReader& images) {
   RestorePlan plan = KLEAP_TRY(LoadPlan(images));
   KLEAP_TRY(VerifyBlobs(images, plan));
-  KLEAP_TRY(CheckPidsFree(plan));
-  KLEAP_TRY(CheckFileIdentities(plan));
-  RestoreSession session(opts, images, plan);
-  RestoreResult res = KLEAP_TRY(session.Run());
+  KLEAP_TRY(CheckPidsFree(plan, opts.as_init));
+  KLEAP_TRY(CheckFileIdentities(plan, images.inventory().boot_id() == BootId()));
+  std::optional<Result<RestoreResult>> out;
+  bool controller = false;
+  {
+    RestoreSession session(opts, images, plan);
+    out.emplace(session.Run());
+    controller = session.in_controller();
+    if (!*out) {
+      session.SetFailure(out->error().ToString());
+      // Said now: once PID 1 falls back, the controller may not outlive it for long.
+      if (controller) KLOG(kError) << "restore as init: " << out->error().ToString();
+    }
+    // Leaving this scope, a failure kills every task created.
+  }
+  // as_init: the forked controller never returns to PID 1's caller.
+  if (controller) {
+    if (*out) {
+      if (opts.init_done) opts.init_done(**out);
+      _exit(0);
+    }
+    _exit(1);
+  }
+  RestoreResult res = KLEAP_TRY(std::move(*out));
   if (!opts.detach) {
     int st = 0;
     while (waitpid(res.root, &st, 0) < 0 && errno == EINTR) {

@@ -46,6 +46,16 @@ bool IsPtmx(dev_t r) {
 bool IsDevTty(dev_t r) {
   return major(r) == 5 && minor(r) == 0;
 }
+// A terminal that lives outside any set, on the machine: the system console, a serial
+// line or a virtual console. Its path, or "" for other devices.
+std::string LineTerminalPath(dev_t r) {
+  if (major(r) == 5 && minor(r) == 1) return "/dev/console";
+  if (major(r) == 4 && minor(r) >= 1 && minor(r) < 64) return "/dev/tty" + std::to_string(minor(r));
+  if (major(r) == 4 && minor(r) >= 64 && minor(r) < 256)
+    return "/dev/ttyS" + std::to_string(minor(r) - 64);
+  return "";
+}
+
 bool IsPtySlave(dev_t r) {
   return major(r) == kPtySlaveMajor;
 }
@@ -394,10 +404,15 @@ std::string ClassifyTty(FdDesc* d) {
     d->what = d->link + " (" + SlavePath(minor(*slave)) + ")";
     return "";
   }
-  if (major(r) == 5 && minor(r) == 1) return "the system console can't be carried";
-  if (major(r) == 4 && minor(r) < 64) return "a virtual console can't be carried";
-  if (major(r) == 4 || major(r) == 188 || major(r) == 204) return "a serial line can't be carried";
-  return "only Unix98 ptys are carried among terminals";
+  // The console, a serial line or a VT is the machine's: it is opened again by its path.
+  if (std::string p = LineTerminalPath(r); !p.empty()) {
+    if (d->link != p) return "a terminal device opened at " + d->link + ", not at " + p;
+    d->type = FdType::kTty;
+    d->what = d->link;
+    return "";
+  }
+  return "only Unix98 ptys, the console, serial lines and virtual consoles are carried among "
+         "terminals";
 }
 
 Result<void> DumpTty(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
@@ -412,6 +427,11 @@ Result<void> DumpTty(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
   }
   dev_t rdev = d.st.st_rdev;
   t->set_dev(d.st.st_dev);
+  if (!LineTerminalPath(rdev).empty()) {
+    t->set_rdev(rdev);
+    t->set_line(true);
+    return Ok();
+  }
   if (IsDevTty(rdev)) {
     rdev = KLEAP_TRY(DevTtySlave(d.pid, d.fd));
     struct stat st;
@@ -434,6 +454,11 @@ Result<void> ValidateTty(const img::FileObject& fo) {
   uint32_t allowed = O_ACCMODE | O_NONBLOCK | O_APPEND | O_NOCTTY | kKernelOLargefile;
   for (uint32_t f : {t.flags(), t.pair().master_flags()})
     if ((f & ~allowed) || (f & O_ACCMODE) == O_ACCMODE) return bad("bad flags");
+  if (t.line())
+    return t.master() || t.dev_tty() || t.has_pair() ||
+                   t.path() != LineTerminalPath(dev_t(t.rdev())) || t.path().empty()
+               ? bad("bad terminal line")
+               : Ok();
   if (!IsPtySlave(dev_t(t.rdev())) || minor(dev_t(t.rdev())) >= kPtyMaxIndex)
     return bad("not a pty slave device");
   unsigned index = minor(dev_t(t.rdev()));
@@ -457,6 +482,19 @@ Result<UniqueFd> OpenTty(const img::FileObject& fo, ImageReader&, OpenFiles& fil
   const img::Tty& t = fo.tty();
   int flags = int(t.flags() & kKeptFlags);
   if (!t.has_pair() && t.dev_tty()) return OpenDevTty(dev_t(t.rdev()), flags);
+  if (t.line()) {
+    // The machine's own terminal, after a kexec too: /dev is another devtmpfs then, so
+    // only the device number must agree. (Its termios is the device's, not the set's.)
+    UniqueFd fd(OpenLikeTask(t.path(), flags | O_NOCTTY | O_CLOEXEC, 0));
+    if (!fd) return ErrnoError() << "open " << t.path();
+    struct stat st;
+    if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << t.path();
+    if (!S_ISCHR(st.st_mode) || st.st_rdev != t.rdev())
+      return Err(ESTALE) << t.path() << " is another device than at the dump ("
+                         << DeviceName(st.st_rdev) << ", was " << DeviceName(dev_t(t.rdev()))
+                         << ")";
+    return fd;
+  }
   if (!t.has_pair()) {
     UniqueFd fd(OpenLikeTask(t.path(), flags | O_NOCTTY | O_CLOEXEC, 0));
     if (!fd) return ErrnoError() << "open " << t.path();
@@ -514,12 +552,16 @@ std::vector<Problem> CheckCttys(const std::vector<TaskInfo>& tasks) {
       out.push_back({pid, "task", what, "its controlling terminal is not its session leader's"});
       continue;
     }
-    if (!IsPtySlave(r)) {
-      out.push_back({pid, "task", what, "only a pty can be carried as a controlling terminal"});
+    bool line = !LineTerminalPath(r).empty();
+    if (!IsPtySlave(r) && !line) {
+      out.push_back({pid, "task", what,
+                     "only a pty, the console, a serial line or a virtual console can be carried "
+                     "as a controlling terminal"});
       continue;
     }
+    std::string path = line ? LineTerminalPath(r) : SlavePath(minor(r));
     struct stat ps;
-    if (stat(SlavePath(minor(r)).c_str(), &ps) < 0 || ps.st_rdev != r)
+    if (stat(path.c_str(), &ps) < 0 || ps.st_rdev != r)
       out.push_back({pid, "task", what, "the pty is not in /dev/pts"});
     else if (pid == st.session && st.tpgid > 0 && !pgids.count(st.tpgid))
       out.push_back(
@@ -533,11 +575,12 @@ Result<void> DumpCtty(const TaskInfo& task, img::TaskCore* core) {
   ProcStat st = KLEAP_TRY_CTX(ReadStat(task.pid), "task " << task.pid);
   if (st.tty_nr == 0) return Ok();
   dev_t r = DecodeDev(unsigned(st.tty_nr));
-  if (!IsPtySlave(r))
+  std::string line = LineTerminalPath(r);
+  if (!IsPtySlave(r) && line.empty())
     return Err(ENOTSUP) << "task " << task.pid << ": its controlling terminal (" << DeviceName(r)
-                        << ") is not a pty";
+                        << ") is not a pty or a terminal line";
   img::Ctty* c = core->mutable_ctty();
-  c->set_path(SlavePath(minor(r)));
+  c->set_path(line.empty() ? SlavePath(minor(r)) : line);
   c->set_rdev(r);
   if (task.pid == task.sid && st.tpgid > 0) c->set_foreground(st.tpgid);
   return Ok();
@@ -547,8 +590,9 @@ Result<void> ValidateCtty(pid_t pid, const img::TaskCore& core) {
   if (!core.has_ctty()) return Ok();
   const img::Ctty& c = core.ctty();
   dev_t r = dev_t(c.rdev());
-  if (!IsPtySlave(r) || minor(r) >= kPtyMaxIndex || c.path() != SlavePath(minor(r)) ||
-      c.foreground() < 0)
+  bool pty = IsPtySlave(r) && minor(r) < kPtyMaxIndex && c.path() == SlavePath(minor(r));
+  bool line = !LineTerminalPath(r).empty() && c.path() == LineTerminalPath(r);
+  if ((!pty && !line) || c.foreground() < 0)
     return Err(EINVAL) << "core-" << pid << ".img: bad controlling terminal";
   return Ok();
 }

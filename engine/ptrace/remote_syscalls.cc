@@ -67,6 +67,18 @@ RemoteSyscalls::~RemoteSyscalls() {
 
 Result<uint64_t> RemoteSyscalls::Call(ArchKind arch, long nr, uint64_t a1, uint64_t a2, uint64_t a3,
                                       uint64_t a4, uint64_t a5, uint64_t a6) {
+  return Run(arch, nr, {a1, a2, a3, a4, a5, a6}, /*exec=*/false);
+}
+
+Result<void> RemoteSyscalls::Execve(uint64_t path, uint64_t argv, uint64_t envp) {
+  constexpr long kExecve = 59;
+  KLEAP_TRY(Run(ArchKind::kX86_64, kExecve, {path, argv, envp, 0, 0, 0}, /*exec=*/true));
+  return Ok();
+}
+
+Result<uint64_t> RemoteSyscalls::Run(ArchKind arch, long nr, const std::array<uint64_t, 6>& a,
+                                     bool exec) {
+  auto [a1, a2, a3, a4, a5, a6] = a;
   RemotePtr gadget = gadget_[size_t(arch)];
   if (gadget.addr() == 0)
     return Err(EINVAL) << "thread " << tid_ << ": no " << ArchName(arch)
@@ -103,6 +115,13 @@ Result<uint64_t> RemoteSyscalls::Call(ArchKind arch, long nr, uint64_t a1, uint6
     return Err(EIO) << "thread " << tid_ << ": injected syscall " << nr << " entered as "
                     << long(entry.orig_rax);
   Regs exit = KLEAP_TRY(NextSyscallStop(tid_));
+  if (exec && exit.rax == 0) {
+    // The thread runs another program now: its registers are that program's, and its
+    // mask (which execve keeps) is emptied, as a new process starts.
+    armed_ = false;
+    KLEAP_TRY(pt::SetSigmask(tid_, 0));
+    return 0;
+  }
   // Between calls the thread holds its own registers and mask again, so that if kleap
   // dies now the kernel resumes a thread that runs on as before.
   KLEAP_TRY(pt::SetRegs(tid_, final_regs_ ? *final_regs_ : saved_));

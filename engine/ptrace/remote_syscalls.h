@@ -40,6 +40,10 @@ class RemoteSyscalls {
   Result<uint64_t> Call(ArchKind arch, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
                         uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);
 
+  // execve(2) in the thread (64-bit). On success the thread runs the new program from
+  // its entry point and nothing is written back on destruction.
+  Result<void> Execve(uint64_t path, uint64_t argv, uint64_t envp);
+
   // On destruction, write these registers and this mask instead of the saved ones.
   void SetFinalState(const Regs& regs, uint64_t sigmask) {
     final_regs_ = regs;
@@ -49,6 +53,7 @@ class RemoteSyscalls {
   void Disarm() { armed_ = false; }
 
  private:
+  Result<uint64_t> Run(ArchKind arch, long nr, const std::array<uint64_t, 6>& args, bool exec);
   RemoteSyscalls(pid_t tid, const Regs& saved, uint64_t mask)
       : tid_(tid), saved_(saved), saved_mask_(mask) {}
 

@@ -97,6 +97,16 @@ Result<void> Detach(pid_t tid) {
   return Ok();
 }
 
+void ReapKilledExcept(const std::vector<pid_t>& leaders_first, const std::set<pid_t>& spared) {
+  std::vector<pid_t> killed;
+  for (pid_t tid : leaders_first)
+    if (spared.count(tid))
+      (void)Detach(tid);
+    else
+      killed.push_back(tid);
+  ReapKilled(killed);
+}
+
 void ReapKilled(const std::vector<pid_t>& leaders_first) {
   for (auto it = leaders_first.rbegin(); it != leaders_first.rend(); ++it) {
     for (int i = 0; i < 10000; ++i) {  // 10 s at most per thread

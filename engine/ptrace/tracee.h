@@ -7,6 +7,7 @@
 #include <sys/user.h>
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,8 @@ Result<void> Detach(pid_t tid);
 // After SIGKILL: collects the exit of every traced thread so the tasks can go away.
 // A leader's exit is reported only after its other threads', so those come first.
 void ReapKilled(const std::vector<pid_t>& leaders_first);
+// The same, but the threads in `spared` (an init that ignored the SIGKILL) are detached.
+void ReapKilledExcept(const std::vector<pid_t>& leaders_first, const std::set<pid_t>& spared);
 
 Result<Regs> GetRegs(pid_t tid);
 Result<void> SetRegs(pid_t tid, const Regs& regs);
