@@ -58,7 +58,7 @@ case $scenario in
     need=(kleap kleapd upgrade-kernel kleap-kexec "${KLEAP_VM_WORKLOAD_BINS[@]}")
     [[ $scenario == upgrade ]] && need+=(kleap-init)
     layout=${layout:-big}
-    limit=$([[ $scenario == upgrade ]] && echo 420 || echo 240) ;;
+    limit=$([[ $scenario == upgrade ]] && echo 270 || echo 240) ;;
   shell) need=(); limit=86400 ;;
   *) echo "run-vm-test: unknown scenario $scenario" >&2; exit 2 ;;
 esac
@@ -121,6 +121,9 @@ if ((use_tcp)); then
     wait "$client_pid" || client_rc=$?
     vm_say "$(cat "$report" 2>/dev/null || echo "tcp-echo-client wrote no report")"
   }
+  # If this script is stopped, so is the client (run_vm stops QEMU at its own timeout).
+  trap 'stop_client' EXIT
+  trap 'exit 1' INT TERM
   while kill -0 "$vm_pid" 2>/dev/null; do
     if [[ -z $client_pid ]] && grep -q '^KLEAPTEST: tcp-ready' "$log" 2>/dev/null; then
       vm_say "wl-tcp is ready: tcp-echo-client to 127.0.0.1:$port"
