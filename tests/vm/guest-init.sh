@@ -34,8 +34,9 @@
 # "tcp-ready" once wl-tcp listens (the host's tcp-echo-client connects then). The once
 # entry waits for that client, then:
 #   workloads: prints `kleap check --tree 1`, runs kleap-wl-check;
-#   upgrade:   runs `upgrade-kernel upgrade` into 6.12 with the pmem store, is carried
-#              across the upgrade with everything else, and runs kleap-wl-check on 6.12.
+#   upgrade:   runs kleap-wl-check, then `upgrade-kernel upgrade` into 6.12 with the
+#              pmem store, is carried across the upgrade with everything else, and runs
+#              kleap-wl-check again on 6.12.
 #              If /init runs again on 6.12 (phase 2), kleap-init fell back: FAIL.
 #
 # Markers on the console, one a line: "KLEAPTEST: <what>". Every run ends with
@@ -593,6 +594,8 @@ scn_upgrade() {
   wait_client
   sleep 3
   show_check upgrade-kernel-check upgrade-kernel check --kernel /kernels/vmlinuz-6.12
+  # The same check before: what fails after the upgrade was fine before it.
+  check_workloads "before the upgrade"
   _old=$(uname -r)
   mark "upgrade from $_old uptime=$(uptime_s)"
   upgrade-kernel --json upgrade /kernels/vmlinuz-6.12 --initrd /kernels/initrd.cpio.gz \
