@@ -1,10 +1,12 @@
 // kleap-init: the first userspace of the new kernel, run as PID 1 (init= or rdinit=).
 //
-// It finds the store named by kleap.resume=, validates it, and reports what it found.
-// (The restore of the tree itself is issue 7's.) On anything unexpected it logs the
-// reason to /dev/kmsg and execs the real init, so the machine always comes up: PID 1
-// must never exit or crash, since either panics the kernel. Fatal signals and
-// std::terminate take the same fallback path.
+// It finds the store named by kleap.resume=, validates it, and restores the system in
+// it with itself as its PID 1: it becomes the old init (engine.h, RestoreOptions::
+// as_init), and the controller it forks wipes the store once everything runs. On
+// anything unexpected it logs the reason to /dev/kmsg and execs the real init, so the
+// machine always comes up, keeping the store for `kleap inspect`: PID 1 must never exit
+// or crash, since either panics the kernel. Fatal signals and std::terminate take the
+// same fallback path.
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/magic.h>
@@ -25,6 +27,8 @@
 #include <vector>
 
 #include "engine/base/proc.h"
+#include "engine/engine.h"
+#include "engine/images/image_set.h"
 #include "memstore/store.h"
 
 namespace {
@@ -186,7 +190,8 @@ void LoadPmemModules() {
 }
 
 // Checks the store; returns the reason it can't be used, or "" when it is whole.
-std::string CheckStore(const std::string& spec) {
+// `image_set`: it holds an image set (an inventory), not only blobs.
+std::string CheckStore(const std::string& spec, bool* image_set = nullptr) {
   using namespace kleap::memstore;
   auto parsed = ParseSpec(spec);
   if (!parsed) return parsed.error().ToString();
@@ -206,6 +211,7 @@ std::string CheckStore(const std::string& spec) {
     auto v = VerifyBlob(**region, b);
     if (!v) return v.error().ToString();
     bytes += b.size;
+    if (image_set && b.name == kleap::kInventoryName) *image_set = true;
   }
   char msg[512];
   snprintf(
@@ -216,6 +222,37 @@ std::string CheckStore(const std::string& spec) {
       info->writer_boot_id.c_str());
   Log(msg);
   return "";
+}
+
+// Restores the system in the store with this process as its PID 1. Returns the reason
+// only when nothing was created; otherwise this process becomes the old init, or falls
+// back (ExecFallback, or the controller execs the real init in it).
+std::string RestoreSystem(const std::string& spec) {
+  using namespace kleap;
+  auto region = memstore::Region::Open(spec);
+  if (!region) return "no store: " + region.error().ToString();
+  auto images = memstore::OpenStoreImageSet(std::move(*region));
+  if (!images) return "the store: " + images.error().ToString();
+  // The old system's terminals: its ptys are found again under /dev/pts.
+  MountIfMissing("devpts", "/dev/pts");
+  RestoreOptions o;
+  o.as_init = true;
+  o.detach = true;
+  o.init_fallback = ExecFallback;
+  o.fallback_init = g_fallback;
+  o.init_done = [spec](const RestoreResult& r) {
+    char msg[256];
+    snprintf(msg, sizeof msg,
+             "restored %zu tasks (%llu MiB of memory) in %.3f s as PID 1; wiping the store",
+             r.tasks, (unsigned long long)(r.page_bytes >> 20), r.seconds);
+    Log(msg);
+    auto region = memstore::Region::Open(spec);
+    auto w = region ? (*region)->Wipe() : Result<void>(region.error());
+    if (!w) Log(("wiping the store failed: " + w.error().ToString()).c_str());
+  };
+  auto r = RestoreTree(o, **images);
+  return "the restore failed before any task was made: " +
+         (r ? std::string("it returned") : r.error().ToString());
 }
 
 [[noreturn]] void Run() {
@@ -238,21 +275,23 @@ std::string CheckStore(const std::string& spec) {
   snprintf(g_fallback, sizeof g_fallback, "%s", real_init.c_str());
   std::string spec = Param(cl, "kleap.resume");
   std::string why;
-  bool whole = false;
+  bool normal = spec.empty();  // nothing was to be restored: no fallback
   if (spec.empty()) {
     why = "no kleap.resume= on the command line";
   } else {
-    why = CheckStore(spec);
-    whole = why.empty();
-    if (whole)
-      why =
-          "the store is whole; the restore from it is not built yet (issue 7), so the normal init "
-          "goes on";
+    bool image_set = false;
+    why = CheckStore(spec, &image_set);
+    if (why.empty() && !image_set) {
+      normal = true;
+      why = "the store is whole but holds no image set: nothing to restore";
+    } else if (why.empty()) {
+      why = RestoreSystem(spec);  // returns only when it could not start
+    }
   }
   // Hand over a system as the normal boot expects it.
   for (auto it = g_mounted.rbegin(); it != g_mounted.rend(); ++it)
     if (*it != "/dev") umount2(it->c_str(), MNT_DETACH);
-  ExecInit(why.c_str(), !whole);
+  ExecInit(why.c_str(), !normal);
 }
 
 // Not PID 1 (an admin or a test): check what a boot with this command line would find,

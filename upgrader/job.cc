@@ -2,8 +2,13 @@
 #include "upgrader/job.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -12,7 +17,9 @@
 #include <utility>
 
 #include "engine/base/proc.h"
+#include "engine/base/unique_fd.h"
 #include "engine/engine.h"
+#include "engine/images/image_set.h"
 #include "memstore/store.h"
 #include "upgrader/errors.h"
 #include "upgrader/kexec.h"
@@ -264,12 +271,88 @@ void Job::Run() {
     rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return Finish(rep);
   }
-  // freeze, dump, kexec: the whole-system freeze and the dump into the memstore join
-  // here with the end-to-end upgrade; until then a real upgrade stops before the
-  // freeze, with the machine as it was.
-  return fail({kErrNotSupported,
-               "the freeze/dump/kexec orchestration is not part of this kleapd yet; "
-               "stopped before the freeze, nothing was changed (use dry-run)"});
+  // freeze, dump, kexec: a fresh, single-threaded process (this very binary, see
+  // RunUpgradeDump) freezes every task, this one included, frozen in the wait below,
+  // dumps them into the store and kexecs. Coming back from that wait on another boot
+  // means the restore on the new kernel brought this process back.
+  Set(Phase::kFreeze, 40, false);
+  if (cancel_) return fail(canceled());
+  std::string boot = BootId();
+  UniqueFd log(memfd_create("kleapd-upgrade-dump", MFD_CLOEXEC));
+  if (!log) return fail(FromError(ErrnoError() << "memfd for the dump's messages"));
+  std::string tree = std::to_string(req_.tree);
+  const char* argv[] = {"kleapd", "--upgrade-dump", "--store", req_.memstore.c_str(),
+                        "--tree", tree.c_str(),     nullptr};
+  timespec frozen_at;
+  clock_gettime(CLOCK_REALTIME, &frozen_at);
+  pid_t child = fork();
+  if (child == 0) {
+    dup2(log.get(), STDOUT_FILENO);
+    dup2(log.get(), STDERR_FILENO);
+    execv("/proc/self/exe", const_cast<char* const*>(argv));
+    _exit(127);
+  }
+  if (child < 0) return fail(FromError(ErrnoError() << "fork the dump"));
+  int st = 0;
+  pid_t w;
+  do w = waitpid(child, &st, 0);
+  while (w < 0 && errno == EINTR);
+  if (BootId() != boot) {
+    // On the new kernel: the dump's process was left out of the set, and is gone.
+    staged = false;
+    timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    rep.downtime_seconds =
+        double(now.tv_sec - frozen_at.tv_sec) + double(now.tv_nsec - frozen_at.tv_nsec) / 1e9;
+    utsname u;
+    uname(&u);
+    rep.old_release = req_.running;
+    rep.new_release = u.release;
+    rep.success = true;
+    std::ostringstream m;
+    m << "upgraded from " << rep.old_release << " to " << rep.new_release << ": " << rep.tasks
+      << " tasks (" << rep.threads << " threads, about " << (rep.memory_bytes >> 20)
+      << " MiB) carried; downtime " << rep.downtime_seconds << " s";
+    rep.message = m.str();
+    rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return Finish(rep);
+  }
+  // Still here: the dump failed and thawed everything, or the kexec did not happen.
+  std::string why(4096, '\0');
+  ssize_t n = pread(log.get(), why.data(), why.size(), 0);
+  why.resize(n > 0 ? size_t(n) : 0);
+  while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+  if (auto nl = why.rfind('\n'); nl != std::string::npos) why = why.substr(nl + 1);
+  if (why.empty())
+    why = "the dump process ended with status " + std::to_string(st) + " and said nothing";
+  return fail({kErrFailed, why + "; the system was thawed as it was"});
+}
+
+int RunUpgradeDump(const std::string& store, pid_t tree) {
+  auto region = memstore::Region::Create(store);
+  if (!region) {
+    std::fprintf(stderr, "memstore %s: %s\n", store.c_str(), region.error().ToString().c_str());
+    return 1;
+  }
+  auto images = memstore::CreateStoreImageSet(std::move(*region));
+  if (!images) {
+    std::fprintf(stderr, "memstore %s: %s\n", store.c_str(), images.error().ToString().c_str());
+    return 1;
+  }
+  DumpOptions o;
+  o.root = tree;
+  o.while_frozen = []() -> Result<void> {
+    sync();  // the store's pages, and every file system, before the kernel goes
+    KLEAP_TRY(Execute());
+    return Err(EIO) << "kexec returned";
+  };
+  auto st = DumpTree(o, **images);
+  if (!st) {
+    std::fprintf(stderr, "%s\n", st.error().ToString().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "the dump returned without a kexec\n");
+  return 1;
 }
 
 }  // namespace kleap::upgrader

@@ -49,6 +49,10 @@ struct JobReport {
   uint32_t tasks = 0, threads = 0;
   uint64_t memory_bytes = 0;  // estimated state to carry
   double seconds = 0;
+  // After an upgrade: the pause as this process saw it (CLOCK_REALTIME, from just
+  // before the freeze to its first instruction on the new kernel), and the releases.
+  double downtime_seconds = 0;
+  std::string old_release, new_release;
 };
 
 struct JobState {
@@ -58,6 +62,10 @@ struct JobState {
   bool finished = false;
   JobReport report;
 };
+
+// kleapd --upgrade-dump: dumps the tree into the store and, with it still frozen,
+// kexecs into the staged kernel. Returns (1) only when that failed; the tree runs on.
+int RunUpgradeDump(const std::string& store, pid_t tree);
 
 class Job {
  public:

@@ -199,6 +199,10 @@ int AppendReport(sd_bus_message* m, const JobReport& rep, const std::string& pat
                               "cmdline", "s", rep.cmdline.c_str(), "tasks", "u", rep.tasks,
                               "threads", "u", rep.threads, "memory-bytes", "t", rep.memory_bytes);
   if (r >= 0) r = sd_bus_message_append(m, "{sv}", "seconds", "d", rep.seconds);
+  if (r >= 0 && !rep.new_release.empty())
+    r = sd_bus_message_append(m, "{sv}{sv}{sv}", "downtime-seconds", "d", rep.downtime_seconds,
+                              "old-release", "s", rep.old_release.c_str(), "new-release", "s",
+                              rep.new_release.c_str());
   if (r >= 0) r = sd_bus_message_close_container(m);
   return r;
 }
@@ -551,6 +555,10 @@ int Run(const Options& o) {
 
 int main(int argc, char** argv) {
   kleap::upgrader::Options o;
+  // The dump of an upgrade, started by the job itself (job.cc).
+  if (argc == 6 && !strcmp(argv[1], "--upgrade-dump") && !strcmp(argv[2], "--store") &&
+      !strcmp(argv[4], "--tree"))
+    return kleap::upgrader::RunUpgradeDump(argv[3], pid_t(atoi(argv[5])));
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--user") {
