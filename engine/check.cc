@@ -69,9 +69,9 @@ std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
   return out;
 }
 
-Result<CheckReport> CheckTree(pid_t root) {
+Result<CheckReport> CheckTree(pid_t root, pid_t leave_out) {
   CheckReport rep;
-  auto tasks = KLEAP_TRY(WalkTree(root));
+  auto tasks = KLEAP_TRY(WalkTree(root, leave_out));
   for (auto& t : tasks) {
     rep.pids.push_back(t.pid);
     rep.threads += t.tids.size();

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <functional>
@@ -33,9 +34,11 @@ struct CheckReport {
 };
 
 // Walks the tree rooted at `root` through /proc only: no task is stopped or changed.
-// Every walk leaves out the calling process (kleap itself, when it is in the tree it
-// dumps: `--tree 1`) and so everything it started.
-Result<CheckReport> CheckTree(pid_t root);
+// The walk leaves out `leave_out` and everything it started: by default the calling
+// process (kleap itself, when it is in the tree it checks: `--tree 1`); 0 for none (kleapd,
+// which is dumped with the system by a process of its own). A dump always leaves out
+// the process that dumps.
+Result<CheckReport> CheckTree(pid_t root, pid_t leave_out = getpid());
 
 struct DumpOptions {
   pid_t root = 0;
@@ -44,6 +47,8 @@ struct DumpOptions {
   // quiet (in repair mode, packets dropped): an upgrade kexecs here. If it returns, the
   // tree runs on as with leave_running, and its error (if any) is the dump's.
   std::function<Result<void>()> while_frozen;
+  // A whole system's upgrade: the mounts and the files of every tmpfs go in too.
+  bool mounts = false;
 };
 
 struct DumpStats {
@@ -86,6 +91,11 @@ struct RestoreOptions {
 // Rebuilds the tree with the same PIDs and resumes it. On failure no restored task
 // is left behind.
 Result<RestoreResult> RestoreTree(const RestoreOptions& opts, ImageReader& images);
+
+// Whole systems (mounts.cc): the mounts beside the root filesystem, with the files of
+// every tmpfs, dumped with the tree frozen and made again before its tasks.
+Result<void> DumpMounts(ImageWriter& images);
+Result<void> RestoreMounts(ImageReader& images);
 
 // Decodes a set to text or JSON.
 Result<std::string> InspectImages(ImageReader& images, bool json);

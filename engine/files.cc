@@ -339,6 +339,7 @@ Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo)
   ident.set_dev(d.st.st_dev);
   ident.set_ino(d.st.st_ino);
   ident.set_size(uint64_t(d.st.st_size));
+  ident.set_mtime_ns(int64_t(d.st.st_mtim.tv_sec) * 1000000000 + d.st.st_mtim.tv_nsec);
   *reg->mutable_identity() = ident;
   if (d.deleted) {
     reg->set_deleted(true);
@@ -429,9 +430,20 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
     if (!fd) return ErrnoError() << "open " << reg.path();
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << reg.path();
-    if (st.st_ino != reg.identity().ino() || st.st_dev != reg.identity().dev())
-      return Err(ESTALE) << "file " << reg.path() << " has changed since the dump (inode "
-                         << reg.identity().ino() << " became " << st.st_ino << ")";
+    if (images.inventory().boot_id() == BootId()) {
+      if (st.st_ino != reg.identity().ino() || st.st_dev != reg.identity().dev())
+        return Err(ESTALE) << "file " << reg.path() << " has changed since the dump (inode "
+                           << reg.identity().ino() << " became " << st.st_ino << ")";
+    } else if (S_ISREG(st.st_mode) &&
+               (uint64_t(st.st_size) != reg.identity().size() ||
+                int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec !=
+                    reg.identity().mtime_ns())) {
+      // After a reboot inode numbers say nothing (a tmpfs is filled again): the size
+      // and the modification time must be the dump's.
+      return Err(ESTALE) << "file " << reg.path() << " has changed since the dump (size "
+                         << reg.identity().size() << " became " << st.st_size
+                         << ", or its modification time)";
+    }
   }
   if (!S_ISCHR(reg.mode()) && lseek(fd.get(), off_t(reg.pos()), SEEK_SET) < 0 && errno != ESPIPE)
     return ErrnoError() << "seek " << reg.path() << " to " << reg.pos();

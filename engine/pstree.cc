@@ -64,7 +64,7 @@ Result<TaskInfo> ReadTaskInfo(pid_t pid) {
   return t;
 }
 
-Result<std::vector<pid_t>> ChildrenOf(const TaskInfo& t) {
+Result<std::vector<pid_t>> ChildrenOf(const TaskInfo& t, pid_t leave_out) {
   if (t.zombie) return std::vector<pid_t>{};  // its children went to a reaper
   std::set<pid_t> kids;
   for (pid_t tid : t.tids) {
@@ -72,7 +72,7 @@ Result<std::vector<pid_t>> ChildrenOf(const TaskInfo& t) {
     if (!c) return std::move(c).error().Context("task " + std::to_string(t.pid));
     kids.insert(c->begin(), c->end());
   }
-  kids.erase(getpid());  // kleap is never part of what it walks (engine.h)
+  kids.erase(leave_out);  // kleap is not part of what it walks (engine.h)
   return std::vector<pid_t>(kids.begin(), kids.end());
 }
 
@@ -105,7 +105,7 @@ Result<void> AbortRseqCriticalSection(pid_t tid) {
 
 }  // namespace
 
-Result<std::vector<TaskInfo>> WalkTree(pid_t root) {
+Result<std::vector<TaskInfo>> WalkTree(pid_t root, pid_t leave_out) {
   std::vector<TaskInfo> out;
   std::deque<pid_t> queue{root};
   while (!queue.empty()) {
@@ -113,7 +113,7 @@ Result<std::vector<TaskInfo>> WalkTree(pid_t root) {
     queue.pop_front();
     TaskInfo t = KLEAP_TRY(ReadTaskInfo(pid));
     if (pid == root) t.ppid = 0;
-    for (pid_t c : KLEAP_TRY(ChildrenOf(t))) queue.push_back(c);
+    for (pid_t c : KLEAP_TRY(ChildrenOf(t, leave_out))) queue.push_back(c);
     out.push_back(std::move(t));
   }
   return out;
@@ -127,7 +127,7 @@ Result<std::unique_ptr<SeizedTree>> SeizedTree::Seize(pid_t root) {
     queue.pop_front();
     KLEAP_TRY(tree->SeizeTask(pid, ppid));
     // The task can't fork any more: its children are final.
-    for (pid_t c : KLEAP_TRY(ChildrenOf(tree->tasks_.back()))) queue.push_back({c, pid});
+    for (pid_t c : KLEAP_TRY(ChildrenOf(tree->tasks_.back(), getpid()))) queue.push_back({c, pid});
   }
   return tree;
 }

@@ -30,7 +30,8 @@ struct TaskInfo {
 };
 
 // Lists the tree through /proc without stopping anything: parents before children.
-Result<std::vector<TaskInfo>> WalkTree(pid_t root);
+// `leave_out`: a process left out with what it started (engine.h, CheckTree).
+Result<std::vector<TaskInfo>> WalkTree(pid_t root, pid_t leave_out);
 
 // A frozen tree: every thread of every task seized and in a ptrace stop. Destroying it
 // resumes every task still attached, with its registers as they were.

@@ -233,8 +233,9 @@ std::string RestoreSystem(const std::string& spec) {
   if (!region) return "no store: " + region.error().ToString();
   auto images = memstore::OpenStoreImageSet(std::move(*region));
   if (!images) return "the store: " + images.error().ToString();
-  // The old system's terminals: its ptys are found again under /dev/pts.
-  MountIfMissing("devpts", "/dev/pts");
+  // The old system's mounts, and the files of its tmpfs mounts, before its tasks.
+  if (auto m = RestoreMounts(**images); !m)
+    return "the old system's mounts: " + m.error().ToString();
   RestoreOptions o;
   o.as_init = true;
   o.detach = true;

@@ -209,7 +209,7 @@ void Job::Run() {
   rep.initrd = req_.kernel.empty() && req_.initrd.empty() ? InitrdFor(rep.kernel) : req_.initrd;
   if (!rep.initrd.empty() && access(rep.initrd.c_str(), R_OK) < 0)
     return fail({kErrKernelNotFound, "initrd " + rep.initrd + ": " + strerror(errno)});
-  auto check = CheckTree(req_.tree);
+  auto check = CheckTree(req_.tree, /*leave_out=*/0);  // kleapd is carried too
   if (!check) return fail(FromError(check.error()));
   rep.tasks = uint32_t(check->pids.size());
   rep.threads = uint32_t(check->threads);
@@ -233,6 +233,7 @@ void Job::Run() {
                  "memstore " + req_.memstore + " holds " + std::to_string((*region)->size() >> 20) +
                      " MiB; the tree needs about " + std::to_string(rep.memory_bytes >> 20) +
                      " MiB plus an eighth for metadata"});
+  region->reset();  // closed: an fd on the store would be carried with kleapd
   auto loaded = IsLoaded();
   if (!loaded)
     return fail({kErrKexecUnavailable,
@@ -341,6 +342,7 @@ int RunUpgradeDump(const std::string& store, pid_t tree) {
   }
   DumpOptions o;
   o.root = tree;
+  o.mounts = true;
   o.while_frozen = []() -> Result<void> {
     sync();  // the store's pages, and every file system, before the kernel goes
     KLEAP_TRY(Execute());

@@ -150,7 +150,7 @@ int MethodCheck(sd_bus_message* m, void* userdata, sd_bus_error* err) {
   if (kill(pid_t(tree), 0) < 0 && errno == ESRCH)
     return sd_bus_error_setf(err, kErrTaskGone, "No process %u to check", tree);
   if (kernel.empty()) kernel = NewestKernel(c->running_kernel);
-  auto rep = CheckTree(pid_t(tree));
+  auto rep = CheckTree(pid_t(tree), /*leave_out=*/0);  // kleapd is carried too
   if (!rep) return Fail(err, rep.error());
 
   sd_bus_message* reply = nullptr;
