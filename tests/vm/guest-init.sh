@@ -512,8 +512,6 @@ whole_system_sysinit() {
   expect_kernel 6.1.
   expect_pmem
   load_net
-  # What the engine asks the kernel about sockets (a distro loads them on demand).
-  modprobe_marked unix_diag tcp_diag udp_diag netlink_diag af_packet_diag
   start_kleapd
   # shellcheck disable=SC2086  # a list of names
   need_tools $WORKLOADS wl-mixed32 kleap-wl-check

@@ -33,10 +33,12 @@ KLEAP_VM_STRIP=${KLEAP_VM_STRIP:-1}
 # Package name patterns of the upgrade pair (Debian 12 and its 6.12 backport).
 KLEAP_VM_K61_PATTERN='linux-image-6\.1\.0-[0-9]+-cloud-amd64'
 KLEAP_VM_K612_PATTERN='linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned'
-# Modules the guest needs for legacy pmem, for its NIC (virtio_pci is built into 6.12)
-# and for the engine's sock_diag queries; their dependencies come along.
+# Modules the guest needs for legacy pmem, for its NIC (virtio_pci is built into 6.12),
+# for the engine's sock_diag queries and its network lock (nftables); their
+# dependencies come along. The kernel loads the last ones on demand, through
+# /sbin/modprobe and modules.alias, as on a distro.
 KLEAP_VM_MODULES=(nd_e820 nd_pmem virtio_pci virtio_net
-  unix_diag tcp_diag udp_diag netlink_diag af_packet_diag)
+  unix_diag tcp_diag udp_diag netlink_diag af_packet_diag nf_tables)
 
 vm_say() { printf 'vm: %s\n' "$*" >&2; }
 
