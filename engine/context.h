@@ -144,8 +144,13 @@ Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan);
 Result<void> CheckPidsFree(const RestorePlan& plan, bool as_init = false);
 // Checks that every file the set maps or opens is the one that was dumped.
 // Every mapped file and executable is the one dumped: same size, mtime and ELF build-id,
-// and (when `same_boot`) the same inode and device.
-Result<void> CheckFileIdentities(const RestorePlan& plan, bool same_boot);
+// and the same inode and device where those are kept (InodeKept).
+Result<void> CheckFileIdentities(const RestorePlan& plan, ImageReader& images);
+// Whether a file found at `path` must have the inode and device it had at the dump: not
+// after a reboot (a kexec: an initramfs or tmpfs is made afresh, devices may be
+// numbered otherwise), nor on a tmpfs or ramfs when the set carries mounts (it was
+// filled again from the images).
+bool InodeKept(const std::string& path, ImageReader& images);
 Result<img::FileIdentity> IdentifyFile(const std::string& path, const struct stat& st);
 
 }  // namespace kleap

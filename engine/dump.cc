@@ -141,7 +141,7 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   KLEAP_TRY(DumpTimeNamespaces(tree->tasks(), &pstree));
   // Sessions and groups whose leader is gone (CheckTasks refused the shapes it can't make).
   for (auto& h : PlanLeaders(tree->tasks()).helpers) *pstree.add_helpers() = h;
-  if (opts.mounts) KLEAP_TRY(DumpMounts(images));
+  if (!opts.mounts.empty()) KLEAP_TRY(DumpMounts(images, opts.mounts));
   KLEAP_TRY(images.WriteMessage(kPsTreeImage, pstree));
 
   img::Inventory inv = NewInventory();

@@ -47,8 +47,9 @@ struct DumpOptions {
   // quiet (in repair mode, packets dropped): an upgrade kexecs here. If it returns, the
   // tree runs on as with leave_running, and its error (if any) is the dump's.
   std::function<Result<void>()> while_frozen;
-  // A whole system's upgrade: the mounts and the files of every tmpfs go in too.
-  bool mounts = false;
+  // The mounts at or under this path ("/" for a whole system's upgrade; empty: none)
+  // go in too, with the files of every tmpfs among them.
+  std::string mounts;
 };
 
 struct DumpStats {
@@ -94,7 +95,7 @@ Result<RestoreResult> RestoreTree(const RestoreOptions& opts, ImageReader& image
 
 // Whole systems (mounts.cc): the mounts beside the root filesystem, with the files of
 // every tmpfs, dumped with the tree frozen and made again before its tasks.
-Result<void> DumpMounts(ImageWriter& images);
+Result<void> DumpMounts(ImageWriter& images, const std::string& under);
 Result<void> RestoreMounts(ImageReader& images);
 
 // Decodes a set to text or JSON.

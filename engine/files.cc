@@ -430,7 +430,7 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
     if (!fd) return ErrnoError() << "open " << reg.path();
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << reg.path();
-    if (images.inventory().boot_id() == BootId()) {
+    if (InodeKept(reg.path(), images)) {
       if (st.st_ino != reg.identity().ino() || st.st_dev != reg.identity().dev())
         return Err(ESTALE) << "file " << reg.path() << " has changed since the dump (inode "
                            << reg.identity().ino() << " became " << st.st_ino << ")";
@@ -438,8 +438,8 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
                (uint64_t(st.st_size) != reg.identity().size() ||
                 int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec !=
                     reg.identity().mtime_ns())) {
-      // After a reboot inode numbers say nothing (a tmpfs is filled again): the size
-      // and the modification time must be the dump's.
+      // Its inode number says nothing (InodeKept): the size and the modification time
+      // must be the dump's.
       return Err(ESTALE) << "file " << reg.path() << " has changed since the dump (size "
                          << reg.identity().size() << " became " << st.st_size
                          << ", or its modification time)";

@@ -4,18 +4,24 @@
 
 #include <sys/capability.h>
 
+#include <cstring>
 #include <set>
 #include <sstream>
 
 #include "engine/context.h"
+#include "engine/images/mounts.pb.h"
 #include "engine/ipc.h"
 
 namespace kleap {
 namespace {
 
 bool IsRawBlob(const std::string& name) {
+  auto ends = [&](const char* s) {
+    size_t n = strlen(s);
+    return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
+  };
   return name.rfind("pages-", 0) == 0 || name.rfind("shmem-", 0) == 0 ||
-         name.rfind("ghost-", 0) == 0;
+         name.rfind("ghost-", 0) == 0 || (name.rfind("tmpfs-", 0) == 0 && ends(".data"));
 }
 
 std::unique_ptr<google::protobuf::Message> MessageFor(const std::string& name) {
@@ -28,6 +34,8 @@ std::unique_ptr<google::protobuf::Message> MessageFor(const std::string& name) {
   if (starts("mm-")) return std::make_unique<img::MmImage>();
   if (starts("pagemap-")) return std::make_unique<img::Pagemap>();
   if (starts("fdtable-")) return std::make_unique<img::FdTable>();
+  if (name == "mounts.img") return std::make_unique<img::MountTable>();
+  if (starts("tmpfs-")) return std::make_unique<img::TmpfsImage>();
   return nullptr;
 }
 
@@ -131,7 +139,7 @@ Result<void> ValidateImages(ImageReader& images) {
     if (f.has_reg() && f.reg().deleted() && !images.Find(f.reg().ghost_blob()))
       return Err(EINVAL) << "files.img: deleted file " << f.reg().path() << " has no content image";
   // Restorable here and now: the files it maps are the ones dumped, and its PIDs are free.
-  KLEAP_TRY(CheckFileIdentities(plan, images.inventory().boot_id() == BootId()));
+  KLEAP_TRY(CheckFileIdentities(plan, images));
   KLEAP_TRY(CheckPidsFree(plan));
   return Ok();
 }

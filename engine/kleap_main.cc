@@ -29,9 +29,9 @@ const char kUsage[] =
     "\n"
     "Commands:\n"
     "  check --tree PID [--json]             report what in the tree can't be carried\n"
-    "  dump --tree PID --images DIR [--leave-running] [--stats]\n"
+    "  dump --tree PID --images DIR [--leave-running] [--stats] [--mounts PATH]\n"
     "                                         freeze the tree and write its images\n"
-    "  restore --images DIR [--detach] [--stats] [--as-init [--fallback-init PATH]]\n"
+    "  restore --images DIR [--detach] [--stats] [--mounts] [--as-init [--fallback-init PATH]]\n"
     "                                         rebuild the tree with the same PIDs and resume it\n"
     "  inspect DIR [--json]                  decode an image set\n"
     "  validate DIR                          check that a set is whole and restorable\n"
@@ -50,6 +50,8 @@ const char kUsage[] =
     "                    memstore, pmem:/dev/pmemN or dir:PATH\n"
     "  --leave-running   dump: let the tree run on afterwards instead of killing it\n"
     "  --detach          restore: print the root PID and return once the tree runs\n"
+    "  --mounts PATH     dump: also the mounts at or under PATH, with the files of each tmpfs\n"
+    "  --mounts          restore: first make those mounts again where they are missing\n"
     "  --as-init         restore: as PID 1 (of a new pid namespace), become the set's PID 1\n"
     "  --fallback-init PATH  restore --as-init: what PID 1 execs when the restore fails\n"
     "                    after its memory was replaced (default /sbin/init)\n"
@@ -71,8 +73,8 @@ struct Args {
   std::string netns;
   std::string images;
   bool json = false, leave_running = false, detach = false, vdso_proxy = false, stats = false;
-  bool as_init = false;
-  std::string fallback_init;
+  bool as_init = false, restore_mounts = false;
+  std::string fallback_init, mounts;
 };
 
 // restore --as-init: PID 1 of a pid namespace can only end the namespace when it fails.
@@ -161,7 +163,11 @@ int RunDump(const Args& a) {
 int RunDumpBlocked(const Args& a) {
   auto w = OpenWriter(a.images);
   if (!w) return Fail(w.error(), "dump failed");
-  auto st = DumpTree({a.tree, a.leave_running}, **w);
+  DumpOptions o;
+  o.root = a.tree;
+  o.leave_running = a.leave_running;
+  o.mounts = a.mounts;
+  auto st = DumpTree(o, **w);
   if (!st) return Fail(st.error(), "dump failed");
   if (a.stats)
     std::printf(
@@ -182,6 +188,8 @@ int RunRestore(const Args& a) {
   RestoreOptions opts;
   opts.detach = a.detach;
   opts.force_vdso_proxy = a.vdso_proxy;
+  if (a.restore_mounts)
+    if (auto m = RestoreMounts(**r); !m) return Fail(m.error(), "restore failed");
   if (a.as_init) {
     opts.as_init = true;
     opts.init_fallback = InitFallback;
@@ -309,6 +317,12 @@ int Main(int argc, char** argv) {
       a.leave_running = true;
     } else if (s == "--detach" || s == "-d") {
       a.detach = true;
+    } else if (s == "--mounts" && a.command == "dump") {
+      const char* v = need("--mounts");
+      if (!v || v[0] != '/') return Usage("dump --mounts needs an absolute PATH");
+      a.mounts = v;
+    } else if (s == "--mounts") {
+      a.restore_mounts = true;
     } else if (s == "--as-init") {
       a.as_init = true;
     } else if (s == "--fallback-init") {

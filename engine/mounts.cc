@@ -16,8 +16,10 @@
 // /sys and /dev kleap-init made) is kept.
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -87,12 +89,22 @@ struct TmpfsWalk {
   std::map<std::pair<dev_t, ino_t>, std::string> seen;  // inodes with several links
 
   Result<void> Walk(int dir, const std::string& rel) {
-    DIR* d = fdopendir(dup(dir));
-    if (!d) return ErrnoError() << where << rel << ": opendir";
+    // (A readable descriptor of its own: `dir` may be open_tree's O_PATH one.)
+    int own = openat(dir, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR* d = own < 0 ? nullptr : fdopendir(own);
+    if (!d) return ErrnoError() << where << "/" << rel << ": opendir";
     std::vector<std::string> names;
-    while (dirent* e = readdir(d))
+    errno = 0;
+    while (dirent* e = readdir(d)) {
       if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) names.push_back(e->d_name);
+      errno = 0;
+    }
+    int err = errno;
     closedir(d);
+    if (err) {
+      errno = err;
+      return ErrnoError() << where << "/" << rel << ": readdir";
+    }
     std::sort(names.begin(), names.end());
     for (auto& n : names) KLEAP_TRY(Entry(dir, n, rel.empty() ? n : rel + "/" + n));
     return Ok();
@@ -164,13 +176,16 @@ struct TmpfsWalk {
 
 }  // namespace
 
-Result<void> DumpMounts(ImageWriter& images) {
+Result<void> DumpMounts(ImageWriter& images, const std::string& under) {
   auto mounts = KLEAP_TRY(ReadMountInfo(getpid()));
+  auto inside = [&](const std::string& p) {
+    return under == "/" || p == under || p.rfind(under + "/", 0) == 0;
+  };
   img::MountTable table;
   std::set<uint64_t> filled;  // filesystems whose files are in the set
   int n = 0;
   for (auto& m : mounts) {
-    if (m.mount_point == "/") continue;  // the boot mounts the root
+    if (m.mount_point == "/" || !inside(m.mount_point)) continue;  // the boot mounts the root
     img::Mount* out = table.add_mounts();
     uint64_t dev = makedev(m.dev_major, m.dev_minor);
     out->set_target(m.mount_point);
@@ -303,6 +318,13 @@ Result<void> FillTmpfs(ImageReader& images, const img::Mount& m) {
 
 }  // namespace
 
+bool InodeKept(const std::string& path, ImageReader& images) {
+  if (images.inventory().boot_id() != BootId()) return false;
+  struct statfs fs;
+  return !(images.Has(kMountsImage) && statfs(path.c_str(), &fs) == 0 &&
+           (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC));
+}
+
 Result<void> RestoreMounts(ImageReader& images) {
   if (!images.Has(kMountsImage)) return Ok();
   img::MountTable table;
@@ -317,6 +339,7 @@ Result<void> RestoreMounts(ImageReader& images) {
     auto [it, is_first] = first.emplace(m.dev(), &m);
     if (MountedHere(m.target(), m.fstype())) {
       KLOG(kDebug) << "mount " << m.target() << " (" << m.fstype() << ") is there already";
+      continue;  // and so are its files
     } else {
       KLEAP_TRY(MakeDirs(m.target()));
       unsigned long flags = (unsigned long)m.flags();

@@ -199,8 +199,9 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
   return plan;
 }
 
-Result<void> CheckFileIdentities(const RestorePlan& plan, bool same_boot) {
+Result<void> CheckFileIdentities(const RestorePlan& plan, ImageReader& images) {
   std::map<std::string, img::FileIdentity> cache;
+  std::map<std::string, bool> inode_kept;
   auto check = [&](const std::string& path, const img::FileIdentity& want,
                    const std::string& who) -> Result<void> {
     auto it = cache.find(path);
@@ -210,9 +211,9 @@ Result<void> CheckFileIdentities(const RestorePlan& plan, bool same_boot) {
       it = cache.emplace(path, KLEAP_TRY(IdentifyFile(path, st))).first;
     }
     const img::FileIdentity& have = it->second;
-    // After a reboot (a kexec), inode and device numbers say nothing: an initramfs or
-    // tmpfs is made afresh, and devices may be numbered differently.
-    bool moved = same_boot && (have.ino() != want.ino() || have.dev() != want.dev());
+    auto kept = inode_kept.find(path);
+    if (kept == inode_kept.end()) kept = inode_kept.emplace(path, InodeKept(path, images)).first;
+    bool moved = kept->second && (have.ino() != want.ino() || have.dev() != want.dev());
     const char* what = moved                                ? "it is another file (inode)"
                        : have.size() != want.size()         ? "its size changed"
                        : have.mtime_ns() != want.mtime_ns() ? "its modification time changed"
@@ -1224,7 +1225,7 @@ Result<RestoreResult> RestoreTree(const RestoreOptions& opts, ImageReader& image
   RestorePlan plan = KLEAP_TRY(LoadPlan(images));
   KLEAP_TRY(VerifyBlobs(images, plan));
   KLEAP_TRY(CheckPidsFree(plan, opts.as_init));
-  KLEAP_TRY(CheckFileIdentities(plan, images.inventory().boot_id() == BootId()));
+  KLEAP_TRY(CheckFileIdentities(plan, images));
   std::optional<Result<RestoreResult>> out;
   bool controller = false;
   {

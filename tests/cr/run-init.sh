@@ -3,12 +3,14 @@
 # restored by `kleap restore --as-init` as PID 1 of a new namespace: the path
 # kleap-init takes after a kexec, on the host.
 #
-#   run-init.sh --kleap PATH --prog PATH [--mode restore|fault]
+#   run-init.sh --kleap PATH --prog PATH [--mode restore|fault|mounts]
 #
 # restore (default): start `unshare --pid --fork --mount-proc setsid PROG STATEDIR`,
 #   wait for ready, `nsenter -p -m kleap dump --tree 1` (kills the namespace), then
 #   `unshare --pid --fork --mount-proc kleap restore --as-init`; SIGUSR1 to the new
 #   PID 1, and every role of STATEDIR/roles must report PASS.
+# mounts: as restore, with `PROG STATEDIR mounts` (a tmpfs of the namespace's own at
+#   STATEDIR/mnt), dumped with --mounts STATEDIR/mnt and restored with --mounts.
 # fault: the restore runs with KLEAP_FAULT=restore-rebuild, which fails right after
 #   PID 1's memory became the old init's: the controller must kill the other tasks and
 #   exec --fallback-init in PID 1, which records that it ran as pid 1 with no other
@@ -30,7 +32,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$KLEAP" ] && [ -n "$PROG" ] || { echo "usage: $0 --kleap PATH --prog PATH" >&2; exit 2; }
-case "$MODE" in restore | fault) ;; *) echo "unknown mode $MODE" >&2; exit 2 ;; esac
+case "$MODE" in restore | fault | mounts) ;; *) echo "unknown mode $MODE" >&2; exit 2 ;; esac
 
 NAME="$(basename "$PROG") [init $MODE]"
 say() { echo "run-init: $*"; }
@@ -90,7 +92,16 @@ wait_for() {
 
 # 1. The system: PID 1 is the program, in a session of its own.
 say "start: unshare --pid --fork --mount-proc setsid $PROG $STATEDIR"
-unshare --pid --fork --mount-proc setsid "$PROG" "$STATEDIR" </dev/null >"$STATEDIR/prog.log" 2>&1 &
+PROG_ARGS=()
+DUMP_ARGS=()
+ARGS=(restore --images "$IMG" --as-init)
+if [ "$MODE" = mounts ]; then
+  PROG_ARGS=(mounts)
+  DUMP_ARGS=(--mounts "$STATEDIR/mnt")
+  ARGS+=(--mounts)
+fi
+unshare --pid --fork --mount-proc setsid "$PROG" "$STATEDIR" "${PROG_ARGS[@]}" </dev/null \
+  >"$STATEDIR/prog.log" 2>&1 &
 U1=$!
 STARTED+=("$U1")
 wait_for 10 test -f "$STATEDIR/ready" || fail "the program was not ready within 10 s"
@@ -103,7 +114,8 @@ say "PID 1 of the first namespace is $INIT1 on the host"
 
 # 2. Dump the whole namespace from inside it (kleap leaves itself out of the walk).
 say "+ nsenter -t $INIT1 -p -m kleap dump --tree 1 --images $IMG"
-nsenter -t "$INIT1" -p -m "$KLEAP" dump --tree 1 --images "$IMG" >"$STATEDIR/dump.out" 2>"$STATEDIR/dump.err" ||
+nsenter -t "$INIT1" -p -m "$KLEAP" dump --tree 1 --images "$IMG" "${DUMP_ARGS[@]}" \
+  >"$STATEDIR/dump.out" 2>"$STATEDIR/dump.err" ||
   fail "dump failed: $(cat "$STATEDIR/dump.err")"
 sed 's/^/  ! /' "$STATEDIR/dump.err"
 # Everything else is gone; PID 1 ignores SIGKILL from inside its namespace.
@@ -113,7 +125,6 @@ wait "$U1" 2>/dev/null
 rm -f "$STATEDIR"/result.*
 
 # 3. Restore as PID 1 of a new namespace.
-ARGS=(restore --images "$IMG" --as-init)
 ENVS=()
 if [ "$MODE" = fault ]; then
   # It records its pid, then every other task as "pid (comm) state", with builtins only.
