@@ -342,7 +342,7 @@ int RunUpgradeDump(const std::string& store, pid_t tree) {
   }
   DumpOptions o;
   o.root = tree;
-  o.mounts = true;
+  o.mounts = "/";
   o.while_frozen = []() -> Result<void> {
     sync();  // the store's pages, and every file system, before the kernel goes
     KLEAP_TRY(Execute());
