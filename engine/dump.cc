@@ -142,6 +142,7 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   // Sessions and groups whose leader is gone (CheckTasks refused the shapes it can't make).
   for (auto& h : PlanLeaders(tree->tasks()).helpers) *pstree.add_helpers() = h;
   if (!opts.mounts.empty()) KLEAP_TRY(DumpMounts(images, opts.mounts));
+  if (opts.before_commit) KLEAP_TRY(opts.before_commit(images));
   KLEAP_TRY(images.WriteMessage(kPsTreeImage, pstree));
 
   img::Inventory inv = NewInventory();

@@ -47,6 +47,9 @@ struct DumpOptions {
   // quiet (in repair mode, packets dropped): an upgrade kexecs here. If it returns, the
   // tree runs on as with leave_running, and its error (if any) is the dump's.
   std::function<Result<void>()> while_frozen;
+  // Writes images of its own into the set just before the commit, with the tree frozen
+  // (an upgrade: the network configuration, the loaded modules).
+  std::function<Result<void>(ImageWriter&)> before_commit;
   // The mounts at or under this path ("/" for a whole system's upgrade; empty: none)
   // go in too, with the files of every tmpfs among them.
   std::string mounts;
@@ -92,6 +95,9 @@ struct RestoreOptions {
 // Rebuilds the tree with the same PIDs and resumes it. On failure no restored task
 // is left behind.
 Result<RestoreResult> RestoreTree(const RestoreOptions& opts, ImageReader& images);
+
+// An upgrade's copy of /proc/modules: kleap-init loads them again before anything else.
+inline constexpr char kModulesImage[] = "modules.txt";
 
 // Whole systems (mounts.cc): the mounts beside the root filesystem, with the files of
 // every tmpfs, dumped with the tree frozen and made again before its tasks.

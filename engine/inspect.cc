@@ -11,6 +11,8 @@
 #include "engine/context.h"
 #include "engine/images/mounts.pb.h"
 #include "engine/ipc.h"
+#include "engine/net/net.pb.h"
+#include "engine/net/netconf.h"
 
 namespace kleap {
 namespace {
@@ -21,7 +23,8 @@ bool IsRawBlob(const std::string& name) {
     return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
   };
   return name.rfind("pages-", 0) == 0 || name.rfind("shmem-", 0) == 0 ||
-         name.rfind("ghost-", 0) == 0 || (name.rfind("tmpfs-", 0) == 0 && ends(".data"));
+         name.rfind("ghost-", 0) == 0 || (name.rfind("tmpfs-", 0) == 0 && ends(".data")) ||
+         name == kModulesImage;
 }
 
 std::unique_ptr<google::protobuf::Message> MessageFor(const std::string& name) {
@@ -35,6 +38,7 @@ std::unique_ptr<google::protobuf::Message> MessageFor(const std::string& name) {
   if (starts("pagemap-")) return std::make_unique<img::Pagemap>();
   if (starts("fdtable-")) return std::make_unique<img::FdTable>();
   if (name == "mounts.img") return std::make_unique<img::MountTable>();
+  if (name == net::kNetNsImage) return std::make_unique<img::NetNs>();
   if (starts("tmpfs-")) return std::make_unique<img::TmpfsImage>();
   return nullptr;
 }

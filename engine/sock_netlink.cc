@@ -166,7 +166,11 @@ Result<void> DumpNetlinkSock(DumpContext&, const FdDesc& d, img::FileObject* fo)
     s->set_dst_group(peer.nl_groups);
   }
   for (auto& o : kFlagOpts) {
-    int v = KLEAP_TRY(GetInt(fd, o.level, o.name, o.label));
+    auto got = GetInt(fd, o.level, o.name, o.label);
+    // Older kernels cannot read some of them back (6.1: NETLINK_LISTEN_ALL_NSID,
+    // ENOPROTOOPT); such a flag is taken as off, which is its default.
+    if (!got && got.error().code() == ENOPROTOOPT) continue;
+    int v = KLEAP_TRY(std::move(got));
     if (v) {
       img::SockOpt* opt = s->add_opts();
       opt->set_level(o.level);

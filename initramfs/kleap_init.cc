@@ -29,6 +29,7 @@
 #include "engine/base/proc.h"
 #include "engine/engine.h"
 #include "engine/images/image_set.h"
+#include "engine/net/netconf.h"
 #include "memstore/store.h"
 
 namespace {
@@ -140,16 +141,16 @@ bool InInitramfs() {
   return statfs("/", &fs) == 0 && (fs.f_type == RAMFS_MAGIC || fs.f_type == TMPFS_MAGIC);
 }
 
-// Loads the legacy pmem modules when /dev/pmemN is not there: modprobe when the
-// initrd has one, else finit_module on the paths modules.dep gives.
-void LoadPmemModules() {
+// Loads modules by name: modprobe when the initrd has one, else finit_module on the
+// paths modules.dep gives (dependencies first). Failures are left to what needs them.
+void LoadModules(const std::vector<std::string>& mods) {
   const char* modprobes[] = {"/sbin/modprobe", "/usr/sbin/modprobe", "/bin/modprobe"};
   for (const char* mp : modprobes) {
     if (access(mp, X_OK) != 0) continue;
-    for (const char* mod : {"nd_e820", "nd_pmem"}) {
+    for (auto& mod : mods) {
       pid_t pid = fork();
       if (pid == 0) {
-        execl(mp, mp, "-q", mod, static_cast<char*>(nullptr));
+        execl(mp, mp, "-q", mod.c_str(), static_cast<char*>(nullptr));
         _exit(127);
       }
       int st;
@@ -162,17 +163,17 @@ void LoadPmemModules() {
   std::string dir = std::string("/lib/modules/") + u.release;
   auto dep = kleap::ReadFileToString(dir + "/modules.dep");
   if (!dep) {
-    Log("no modprobe and no modules.dep: can't load the pmem modules");
+    Log("no modprobe and no modules.dep: can't load modules");
     return;
   }
   // "kernel/drivers/nvdimm/nd_pmem.ko: kernel/drivers/nvdimm/libnvdimm.ko ..."
-  for (const char* mod : {"nd_e820", "nd_pmem"}) {
+  for (auto& mod : mods) {
     for (auto& line : kleap::SplitString(*dep, '\n')) {
       auto colon = line.find(':');
       if (colon == std::string::npos) continue;
       std::string path = line.substr(0, colon);
       std::string base = path.substr(path.rfind('/') + 1);
-      if (base.rfind(std::string(mod) + ".ko", 0) != 0) continue;
+      if (base.rfind(mod + ".ko", 0) != 0) continue;
       std::vector<std::string> order =
           kleap::SplitString(std::string(kleap::Trim(line.substr(colon + 1))), ' ');
       order.insert(order.begin(), path);
@@ -187,6 +188,11 @@ void LoadPmemModules() {
       break;
     }
   }
+}
+
+// The legacy pmem modules, when /dev/pmemN is not there.
+void LoadPmemModules() {
+  LoadModules({"nd_e820", "nd_pmem"});
 }
 
 // Checks the store; returns the reason it can't be used, or "" when it is whole.
@@ -233,9 +239,27 @@ std::string RestoreSystem(const std::string& spec) {
   if (!region) return "no store: " + region.error().ToString();
   auto images = memstore::OpenStoreImageSet(std::move(*region));
   if (!images) return "the store: " + images.error().ToString();
+  // The modules the old kernel had loaded (its NIC's driver among them), oldest first
+  // (/proc/modules lists the newest first).
+  if ((*images)->Has(kModulesImage)) {
+    auto blob = (*images)->OpenBlob(kModulesImage);
+    std::string text(blob ? (*blob)->size() : 0, '\0');
+    if (blob && (*blob)->ReadAt(0, text.data(), text.size())) {
+      std::vector<std::string> mods;
+      for (auto& line : SplitString(text, '\n'))
+        if (auto sp = line.find(' '); sp != std::string::npos) mods.push_back(line.substr(0, sp));
+      LoadModules(std::vector<std::string>(mods.rbegin(), mods.rend()));
+    }
+  }
   // The old system's mounts, and the files of its tmpfs mounts, before its tasks.
   if (auto m = RestoreMounts(**images); !m)
     return "the old system's mounts: " + m.error().ToString();
+  // Its network configuration: links, addresses, routes, rules, nftables.
+  if ((*images)->Has(net::kNetNsImage)) {
+    auto ns = net::NetnsByPid(getpid());
+    auto r = ns ? net::RestoreNetns(*ns, **images) : Result<void>(ns.error());
+    if (!r) return "the old system's network configuration: " + r.error().ToString();
+  }
   RestoreOptions o;
   o.as_init = true;
   o.detach = true;

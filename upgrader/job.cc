@@ -20,6 +20,7 @@
 #include "engine/base/unique_fd.h"
 #include "engine/engine.h"
 #include "engine/images/image_set.h"
+#include "engine/net/netconf.h"
 #include "memstore/store.h"
 #include "upgrader/errors.h"
 #include "upgrader/kexec.h"
@@ -343,6 +344,15 @@ int RunUpgradeDump(const std::string& store, pid_t tree) {
   DumpOptions o;
   o.root = tree;
   o.mounts = "/";
+  o.before_commit = [](ImageWriter& images) -> Result<void> {
+    // The network configuration (links, addresses, routes, rules, nftables) and the
+    // modules the old kernel had loaded, for kleap-init to load again first.
+    KLEAP_TRY(net::WriteNetnsImage(KLEAP_TRY(net::NetnsByPid(getpid())), images));
+    std::string modules = KLEAP_TRY(ReadFileToString("/proc/modules"));
+    auto blob = KLEAP_TRY(images.CreateBlob(kModulesImage));
+    KLEAP_TRY(blob->Write(modules.data(), modules.size()));
+    return blob->Close();
+  };
   o.while_frozen = []() -> Result<void> {
     sync();  // the store's pages, and every file system, before the kernel goes
     KLEAP_TRY(Execute());

@@ -98,10 +98,14 @@ Result<void> WriteConfig(const img::NetNs& image) {
 
 }  // namespace
 
-Result<void> DumpNetns(const NetnsRef& ns, ImageWriter& images) {
+Result<void> WriteNetnsImage(const NetnsRef& ns, ImageWriter& images) {
   UniqueFd fd = KLEAP_TRY(OpenNetns(ns));
   img::NetNs conf = KLEAP_TRY_CTX(RunInNetns(fd, [&] { return ReadConfig(ns.label); }), ns.label);
-  KLEAP_TRY(images.WriteMessage(kNetNsImage, conf));
+  return images.WriteMessage(kNetNsImage, conf);
+}
+
+Result<void> DumpNetns(const NetnsRef& ns, ImageWriter& images) {
+  KLEAP_TRY(WriteNetnsImage(ns, images));
   return images.Commit(NewInventory());
 }
 

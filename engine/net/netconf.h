@@ -16,6 +16,8 @@ inline constexpr char kNetNsImage[] = "netns.img";
 // Reads the namespace's configuration and writes netns.img and the inventory.
 // Refuses, naming the object, anything it can't carry.
 Result<void> DumpNetns(const NetnsRef& ns, ImageWriter& images);
+// The same without the commit: netns.img as one image of a larger set (an upgrade's).
+Result<void> WriteNetnsImage(const NetnsRef& ns, ImageWriter& images);
 
 // Applies the image to the namespace. Everything is checked against what the
 // namespace already holds before anything is applied; a conflict is refused with the

@@ -132,11 +132,20 @@ Result<void> SetRegs(pid_t tid, const Regs& regs) {
   return Ok();
 }
 
+// A CPU without XSAVE (QEMU's default model, old hardware) has no NT_X86_XSTATE
+// regset (ENODEV): its FPU/SSE state is the 512-byte FXSAVE area, which is also the
+// first 512 bytes of any XSAVE area. That is what is kept then.
+constexpr size_t kFxsaveSize = 512;
+
 Result<std::string> GetXstate(pid_t tid) {
   std::string buf(64 * 1024, '\0');
   iovec iov{buf.data(), buf.size()};
-  if (Ptrace(PTRACE_GETREGSET, tid, NT_X86_XSTATE, uint64_t(&iov)) < 0)
-    return ErrnoError() << "get xstate of thread " << tid;
+  if (Ptrace(PTRACE_GETREGSET, tid, NT_X86_XSTATE, uint64_t(&iov)) < 0) {
+    if (errno != ENODEV) return ErrnoError() << "get xstate of thread " << tid;
+    iov = {buf.data(), kFxsaveSize};
+    if (Ptrace(PTRACE_GETREGSET, tid, NT_PRFPREG, uint64_t(&iov)) < 0)
+      return ErrnoError() << "get the FPU registers (no XSAVE) of thread " << tid;
+  }
   buf.resize(iov.iov_len);
   return buf;
 }
@@ -144,8 +153,16 @@ Result<std::string> GetXstate(pid_t tid) {
 Result<void> SetXstate(pid_t tid, const std::string& xstate) {
   std::string copy = xstate;
   iovec iov{copy.data(), copy.size()};
-  if (Ptrace(PTRACE_SETREGSET, tid, NT_X86_XSTATE, uint64_t(&iov)) < 0)
+  if (copy.size() > kFxsaveSize &&
+      Ptrace(PTRACE_SETREGSET, tid, NT_X86_XSTATE, uint64_t(&iov)) == 0)
+    return Ok();
+  if (copy.size() > kFxsaveSize && errno != ENODEV)
     return ErrnoError() << "set xstate of thread " << tid;
+  // FXSAVE only, kept or here: the legacy area, whatever else the dump held.
+  if (copy.size() < kFxsaveSize) return Err(EINVAL) << "thread " << tid << ": short FPU state";
+  iov = {copy.data(), kFxsaveSize};
+  if (Ptrace(PTRACE_SETREGSET, tid, NT_PRFPREG, uint64_t(&iov)) < 0)
+    return ErrnoError() << "set the FPU registers of thread " << tid;
   return Ok();
 }
 
