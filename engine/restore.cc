@@ -190,8 +190,9 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
   KLEAP_TRY(ValidatePlan(plan));
   // Who creates whom; a session helper's orphans come back to a subreaper.
   KLEAP_TRY(TaskCreators(plan.pstree));
+  // (PID 1 reaps every orphan: a whole system's init needs no subreaper flag.)
   for (auto& h : plan.pstree.helpers())
-    if (h.session() && !plan.cores.at(h.parent()).child_subreaper())
+    if (h.session() && h.parent() != 1 && !plan.cores.at(h.parent()).child_subreaper())
       return Err(EINVAL) << "pstree.img: helper " << h.pid() << ": its parent " << h.parent()
                          << " is not a subreaper, so its children would not come back to it";
   KLEAP_TRY(ValidateSharing(plan));
@@ -757,6 +758,7 @@ class RestoreSession {
   Result<void> Rebuild(TaskPlan& t);
   Result<void> RebuildMm(TaskPlan& t, uint64_t data);
   Result<void> SetUpVmMember(TaskPlan& t, uint64_t data);
+  Result<void> FinishTask(TaskPlan& t);
   void KillAll();
 
   const RestoreOptions& opts_;
@@ -1127,11 +1129,20 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
         KLEAP_TRY_CTX(threads_.at(th.tid())->Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG,
                                                   uint64_t(th.pdeath_signal())),
                       "thread " << th.tid() << ": set death signal " << th.pdeath_signal());
-  // The scratch page goes last, with the last task of its address space; after this the
-  // threads only get their final registers.
+  // as_init: PID 1 keeps its scratch page until every task is rebuilt, for an exec to
+  // fall back to (ExecFallbackInInit); Run finishes it last.
+  if (opts_.as_init && pid == 1) return Ok();
+  return FinishTask(t);
+}
+
+// The scratch page goes last, with the last task of its address space; after this the
+// threads only get their final registers.
+Result<void> RestoreSession::FinishTask(TaskPlan& t) {
+  pid_t pid = t.ps->pid();
   if (t.unmap_scratch)
-    KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kMunmap, t.scratch, kScratchSize),
-                  "task " << pid << ": unmap the scratch page");
+    KLEAP_TRY_CTX(
+        threads_.at(pid)->Call(ArchKind::kX86_64, X64Arch::kMunmap, t.scratch, kScratchSize),
+        "task " << pid << ": unmap the scratch page");
   for (auto& th : t.core->threads()) KLEAP_TRY(SetFinalRegisters(*threads_.at(th.tid()), th));
   return Ok();
 }
@@ -1197,6 +1208,7 @@ Result<RestoreResult> RestoreSession::Run() {
   KLEAP_TRY(ForkAll());
   KLEAP_TRY(SeizeAll());
   for (auto& t : tasks_) KLEAP_TRY(Rebuild(t));
+  if (opts_.as_init) KLEAP_TRY(FinishTask(tasks_[0]));
   KLEAP_TRY(FinishSockets(plan_.files, files_));
   if (ipc_) KLEAP_TRY(ipc_->Finish());
   KLEAP_TRY(lock_.Remove());

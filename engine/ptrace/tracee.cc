@@ -134,17 +134,28 @@ Result<void> SetRegs(pid_t tid, const Regs& regs) {
 
 // A CPU without XSAVE (QEMU's default model, old hardware) has no NT_X86_XSTATE
 // regset (ENODEV): its FPU/SSE state is the 512-byte FXSAVE area, which is also the
-// first 512 bytes of any XSAVE area. That is what is kept then.
+// first 512 bytes of any XSAVE area. That is what is kept then. A 64-bit tracee shows
+// it as NT_PRFPREG; an ia32 one as NT_PRXFPREG (its NT_PRFPREG is the old FSAVE one).
 constexpr size_t kFxsaveSize = 512;
+constexpr unsigned kNtPrxfpreg = 0x46e62b7f;
+
+// The FXSAVE area through whichever regset holds it in the tracee's view.
+long FxsaveRegset(int request, pid_t tid, void* buf) {
+  for (unsigned type : {unsigned(NT_PRFPREG), kNtPrxfpreg}) {
+    iovec iov{buf, kFxsaveSize};
+    if (Ptrace(request, tid, type, uint64_t(&iov)) == 0 && iov.iov_len == kFxsaveSize) return 0;
+  }
+  return -1;
+}
 
 Result<std::string> GetXstate(pid_t tid) {
   std::string buf(64 * 1024, '\0');
   iovec iov{buf.data(), buf.size()};
   if (Ptrace(PTRACE_GETREGSET, tid, NT_X86_XSTATE, uint64_t(&iov)) < 0) {
     if (errno != ENODEV) return ErrnoError() << "get xstate of thread " << tid;
-    iov = {buf.data(), kFxsaveSize};
-    if (Ptrace(PTRACE_GETREGSET, tid, NT_PRFPREG, uint64_t(&iov)) < 0)
+    if (FxsaveRegset(PTRACE_GETREGSET, tid, buf.data()) < 0)
       return ErrnoError() << "get the FPU registers (no XSAVE) of thread " << tid;
+    iov.iov_len = kFxsaveSize;
   }
   buf.resize(iov.iov_len);
   return buf;
@@ -160,8 +171,7 @@ Result<void> SetXstate(pid_t tid, const std::string& xstate) {
     return ErrnoError() << "set xstate of thread " << tid;
   // FXSAVE only, kept or here: the legacy area, whatever else the dump held.
   if (copy.size() < kFxsaveSize) return Err(EINVAL) << "thread " << tid << ": short FPU state";
-  iov = {copy.data(), kFxsaveSize};
-  if (Ptrace(PTRACE_SETREGSET, tid, NT_PRFPREG, uint64_t(&iov)) < 0)
+  if (FxsaveRegset(PTRACE_SETREGSET, tid, copy.data()) < 0)
     return ErrnoError() << "set the FPU registers of thread " << tid;
   return Ok();
 }
