@@ -20,6 +20,8 @@
 #                             not fit the 256 MiB region with the store's own metadata)
 #   kleaptest.watchdog=S      power off after S seconds whatever happens (default 150)
 #   kleaptest.wlmem=MIB       workloads, upgrade: wl-mem --mib (default 512)
+#   kleaptest.extra=A,B       workloads, upgrade: more workloads, /bin/A and /bin/B
+#                             (kleap-demo --workload), started and checked like the others
 #
 # dbus-dry-run: a system dbus-daemon and kleapd in the guest; upgrade-kernel runs a
 # dry-run upgrade to 6.12 through the D-Bus API, which must stage the kernel, unload
@@ -444,6 +446,8 @@ scn_dbus_dry_run() {
 WL_DIR=/run/kleap-wl
 # The workloads, wl-tcp first: the host's client connects while the others set up.
 WORKLOADS="wl-tcp wl-counter wl-counter32 wl-tree wl-mixed wl-mem wl-tmpfs"
+# A user's own workloads (kleap-demo --workload), put in /bin: kleaptest.extra=A,B.
+WORKLOADS="$WORKLOADS $(param kleaptest.extra "" | tr , ' ')"
 TCP_PORT=7777
 
 # mount_once TYPE DIR [OPTIONS]: mounts TYPE at DIR unless something is mounted there.
