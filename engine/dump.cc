@@ -150,7 +150,9 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   KLEAP_TRY(images.Commit(inv));
 
   if (opts.while_frozen) {
-    auto r = opts.while_frozen();
+    stats.page_bytes = ctx.page_bytes;
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto r = opts.while_frozen(stats);
     ctx.repaired_socks.Undo();
     tree->ResumeAll();
     if (!r) return std::move(r).error();

@@ -40,26 +40,27 @@ struct CheckReport {
 // the process that dumps.
 Result<CheckReport> CheckTree(pid_t root, pid_t leave_out = getpid());
 
+struct DumpStats {
+  double seconds = 0;
+  double freeze_seconds = 0;
+  uint64_t page_bytes = 0;
+  size_t tasks = 0, threads = 0;
+};
+
 struct DumpOptions {
   pid_t root = 0;
   bool leave_running = false;
   // Runs once the set is committed, with the tree still frozen and its TCP connections
   // quiet (in repair mode, packets dropped): an upgrade kexecs here. If it returns, the
   // tree runs on as with leave_running, and its error (if any) is the dump's.
-  std::function<Result<void>()> while_frozen;
+  // It gets the dump's numbers so far.
+  std::function<Result<void>(const DumpStats&)> while_frozen;
   // Writes images of its own into the set just before the commit, with the tree frozen
   // (an upgrade: the network configuration, the loaded modules).
   std::function<Result<void>(ImageWriter&)> before_commit;
   // The mounts at or under this path ("/" for a whole system's upgrade; empty: none)
   // go in too, with the files of every tmpfs among them.
   std::string mounts;
-};
-
-struct DumpStats {
-  double seconds = 0;
-  double freeze_seconds = 0;
-  uint64_t page_bytes = 0;
-  size_t tasks = 0, threads = 0;
 };
 
 // Freezes and seizes the tree, writes its images and commits the set, then kills the
@@ -95,6 +96,12 @@ struct RestoreOptions {
 // Rebuilds the tree with the same PIDs and resumes it. On failure no restored task
 // is left behind.
 Result<RestoreResult> RestoreTree(const RestoreOptions& opts, ImageReader& images);
+
+// Drops the packets of the set's TCP connections, in kleap's network namespace, until a
+// restore of the set takes the lock over and lifts it: kleap-init takes it before it
+// configures the network again, so that no peer gets a RST from a kernel that doesn't
+// know the connection yet.
+Result<void> LockSetConnections(ImageReader& images);
 
 // An upgrade's copy of /proc/modules: kleap-init loads them again before anything else.
 inline constexpr char kModulesImage[] = "modules.txt";

@@ -200,6 +200,14 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
   return plan;
 }
 
+Result<void> LockSetConnections(ImageReader& images) {
+  img::FileTable files;
+  KLEAP_TRY(images.ReadMessage(kFilesImage, &files));
+  SockLock lock = KLEAP_TRY(SockLock::ForFiles(files));
+  lock.Keep();  // the restore's own lock replaces it, and lifts it
+  return Ok();
+}
+
 Result<void> CheckFileIdentities(const RestorePlan& plan, ImageReader& images) {
   std::map<std::string, img::FileIdentity> cache;
   std::map<std::string, bool> inode_kept;

@@ -254,7 +254,11 @@ std::string RestoreSystem(const std::string& spec) {
   // The old system's mounts, and the files of its tmpfs mounts, before its tasks.
   if (auto m = RestoreMounts(**images); !m)
     return "the old system's mounts: " + m.error().ToString();
-  // Its network configuration: links, addresses, routes, rules, nftables.
+  // Its network configuration: links, addresses, routes, rules, nftables; its TCP
+  // connections locked first, so that no packet for them meets a kernel that would
+  // answer with a RST.
+  if (auto l = LockSetConnections(**images); !l)
+    return "lock the old system's connections: " + l.error().ToString();
   if ((*images)->Has(net::kNetNsImage)) {
     auto ns = net::NetnsByPid(getpid());
     auto r = ns ? net::RestoreNetns(*ns, **images) : Result<void>(ns.error());

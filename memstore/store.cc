@@ -184,6 +184,19 @@ Result<StoreInfo> ReadInfo(Region& region) {
   return info;
 }
 
+Result<std::pair<std::string, uint64_t>> DamageOneBlob(Region& region) {
+  auto info = KLEAP_TRY(ReadInfo(region));
+  if (info.blobs.empty()) return Err(ENOENT) << "the store holds no blobs";
+  auto& b = info.blobs[info.blobs.size() / 2];
+  uint8_t byte;
+  uint64_t at = b.offset + b.size / 2;
+  KLEAP_TRY(region.Read(at, &byte, 1));
+  byte ^= 0x5a;
+  KLEAP_TRY(region.Write(at, &byte, 1));
+  KLEAP_TRY(region.Sync());
+  return std::make_pair(b.name, at);
+}
+
 Result<void> VerifyBlob(Region& region, const BlobInfo& blob) {
   AlignedBuf buf = AllocAligned(kChunk);
   XXH3_state_t* st = XXH3_createState();

@@ -53,6 +53,9 @@ struct StoreInfo {
 Result<StoreInfo> ReadInfo(Region& region);
 // Checks one blob's contents against its checksum.
 Result<void> VerifyBlob(Region& region, const BlobInfo& blob);
+// Test hook: flips one byte in the middle of the middle blob, so that its checksum
+// fails. Returns that blob and the region offset of the byte.
+Result<std::pair<std::string, uint64_t>> DamageOneBlob(Region& region);
 
 class StoreWriter {
  public:

@@ -5,4 +5,4 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 "$top/scripts/install-deps.sh"
 BUILD_DIR=${BUILD_DIR:-$top/build} "$top/scripts/build.sh"
 build=${BUILD_DIR:-$top/build}
-exec "$top/scripts/kleap-demo" --kleap "$build/kleap" --workload "$build/kleap-demo-counter"
+exec "$top/scripts/kleap-demo" --build "$build" --workload "$build/kleap-demo-counter"

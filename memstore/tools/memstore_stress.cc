@@ -106,18 +106,10 @@ int main(int argc, char** argv) {
     }
     if (info->blobs.empty()) return Fail(Err(ENOENT) << "the store holds no blobs");
   } else if (verb == "corrupt") {
-    auto info = ReadInfo(**region);
-    if (!info) return Fail(info.error());
-    if (info->blobs.empty()) return Fail(Err(ENOENT) << "the store holds no blobs");
-    auto& b = info->blobs[info->blobs.size() / 2];
-    uint8_t byte;
-    uint64_t at = b.offset + b.size / 2;
-    if (auto r = (*region)->Read(at, &byte, 1); !r) return Fail(r.error());
-    byte ^= 0x5a;
-    if (auto r = (*region)->Write(at, &byte, 1); !r) return Fail(r.error());
-    if (auto r = (*region)->Sync(); !r) return Fail(r.error());
-    std::printf("{\"op\":\"corrupt\",\"blob\":\"%s\",\"offset\":%" PRIu64 "}\n", b.name.c_str(),
-                at);
+    auto d = DamageOneBlob(**region);
+    if (!d) return Fail(d.error());
+    std::printf("{\"op\":\"corrupt\",\"blob\":\"%s\",\"offset\":%" PRIu64 "}\n", d->first.c_str(),
+                d->second);
     return 0;
   } else {
     return std::fprintf(stderr, "memstore-stress: unknown command %s\n", verb.c_str()), 2;

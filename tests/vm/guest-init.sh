@@ -397,6 +397,8 @@ scn_kexec_nostore() {
 # upgrade-kernel reaches it.
 start_kleapd() {
   need_tools kleapd upgrade-kernel dbus-daemon kleap-kexec
+  # vm.upgrade-damaged: kleapd's dump damages the store after its commit (a test hook).
+  if [ "$SCENARIO" = upgrade-damaged ]; then export KLEAP_TEST_DAMAGE_STORE=1; fi
   run dbus-daemon --config-file=/etc/kleap-system-bus.conf --fork --nopidfile || fail "dbus-daemon"
   kleapd --no-exit-on-idle --memstore pmem:/dev/pmem0 \
     --entry "rdinit=$(param kleaptest.entry /kleap-init)" &
@@ -511,6 +513,14 @@ whole_system_sysinit() {
   # The new kernel's own threads take the low pids: every process from here on gets
   # one the restore can have again.
   echo 1000 >/proc/sys/kernel/ns_last_pid || fail "cannot write ns_last_pid"
+  # This shell (a low pid) leads the session busybox init made for it; the daemons it
+  # starts would stay in that session once it exits, and the restore would need its
+  # pid back for a moment. The rest runs in a session of its own, led by a high pid.
+  if [ -z "${KLEAP_SYSINIT_SESSION:-}" ]; then
+    KLEAP_SYSINIT_SESSION=1 setsid /init sysinit &
+    wait $!
+    exit $?
+  fi
   start_watchdog
   load_pmem
   expect_kernel 6.1.
@@ -613,6 +623,39 @@ scn_upgrade() {
   pass
 }
 
+# upgrade-refused: a process holding what can't be carried (a raw socket: busybox
+# ping); the upgrade must be refused naming it, with the guest left on 6.1 as it was.
+scn_upgrade_refused() {
+  wait_client
+  sleep 3
+  ping -i 1 10.0.2.2 >/dev/null 2>&1 &
+  _ping=$!
+  sleep 1
+  upgrade-kernel --json upgrade /kernels/vmlinuz-6.12 --initrd /kernels/initrd.cpio.gz \
+    --cmdline "$(next_cmdline kleaptest.phase=2)" --yes >/run/upgrade.out 2>&1
+  _rc=$?
+  cat /run/upgrade.out
+  [ $_rc -ne 0 ] || fail "the upgrade was not refused"
+  grep -q 'NotDumpable' /run/upgrade.out || fail "refused, but not as NotDumpable"
+  grep -q "pid $_ping " /run/upgrade.out || fail "the refusal does not name pid $_ping (ping)"
+  kill -0 "$_ping" || fail "ping $_ping is gone"
+  kill "$_ping"
+  expect_kernel 6.1.
+  mark "kernel old=$(uname -r) still pid1=$(cat /proc/1/comm)"
+  check_workloads "after the refused upgrade"
+  pass
+}
+
+# upgrade-damaged: the same upgrade with the store damaged after the dump; the guest
+# comes up on 6.12 through the normal boot (see whole_system_init), not this script.
+scn_upgrade_damaged() {
+  sleep 2
+  upgrade-kernel --json upgrade /kernels/vmlinuz-6.12 --initrd /kernels/initrd.cpio.gz \
+    --cmdline "$(next_cmdline kleaptest.phase=2)" --yes >/run/upgrade.out 2>&1
+  cat /run/upgrade.out
+  fail "upgrade-kernel returned on $(uname -r): the damaged store was restored"
+}
+
 # /init (PID 1) of workloads and upgrade.
 whole_system_init() {
   if [ "$PHASE" = 1 ]; then
@@ -624,6 +667,12 @@ whole_system_init() {
   expect_kernel 6.12.
   kleap_init_lines
   _why=$(fallback_reason)
+  if [ "$SCENARIO" = upgrade-damaged ]; then
+    case $_why in
+      *checksum* | *damaged* | *corrupt*) mark "fell back as it must: $_why"; pass ;;
+    esac
+    fail "the fallback's reason does not name the damage: ${_why:-none}"
+  fi
   fail "fell back to the normal boot: ${_why:-no 'kleap-init: falling back' line in the kernel log}"
 }
 
@@ -632,7 +681,9 @@ case $ROLE/$SCENARIO in
   shutdown/*) mark "shutdown uptime=$(uptime_s)"; sync; exit 0 ;;
   once/workloads) scn_workloads ;;
   once/upgrade) scn_upgrade ;;
-  init/workloads | init/upgrade) whole_system_init ;;
+  once/upgrade-refused) scn_upgrade_refused ;;
+  once/upgrade-damaged) scn_upgrade_damaged ;;
+  init/workloads | init/upgrade | init/upgrade-refused | init/upgrade-damaged) whole_system_init ;;
   init/boot) scn_boot ;;
   init/dbus-dry-run) scn_dbus_dry_run ;;
   init/kexec-plain) scn_kexec_plain ;;

@@ -53,12 +53,12 @@ case $scenario in
   kexec-plain) need=(); limit=180 ;;
   store-kexec | store-damaged | kexec-nostore) need=("${KLEAP_VM_PROJECT_BINS[@]}"); limit=240 ;;
   dbus-dry-run) need=(kleapd upgrade-kernel kleap-kexec); limit=180 ;;
-  workloads | upgrade)
+  workloads | upgrade | upgrade-refused | upgrade-damaged)
     KLEAP_VM_EXTRA_BINS=("${KLEAP_VM_WORKLOAD_BINS[@]}")
     need=(kleap kleapd upgrade-kernel kleap-kexec "${KLEAP_VM_WORKLOAD_BINS[@]}")
-    [[ $scenario == upgrade ]] && need+=(kleap-init)
+    [[ $scenario == upgrade* ]] && need+=(kleap-init)
     layout=${layout:-big}
-    limit=$([[ $scenario == upgrade ]] && echo 270 || echo 240) ;;
+    limit=$([[ $scenario == upgrade* ]] && echo 270 || echo 240) ;;
   shell) need=(); limit=86400 ;;
   *) echo "run-vm-test: unknown scenario $scenario" >&2; exit 2 ;;
 esac
@@ -75,7 +75,8 @@ for name in "${need[@]}"; do
 done
 # The host's side of wl-tcp.
 use_tcp=0
-case $scenario in workloads | upgrade) use_tcp=1 ;; esac
+# (upgrade-damaged boots 6.12 normally: its connection is gone with everything else.)
+case $scenario in workloads | upgrade | upgrade-refused) use_tcp=1 ;; esac
 if ((use_tcp)); then
   if [[ -z $tcp_client && -n $bin_dir ]]; then
     tcp_client=$(find "$bin_dir" -maxdepth 3 -name tcp-echo-client -type f -perm -u+x -print -quit)
@@ -173,7 +174,8 @@ case $scenario in
 esac
 case $scenario in
   store-kexec) want='kleap-init: store whole' ;;
-  store-damaged | kexec-nostore) want='kleap-init: falling back to the normal boot: ' ;;
+  store-damaged | kexec-nostore | upgrade-damaged)
+    want='kleap-init: falling back to the normal boot: ' ;;
   *) want='' ;;
 esac
 if [[ -n $want ]] && ! vm_log_has "$log" "$want"; then

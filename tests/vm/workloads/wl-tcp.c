@@ -6,7 +6,7 @@
  * earlier one (which is counted: a client that comes back has lost its connection).
  * A check (role `tcp`): exactly one client ever connected and it is still connected
  * (no end of file, no error), its lines came numbered one after the other, and a new
- * line arrives within 8 s. */
+ * line arrives within 7 s. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -24,7 +24,7 @@
 /* After an upgrade the client's TCP has been backing off its retransmissions for the
  * whole pause (doubling each time): its next one may come several seconds after the
  * restore. Still inside the protocol's 10 s for a result. */
-#define LINE_WAIT_MS 8000
+#define LINE_WAIT_MS 7000
 
 static struct {
   int listen_fd, conn_fd;
