@@ -210,6 +210,7 @@ std::string CheckStore(const std::string& spec, bool* image_set = nullptr) {
   }
   auto region = Region::Open(spec);
   if (!region) return "no store: " + region.error().ToString();
+  uint64_t t0 = BoottimeNs();
   auto info = ReadInfo(**region);
   if (!info) return info.error().ToString();
   uint64_t bytes = 0;
@@ -222,10 +223,11 @@ std::string CheckStore(const std::string& spec, bool* image_set = nullptr) {
   char msg[512];
   snprintf(
       msg, sizeof msg,
-      "store whole: %s, %zu blobs, %llu bytes, generation %llu, written by kernel %s (boot %s)",
+      "store whole: %s, %zu blobs, %llu bytes, generation %llu, written by kernel %s (boot %s); "
+      "verified in %.3f s",
       spec.c_str(), info->blobs.size(), (unsigned long long)bytes,
       (unsigned long long)info->generation, info->writer_release.c_str(),
-      info->writer_boot_id.c_str());
+      info->writer_boot_id.c_str(), double(BoottimeNs() - t0) / 1e9);
   Log(msg);
   return "";
 }
@@ -239,6 +241,7 @@ std::string RestoreSystem(const std::string& spec) {
   if (!region) return "no store: " + region.error().ToString();
   auto images = memstore::OpenStoreImageSet(std::move(*region));
   if (!images) return "the store: " + images.error().ToString();
+  uint64_t t0 = BoottimeNs();
   // The modules the old kernel had loaded (its NIC's driver among them), oldest first
   // (/proc/modules lists the newest first).
   if ((*images)->Has(kModulesImage)) {
@@ -264,6 +267,10 @@ std::string RestoreSystem(const std::string& spec) {
     auto r = ns ? net::RestoreNetns(*ns, **images) : Result<void>(ns.error());
     if (!r) return "the old system's network configuration: " + r.error().ToString();
   }
+  char msg[160];
+  snprintf(msg, sizeof msg, "modules, mounts and network of the old system in %.3f s",
+           double(BoottimeNs() - t0) / 1e9);
+  Log(msg);
   RestoreOptions o;
   o.as_init = true;
   o.detach = true;

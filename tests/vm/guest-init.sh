@@ -619,6 +619,18 @@ scn_upgrade() {
   mark "kernel old=$_old new=$_new pid1=$(cat /proc/1/comm) uptime=$(uptime_s)"
   [ $_rc -eq 0 ] || fail "upgrade-kernel upgrade exited $_rc: $(tail -n 1 /run/upgrade.out)"
   expect_kernel 6.12.
+  # The client's TCP backed its retransmissions off during the pause (doubling each
+  # time): its next one may come seconds after the restore. Wait for it (60 s at most)
+  # and say how long it took, then check.
+  _l0=$(cat "$WL_DIR/wl-tcp/lines" 2>/dev/null || echo 0)
+  _t=$(uptime_s)
+  _i=0
+  while [ "$(cat "$WL_DIR/wl-tcp/lines" 2>/dev/null || echo 0)" = "$_l0" ]; do
+    [ $_i -lt 600 ] || fail "the TCP connection did not go on within 60 s of the upgrade"
+    usleep 100000
+    _i=$((_i + 1))
+  done
+  mark "TIME tcp-resumed-s $(elapsed "$_t")"
   check_workloads "after the upgrade"
   pass
 }
