@@ -658,6 +658,24 @@ scn_upgrade_refused() {
   pass
 }
 
+# upgrade-dry: a dry run of the same upgrade through the API: checked and staged for
+# real, then unloaded; nothing frozen, the guest on 6.1 as it was.
+scn_upgrade_dry() {
+  wait_client
+  sleep 3
+  upgrade-kernel --json upgrade --dry-run /kernels/vmlinuz-6.12 --initrd /kernels/initrd.cpio.gz \
+    --cmdline "$(next_cmdline kleaptest.phase=2)" --yes >/run/upgrade.out 2>&1
+  _rc=$?
+  cat /run/upgrade.out
+  [ $_rc -eq 0 ] || fail "the dry run failed (exit $_rc): $(tail -n 1 /run/upgrade.out)"
+  grep -q '"dry-run":true' /run/upgrade.out || fail "the answer is not a dry run's"
+  [ "$(kleap-kexec status)" = "not loaded" ] || fail "a kernel is left staged after the dry run"
+  expect_kernel 6.1.
+  mark "kernel old=$(uname -r) still pid1=$(cat /proc/1/comm)"
+  check_workloads "after the dry run"
+  pass
+}
+
 # upgrade-damaged: the same upgrade with the store damaged after the dump; the guest
 # comes up on 6.12 through the normal boot (see whole_system_init), not this script.
 scn_upgrade_damaged() {
@@ -694,8 +712,10 @@ case $ROLE/$SCENARIO in
   once/workloads) scn_workloads ;;
   once/upgrade) scn_upgrade ;;
   once/upgrade-refused) scn_upgrade_refused ;;
+  once/upgrade-dry) scn_upgrade_dry ;;
   once/upgrade-damaged) scn_upgrade_damaged ;;
-  init/workloads | init/upgrade | init/upgrade-refused | init/upgrade-damaged) whole_system_init ;;
+  init/workloads | init/upgrade | init/upgrade-refused | init/upgrade-damaged | init/upgrade-dry)
+    whole_system_init ;;
   init/boot) scn_boot ;;
   init/dbus-dry-run) scn_dbus_dry_run ;;
   init/kexec-plain) scn_kexec_plain ;;

@@ -53,7 +53,7 @@ case $scenario in
   kexec-plain) need=(); limit=180 ;;
   store-kexec | store-damaged | kexec-nostore) need=("${KLEAP_VM_PROJECT_BINS[@]}"); limit=240 ;;
   dbus-dry-run) need=(kleapd upgrade-kernel kleap-kexec); limit=180 ;;
-  workloads | upgrade | upgrade-refused | upgrade-damaged)
+  workloads | upgrade | upgrade-refused | upgrade-damaged | upgrade-dry)
     KLEAP_VM_EXTRA_BINS=("${KLEAP_VM_WORKLOAD_BINS[@]}")
     need=(kleap kleapd upgrade-kernel kleap-kexec "${KLEAP_VM_WORKLOAD_BINS[@]}")
     [[ $scenario == upgrade* ]] && need+=(kleap-init)
@@ -77,7 +77,7 @@ done
 use_tcp=0
 # (upgrade-damaged boots 6.12 normally: its connection goes with everything else, and
 # the client's verdict is not asked for.)
-case $scenario in workloads | upgrade | upgrade-refused | upgrade-damaged) use_tcp=1 ;; esac
+case $scenario in workloads | upgrade | upgrade-refused | upgrade-damaged | upgrade-dry) use_tcp=1 ;; esac
 if ((use_tcp)); then
   if [[ -z $tcp_client && -n $bin_dir ]]; then
     tcp_client=$(find "$bin_dir" -maxdepth 3 -name tcp-echo-client -type f -perm -u+x -print -quit)
