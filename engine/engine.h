@@ -78,6 +78,9 @@ struct RestoreResult {
 struct RestoreOptions {
   bool detach = false;
   bool force_vdso_proxy = false;
+  // Every blob's bytes were checked already (kleap-init verified the whole store): the
+  // images' own checksums are not read through again, only their sizes.
+  bool blobs_verified = false;
   // A whole system, restored by PID 1 (kleap-init; or `kleap restore --as-init` as PID 1
   // of a new pid namespace): the caller becomes the set's root, which must be pid 1,
   // and a controller it forks does the rest.

@@ -1243,7 +1243,10 @@ Result<RestoreResult> RestoreSession::Run() {
 
 Result<RestoreResult> RestoreTree(const RestoreOptions& opts, ImageReader& images) {
   RestorePlan plan = KLEAP_TRY(LoadPlan(images));
-  KLEAP_TRY(VerifyBlobs(images, plan));
+  if (opts.blobs_verified)
+    KLEAP_TRY(CheckPageBlobSizes(images, plan));
+  else
+    KLEAP_TRY(VerifyBlobs(images, plan));
   KLEAP_TRY(CheckPidsFree(plan, opts.as_init));
   KLEAP_TRY(CheckFileIdentities(plan, images));
   std::optional<Result<RestoreResult>> out;

@@ -274,6 +274,7 @@ std::string RestoreSystem(const std::string& spec) {
   RestoreOptions o;
   o.as_init = true;
   o.detach = true;
+  o.blobs_verified = true;  // CheckStore read every blob against its checksum
   o.init_fallback = ExecFallback;
   o.fallback_init = g_fallback;
   o.init_done = [spec](const RestoreResult& r) {
