@@ -9,8 +9,9 @@
 #   kleap  store-kexec: memstore-stress write (256 MiB) on 6.1, kleap-kexec with the
 #          store and kleap-init as the entry, memstore-stress verify on 6.12
 #          (only when kleap, kleap-init, kleap-kexec and memstore-stress are given)
-#   up64, up512  the whole-system upgrade (scenario upgrade) with 64 or 512 MiB in
-#          wl-mem (only when the workloads are given too: --bin-dir), split into
+#   up64, up512, up2048  the whole-system upgrade (scenario upgrade) with 64, 512 or
+#          2048 MiB in wl-mem (the last in the `huge` layout: 7 GiB, a 2.5 GiB store;
+#          only when the workloads are given too: --bin-dir), split into
 #            freeze_s, dump_s       the dumper's freeze, and freeze plus dump
 #            kexec_boot_host        its "kexec now" line -> kleap-init's first (host)
 #            verify_s               kleap-init: the store's checksums
@@ -63,13 +64,13 @@ median() {
           m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.3f\n", m }'
 }
 
-# run_one KIND SCENARIO I [APPEND]: one run; its log kept as bench/KIND-I.log and its
-# numbers as bench/KIND-I.kv.
+# run_one KIND SCENARIO I [APPEND [LAYOUT]]: one run; its log kept as bench/KIND-I.log
+# and its numbers as bench/KIND-I.kv.
 run_one() {
-  local kind=$1 scenario=$2 i=$3 append=${4:-} rc
+  local kind=$1 scenario=$2 i=$3 append=${4:-} layout=${5:-} rc
   log "$kind run $i/$runs ($scenario)"
   "$here/run-vm-test.sh" "$scenario" "${bin_args[@]}" "${tcp_client[@]}" --work-dir "$KLEAP_VM_WORK" \
-    ${append:+--append "$append"}
+    ${append:+--append "$append"} ${layout:+--layout "$layout"}
   rc=$?
   local src=$KLEAP_VM_WORK/logs/vm.$scenario
   for ext in log tlog start; do cp "$src.$ext" "$bdir/$kind-$i.$ext" 2>/dev/null; done
@@ -112,7 +113,7 @@ for name in "${KLEAP_VM_PROJECT_BINS[@]}"; do
 done
 ((have_all)) && kinds+=(kleap)
 for name in "${KLEAP_VM_WORKLOAD_BINS[@]}"; do vm_has_bin "$name" "${bins[@]}" || have_all=0; done
-((have_all)) && kinds+=(up64 up512)
+((have_all)) && kinds+=(up64 up512 up2048)
 
 rc_all=0
 for kind in "${kinds[@]}"; do
@@ -122,6 +123,7 @@ for kind in "${kinds[@]}"; do
       kleap) run_one kleap store-kexec "$i" ;;
       up64) run_one up64 upgrade "$i" kleaptest.wlmem=64 ;;
       up512) run_one up512 upgrade "$i" kleaptest.wlmem=512 ;;
+      up2048) run_one up2048 upgrade "$i" kleaptest.wlmem=2048 huge ;;
     esac
     rc=$?
     if ((rc == 77)); then

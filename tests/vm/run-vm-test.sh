@@ -2,7 +2,7 @@
 # tests/vm/run-vm-test.sh: one scenario of the `vm` tier.
 #
 #   run-vm-test.sh SCENARIO [--bin-dir DIR] [--bin PATH]... [--work-dir DIR]
-#                  [--timeout S] [--append "ARGS"] [--layout big|default]
+#                  [--timeout S] [--append "ARGS"] [--layout big|huge|default]
 #                  [--tcp-client PATH]
 #
 # Builds the busybox guest (cached by a hash of its inputs in WORK/guests) with the
