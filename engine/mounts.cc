@@ -225,15 +225,6 @@ Result<void> DumpMounts(ImageWriter& images, const std::string& under) {
 
 namespace {
 
-// Whether a filesystem of this type is mounted at `target` now.
-bool MountedHere(const std::string& target, const std::string& fstype) {
-  auto now = ReadMountInfo(getpid());
-  if (!now) return false;
-  for (auto& m : *now)
-    if (m.mount_point == target && m.fstype == fstype) return true;
-  return false;
-}
-
 Result<void> MakeDirs(const std::string& path) {
   std::string at;
   for (auto& part : SplitString(path, '/')) {
@@ -329,7 +320,9 @@ Result<void> RestoreMounts(ImageReader& images) {
   if (!images.Has(kMountsImage)) return Ok();
   img::MountTable table;
   KLEAP_TRY(images.ReadMessage(kMountsImage, &table));
-  std::map<uint64_t, const img::Mount*> first;  // per filesystem: its first mount
+  std::map<uint64_t, const img::Mount*> first;          // per filesystem: its first mount
+  std::set<std::pair<std::string, std::string>> there;  // (target, type) mounted already
+  for (auto& m : KLEAP_TRY(ReadMountInfo(getpid()))) there.insert({m.mount_point, m.fstype});
   for (auto& m : table.mounts()) {
     if (m.target().empty() || m.target()[0] != '/' ||
         (m.target() != "/" && !SafeRel(m.target().substr(1))) || m.fstype().empty())
@@ -337,39 +330,37 @@ Result<void> RestoreMounts(ImageReader& images) {
     if ((m.flags() & ~uint64_t(kAllFlags)) != 0)
       return Err(EINVAL) << kMountsImage << ": " << m.target() << ": bad flags";
     auto [it, is_first] = first.emplace(m.dev(), &m);
-    if (MountedHere(m.target(), m.fstype())) {
+    if (there.count({m.target(), m.fstype()})) {
       KLOG(kDebug) << "mount " << m.target() << " (" << m.fstype() << ") is there already";
       continue;  // and so are its files
-    } else {
-      KLEAP_TRY(MakeDirs(m.target()));
-      unsigned long flags = (unsigned long)m.flags();
-      if (!is_first || m.root() != "/") {
-        // A bind: of the first mount of its filesystem, at the same directory.
-        const img::Mount* src = it->second;
-        std::string from = is_first ? "" : src->target() + (m.root() == "/" ? "" : m.root());
-        if (from.empty())
-          return Err(ENOTSUP) << kMountsImage << ": " << m.target()
-                              << " binds a directory of a filesystem that is mounted nowhere else";
-        if (mount(from.c_str(), m.target().c_str(), nullptr, MS_BIND, nullptr) < 0)
-          return ErrnoError() << "bind " << from << " at " << m.target();
-        if (flags &&
-            mount(nullptr, m.target().c_str(), nullptr, MS_REMOUNT | MS_BIND | flags, nullptr) < 0)
-          return ErrnoError() << "remount " << m.target();
-        continue;
-      }
-      const char* data = m.data().empty() ? nullptr : m.data().c_str();
-      if (mount(m.source().c_str(), m.target().c_str(), m.fstype().c_str(), flags, data) < 0) {
-        // Another kernel may take other options: try with the type's defaults.
-        int err = errno;
-        if (IsMemoryFs(m.fstype()) ||
-            mount(m.source().c_str(), m.target().c_str(), m.fstype().c_str(), flags, nullptr) < 0) {
-          errno = err;
-          return ErrnoError() << "mount " << m.fstype() << " at " << m.target() << " (" << m.data()
-                              << ")";
-        }
+    }
+    KLEAP_TRY(MakeDirs(m.target()));
+    unsigned long flags = (unsigned long)m.flags();
+    if (!is_first || m.root() != "/") {
+      // A bind: of the first mount of its filesystem, at the same directory.
+      if (is_first)
+        return Err(ENOTSUP) << kMountsImage << ": " << m.target()
+                            << " binds a directory of a filesystem that is mounted nowhere else";
+      std::string from = it->second->target() + (m.root() == "/" ? "" : m.root());
+      if (mount(from.c_str(), m.target().c_str(), nullptr, MS_BIND, nullptr) < 0)
+        return ErrnoError() << "bind " << from << " at " << m.target();
+      if (flags &&
+          mount(nullptr, m.target().c_str(), nullptr, MS_REMOUNT | MS_BIND | flags, nullptr) < 0)
+        return ErrnoError() << "remount " << m.target();
+      continue;
+    }
+    const char* data = m.data().empty() ? nullptr : m.data().c_str();
+    if (mount(m.source().c_str(), m.target().c_str(), m.fstype().c_str(), flags, data) < 0) {
+      // Another kernel may take other options: try with the type's defaults.
+      int err = errno;
+      if (IsMemoryFs(m.fstype()) ||
+          mount(m.source().c_str(), m.target().c_str(), m.fstype().c_str(), flags, nullptr) < 0) {
+        errno = err;
+        return ErrnoError() << "mount " << m.fstype() << " at " << m.target() << " (" << m.data()
+                            << ")";
       }
     }
-    if (is_first && !m.content().empty()) KLEAP_TRY(FillTmpfs(images, m));
+    if (!m.content().empty()) KLEAP_TRY(FillTmpfs(images, m));
   }
   return Ok();
 }

@@ -209,20 +209,20 @@ Result<void> LockSetConnections(ImageReader& images) {
 }
 
 Result<void> CheckFileIdentities(const RestorePlan& plan, ImageReader& images) {
-  std::map<std::string, img::FileIdentity> cache;
-  std::map<std::string, bool> inode_kept;
+  // Per path: what it is now, and whether its inode must be the dump's.
+  std::map<std::string, std::pair<img::FileIdentity, bool>> cache;
   auto check = [&](const std::string& path, const img::FileIdentity& want,
                    const std::string& who) -> Result<void> {
     auto it = cache.find(path);
     if (it == cache.end()) {
       struct stat st;
       if (stat(path.c_str(), &st) < 0) return ErrnoError() << who << ": mapped file " << path;
-      it = cache.emplace(path, KLEAP_TRY(IdentifyFile(path, st))).first;
+      it =
+          cache.emplace(path, std::pair{KLEAP_TRY(IdentifyFile(path, st)), InodeKept(path, images)})
+              .first;
     }
-    const img::FileIdentity& have = it->second;
-    auto kept = inode_kept.find(path);
-    if (kept == inode_kept.end()) kept = inode_kept.emplace(path, InodeKept(path, images)).first;
-    bool moved = kept->second && (have.ino() != want.ino() || have.dev() != want.dev());
+    auto& [have, inode_kept] = it->second;
+    bool moved = inode_kept && (have.ino() != want.ino() || have.dev() != want.dev());
     const char* what = moved                                ? "it is another file (inode)"
                        : have.size() != want.size()         ? "its size changed"
                        : have.mtime_ns() != want.mtime_ns() ? "its modification time changed"
@@ -812,7 +812,7 @@ Result<void> RestoreSession::Prepare() {
       t.helper_from = t.keep_from;
       t.table_holder = t.fs_holder = me;
       if (ps.vm_share_with()) {
-        TaskPlan& holder = tasks_[index.at(ps.ppid())];
+        const TaskPlan& holder = tasks_[index.at(ps.ppid())];
         if (creators.at(ps.pid()) != ps.ppid())
           return Err(EINVAL) << "pstree.img: task " << ps.pid() << " shares the address space of "
                              << ps.ppid() << ", which does not create it";
@@ -824,9 +824,6 @@ Result<void> RestoreSession::Prepare() {
         t.files_shared = ps.files_share_with() != 0;
         t.fs_shared = ps.fs_share_with() != 0;
         t.table_last = !t.files_shared;
-        holder.unmap_scratch = false;
-        for (auto& o : tasks_)
-          if (o.vm_shared && o.mm == t.mm) o.unmap_scratch = false;
         t.helper_end = t.helper_from;
         index[ps.pid()] = tasks_.size();
         tasks_[index.at(ps.ppid())].children.push_back(tasks_.size());
@@ -861,6 +858,10 @@ Result<void> RestoreSession::Prepare() {
     }
     tasks_.push_back(std::move(t));
   }
+  // An address space's scratch page goes with the last of its tasks rebuilt.
+  std::set<const img::MmImage*> unmapped;
+  for (auto it = tasks_.rbegin(); it != tasks_.rend(); ++it)
+    if (it->mm) it->unmap_scratch = unmapped.insert(it->mm).second;
   // A parent creates its children in its own time namespace before it makes another.
   for (auto& t : tasks_)
     std::stable_sort(t.children.begin(), t.children.end(), [&](size_t a, size_t b) {
@@ -917,10 +918,8 @@ Result<void> RestoreSession::ForkAll() {
     for (auto& t : plan_.pstree.tasks())
       for (int tid : t.tids()) top = std::max(top, tid);
     for (auto& h : plan_.pstree.helpers()) top = std::max(top, int(h.pid()));
-    if (FILE* f = fopen("/proc/sys/kernel/ns_last_pid", "w")) {
-      fprintf(f, "%d", top);
-      fclose(f);
-    }
+    if (auto w = WriteStringToFile("/proc/sys/kernel/ns_last_pid", std::to_string(top)); !w)
+      KLOG(kWarning) << "the controller's pid may be one of the set's: " << w.error().ToString();
     pid_t c = fork();
     if (c < 0) return ErrnoError() << "fork the restore's controller";
     if (c > 0) {

@@ -147,15 +147,17 @@ void LoadModules(const std::vector<std::string>& mods) {
   const char* modprobes[] = {"/sbin/modprobe", "/usr/sbin/modprobe", "/bin/modprobe"};
   for (const char* mp : modprobes) {
     if (access(mp, X_OK) != 0) continue;
-    for (auto& mod : mods) {
-      pid_t pid = fork();
-      if (pid == 0) {
-        execl(mp, mp, "-q", mod.c_str(), static_cast<char*>(nullptr));
-        _exit(127);
-      }
-      int st;
-      if (pid > 0) waitpid(pid, &st, 0);
+    // One modprobe for all of them (-a): it goes on past one that fails.
+    std::vector<const char*> argv{mp, "-q", "-a"};
+    for (auto& mod : mods) argv.push_back(mod.c_str());
+    argv.push_back(nullptr);
+    pid_t pid = fork();
+    if (pid == 0) {
+      execv(mp, const_cast<char* const*>(argv.data()));
+      _exit(127);
     }
+    int st;
+    if (pid > 0) waitpid(pid, &st, 0);
     return;
   }
   utsname u;

@@ -320,10 +320,8 @@ void Job::Run() {
     return Finish(rep);
   }
   // Still here: the dump failed and thawed everything, or the kexec did not happen.
-  std::string why(4096, '\0');
-  ssize_t n = pread(log.get(), why.data(), why.size(), 0);
-  why.resize(n > 0 ? size_t(n) : 0);
-  while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
+  auto said = ReadFileToString("/proc/self/fd/" + std::to_string(log.get()));
+  std::string why(Trim(said ? *said : std::string()));
   if (auto nl = why.rfind('\n'); nl != std::string::npos) why = why.substr(nl + 1);
   if (why.empty())
     why = "the dump process ended with status " + std::to_string(st) + " and said nothing";

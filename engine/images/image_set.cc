@@ -18,6 +18,8 @@
 namespace kleap {
 
 std::string BootId() {
+  // Read each time: a process restored after a kexec is on another boot (kleapd's job
+  // tells it came back that way).
   auto s = ReadFileToString("/proc/sys/kernel/random/boot_id");
   return s ? std::string(Trim(*s)) : std::string();
 }
