@@ -5,9 +5,9 @@
 #
 #   run-init.sh --kleap PATH --prog PATH [--mode restore|fault|mounts]
 #
-# restore (default): start `unshare --pid --fork --mount-proc setsid PROG STATEDIR`,
+# restore (default): start `unshare -p -f --mount-proc setsid PROG STATEDIR`,
 #   wait for ready, `nsenter -p -m kleap dump --tree 1` (kills the namespace), then
-#   `unshare --pid --fork --mount-proc kleap restore --as-init`; SIGUSR1 to the new
+#   `unshare -p -f --mount-proc kleap restore --as-init`; SIGUSR1 to the new
 #   PID 1, and every role of STATEDIR/roles must report PASS.
 # mounts: as restore, with `PROG STATEDIR mounts` (a tmpfs of the namespace's own at
 #   STATEDIR/mnt), dumped with --mounts STATEDIR/mnt and restored with --mounts.
@@ -15,6 +15,9 @@
 #   PID 1's memory became the old init's: the controller must kill the other tasks and
 #   exec --fallback-init in PID 1, which records that it ran as pid 1 with no other
 #   task of the set alive.
+#
+# The short options of unshare are those that busybox's takes too (the guest batch,
+# vm.cr32, runs this in a busybox guest).
 #
 # Exit: 0 pass, 1 fail, 77 skip. Only the PIDs started here are killed: each namespace
 # goes with its PID 1.
@@ -40,6 +43,13 @@ for tool in unshare nsenter setsid; do
   command -v "$tool" >/dev/null || { say "SKIP: $NAME: no $tool (util-linux)"; exit 77; }
 done
 [ "$(id -u)" = 0 ] || { say "SKIP: $NAME: needs root (pid namespaces, ptrace)"; exit 77; }
+# A 32-bit PID 1 needs a host that runs 32-bit code (tests/ia32/host-runs-ia32); where
+# this one doesn't, the guest batch vm.cr32 runs it.
+if [ "$(od -An -tu1 -j4 -N1 "$PROG" 2>/dev/null | tr -d ' ')" = 1 ] &&
+  ! why=$(bash "${KLEAP_IA32_CHECK:-$(dirname "$0")/../ia32/host-runs-ia32}"); then
+  say "SKIP: $NAME: $(basename "$PROG") is a 32-bit program: $why; the guest batch vm.cr32 runs it"
+  exit 77
+fi
 
 STATEDIR=$(mktemp -d /tmp/kleap-init-state.XXXXXX)
 IMG=$(mktemp -d /tmp/kleap-init-img.XXXXXX)
@@ -91,7 +101,7 @@ wait_for() {
 }
 
 # 1. The system: PID 1 is the program, in a session of its own.
-say "start: unshare --pid --fork --mount-proc setsid $PROG $STATEDIR"
+say "start: unshare -p -f --mount-proc setsid $PROG $STATEDIR"
 PROG_ARGS=()
 DUMP_ARGS=()
 ARGS=(restore --images "$IMG" --as-init)
@@ -100,7 +110,7 @@ if [ "$MODE" = mounts ]; then
   DUMP_ARGS=(--mounts "$STATEDIR/mnt")
   ARGS+=(--mounts)
 fi
-unshare --pid --fork --mount-proc setsid "$PROG" "$STATEDIR" "${PROG_ARGS[@]}" </dev/null \
+unshare -p -f --mount-proc setsid "$PROG" "$STATEDIR" "${PROG_ARGS[@]}" </dev/null \
   >"$STATEDIR/prog.log" 2>&1 &
 U1=$!
 STARTED+=("$U1")
@@ -141,8 +151,8 @@ END
   ARGS+=(--fallback-init "$STATEDIR/fallback")
   ENVS=(KLEAP_FAULT=restore-rebuild)
 fi
-say "+ ${ENVS[*]} unshare --pid --fork --mount-proc kleap ${ARGS[*]}"
-env "${ENVS[@]}" unshare --pid --fork --mount-proc "$KLEAP" "${ARGS[@]}" </dev/null \
+say "+ ${ENVS[*]} unshare -p -f --mount-proc kleap ${ARGS[*]}"
+env "${ENVS[@]}" unshare -p -f --mount-proc "$KLEAP" "${ARGS[@]}" </dev/null \
   >"$STATEDIR/restore.out" 2>"$STATEDIR/restore.err" &
 U2=$!
 STARTED+=("$U2")

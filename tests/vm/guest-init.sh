@@ -9,7 +9,8 @@
 #
 # Kernel command line:
 #   kleaptest.scenario=NAME   boot | kexec-plain | store-kexec | store-damaged |
-#                             kexec-nostore | dbus-dry-run | workloads | upgrade
+#                             kexec-nostore | dbus-dry-run | workloads | upgrade |
+#                             cr32
 #   kleaptest.phase=N         1 (default) on the first kernel, 2 after the kexec
 #   kleaptest.sum=MD5         phase 1 -> 2: checksum of the pattern left on /dev/pmem0
 #   kleaptest.kexec=tools     kexec-plain: use kexec-tools even if kleap-kexec is here
@@ -40,6 +41,13 @@
 #              pmem store, is carried across the upgrade with everything else, and runs
 #              kleap-wl-check again on 6.12.
 #              If /init runs again on 6.12 (phase 2), kleap-init fell back: FAIL.
+#
+# cr32: the 32-bit cr tests, on 6.12, for a host that runs no 32-bit code. /init execs
+# busybox init (which reaps the orphans the tests leave, as a host's init does); its
+# sysinit mounts what the tests use (devpts, tmpfs at /tmp and /run), the once entry
+# checks that this kernel runs 32-bit code (host-runs-ia32, the tiers' one rule) and runs
+# /bin/cr32.batch with run-batch.sh: one marker a test, "KLEAPTEST: cr NAME PASS SECONDS".
+# Every test must pass: a skip here is a failure, since the guest is where they run.
 #
 # Markers on the console, one a line: "KLEAPTEST: <what>". Every run ends with
 # "KLEAPTEST: PASS <scenario>" or "KLEAPTEST: FAIL <scenario>: <why>" (or a kexec),
@@ -709,7 +717,45 @@ whole_system_init() {
   fail "fell back to the normal boot: ${_why:-no 'kleap-init: falling back' line in the kernel log}"
 }
 
+# ---------------------------------------------------------------- cr32
+cr32_sysinit() {
+  mark "sysinit uptime=$(uptime_s) pid=$$"
+  mount_once devpts /dev/pts ptmxmode=666,gid=5,mode=620
+  mount_once tmpfs /run mode=755
+  mount_once tmpfs /tmp
+  mount_once tmpfs /dev/shm mode=1777
+  # What udev or systemd would make: bash's process substitution opens /dev/fd/N.
+  ln -sfn /proc/self/fd /dev/fd
+  # (devtmpfs's /dev/ptmx opens the devpts instance at /dev/pts, beside it.)
+  mark "sysinit done uptime=$(uptime_s)"
+}
+
+scn_cr32() {
+  need_tools bash kleap run-batch.sh host-runs-ia32 ia32-probe
+  expect_kernel 6.12.
+  export KLEAP_IA32_CHECK=/bin/host-runs-ia32 KLEAP_IA32_PROBE=/bin/ia32-probe
+  _why=$(bash /bin/host-runs-ia32) || fail "this guest's kernel runs no 32-bit code: $_why"
+  mark "cr32 kernel=$(uname -r) tests=$(grep -c '^cr' /bin/cr32.batch)"
+  bash /bin/run-batch.sh --kleap /bin/kleap --prefix "KLEAPTEST: cr" /bin/cr32.batch 2>&1 |
+    tee /run/batch.out
+  _sum=$(grep '^KLEAPTEST: cr summary ' /run/batch.out)
+  [ -n "$_sum" ] || fail "run-batch.sh gave no summary"
+  case $_sum in
+    *" failed=0 "*) ;;
+    *) fail "${_sum#KLEAPTEST: cr summary }: $(grep '^KLEAPTEST: cr .* FAIL ' /run/batch.out |
+      awk '{ print $3 }' | tr '\n' ' ')" ;;
+  esac
+  case $_sum in
+    *" skipped=0 "*) ;;
+    *) fail "${_sum#KLEAPTEST: cr summary }: a test skipped in the guest, which must run them all" ;;
+  esac
+  pass
+}
+
 case $ROLE/$SCENARIO in
+  sysinit/cr32) cr32_sysinit; exit 0 ;;
+  once/cr32) scn_cr32 ;;
+  init/cr32) trap - EXIT INT TERM; mark "exec busybox init"; exec /bin/busybox init ;;
   sysinit/*) whole_system_sysinit; exit 0 ;;
   shutdown/*) mark "shutdown uptime=$(uptime_s)"; sync; exit 0 ;;
   once/workloads) scn_workloads ;;

@@ -14,7 +14,10 @@
 # (no QEMU, busybox-static, kernels, or binaries the scenario needs; reason printed).
 #
 # Scenarios: boot, kexec-plain, store-kexec, store-damaged, kexec-nostore,
-# dbus-dry-run, workloads, upgrade; and
+# dbus-dry-run, workloads, upgrade, upgrade-dry, upgrade-refused, upgrade-damaged;
+# cr32 (the 32-bit cr tests in a guest on 6.12, for a host that runs no 32-bit code:
+# the --bin files are kleap, the programs, tests/cr's runners and cr32.batch; each test
+# is reported by name; it skips on a host that runs 32-bit code unless KLEAP_VM_CR32=1); and
 # `shell` (interactive: the guest's console on this terminal, no timeout).
 # workloads and upgrade run in the big layout (3 GiB, 1 GiB of pmem; --layout says
 # otherwise) with a NIC, and run tcp-echo-client (--tcp-client, or found under
@@ -59,6 +62,9 @@ case $scenario in
     [[ $scenario == upgrade* ]] && need+=(kleap-init)
     layout=${layout:-big}
     limit=$([[ $scenario == upgrade* ]] && echo 270 || echo 240) ;;
+  # About 40 tests of 10-25 s each under TCG, in one boot.
+  cr32) need=(kleap run-batch.sh run-cr.sh run-init.sh cr32.batch ia32-probe host-runs-ia32)
+    limit=840 ;;
   shell) need=(); limit=86400 ;;
   *) echo "run-vm-test: unknown scenario $scenario" >&2; exit 2 ;;
 esac
@@ -68,7 +74,7 @@ vm_layout "${layout:-default}" || exit 2
 # The project's binaries: given one by one, or looked up under --bin-dir.
 mapfile -t bins < <(vm_find_bins "$bin_dir" "${bins[@]}")
 for b in "${bins[@]}"; do
-  [[ -x $b ]] || { echo "run-vm-test: $b: not an executable" >&2; exit 2; }
+  [[ -f $b && -r $b ]] || { echo "run-vm-test: $b: not a readable file" >&2; exit 2; }
 done
 for name in "${need[@]}"; do
   vm_has_bin "$name" "${bins[@]}" || skip "scenario $scenario needs $name (pass --bin or --bin-dir)"
@@ -84,6 +90,18 @@ if ((use_tcp)); then
   fi
   [[ -n $tcp_client && -x $tcp_client ]] ||
     skip "scenario $scenario needs tcp-echo-client (pass --tcp-client or --bin-dir)"
+fi
+
+if [[ $scenario == cr32 ]]; then
+  if why=$(bash "$here/../ia32/host-runs-ia32"); then
+    [[ ${KLEAP_VM_CR32:-0} == 1 ]] ||
+      skip "this host runs 32-bit code, so the cr tier ran the 32-bit programs on it" \
+        "(KLEAP_VM_CR32=1 runs the guest batch anyway)"
+  else
+    vm_say "$why: the 32-bit cr tests run in a guest on Debian's 6.12"
+  fi
+  # The runners are bash scripts; the guest has busybox only.
+  bins+=("$(command -v bash)")
 fi
 
 reason=$(vm_skip_reason)
@@ -142,9 +160,17 @@ if ((use_tcp)); then
   wait "$vm_pid" || rc=$?
   stop_client
 else
-  log=$(run_vm "vm.$scenario" "$KLEAP_VM_K61_VMLINUZ" "$guest" "$guest_args" "$timeout")
+  kernel=$KLEAP_VM_K61_VMLINUZ
+  # cr32 needs a kernel that runs 32-bit code and nothing of 6.1: it boots 6.12.
+  [[ $scenario == cr32 ]] && kernel=$KLEAP_VM_K612_VMLINUZ
+  log=$(run_vm "vm.$scenario" "$kernel" "$guest" "$guest_args" "$timeout")
   rc=$?
   [[ -n $log ]] || { echo "vm: FAIL: QEMU did not run" >&2; exit 1; }
+fi
+
+if [[ $scenario == cr32 ]]; then
+  # Each test of the batch by name, with its time (run-batch.sh's lines, marked).
+  grep -E '^KLEAPTEST: cr ' "$log" | sed 's/^KLEAPTEST: cr /vm: cr32: /' >&2
 fi
 
 timings=$(vm_timings "$log")

@@ -257,10 +257,14 @@ vm__install_file() {
 }
 
 # vm__install_libs STAGE BIN: every shared library BIN needs, the loader included, at
-# the path ldd names.
+# the path ldd names. A 32-bit BIN goes through vm__install_libs32.
 vm__install_libs() {
   local stage=$1 bin=$2 line path
   local out dst
+  if [[ $(od -An -tu1 -j4 -N1 "$bin" 2>/dev/null | tr -d ' ') == 1 ]]; then
+    vm__install_libs32 "$stage" "$bin"
+    return
+  fi
   out=$(LC_ALL=C LD_LIBRARY_PATH=${KLEAP_VM_LIBPATH:-} ldd "$bin" 2>&1) || return 0   # static
 
   while IFS= read -r line; do
@@ -282,6 +286,38 @@ vm__install_libs() {
     fi
   done <<<"$out"
   return 0
+}
+
+# vm__install_libs32 STAGE BIN: the same for a 32-bit BIN, from its ELF headers: ldd
+# runs the 32-bit loader, which a host without IA-32 emulation can't. Its interpreter
+# and, recursively, every DT_NEEDED library found in the host's 32-bit library
+# directories, at the same paths in the guest (the loader searches those by default).
+vm__install_libs32() {
+  local stage=$1 bin=$2 interp lib f d path
+  interp=$(LC_ALL=C readelf -lW "$bin" 2>/dev/null |
+    sed -n 's/.*\[Requesting program interpreter: \(.*\)\]/\1/p')
+  [[ -n $interp ]] || return 0   # static
+  [[ -e $stage$interp ]] || vm__install_file "$interp" "$stage$interp" || return 1
+  local -a todo=("$bin")
+  local -A seen=()
+  while ((${#todo[@]})); do
+    f=${todo[0]}
+    todo=("${todo[@]:1}")
+    for lib in $(LC_ALL=C readelf -dW "$f" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+      [[ -n ${seen[$lib]:-} ]] && continue
+      seen[$lib]=1
+      path=""
+      for d in /lib32 /usr/lib32 /lib/i386-linux-gnu /usr/lib/i386-linux-gnu; do
+        [[ -e $d/$lib ]] && { path=$d/$lib; break; }
+      done
+      if [[ -z $path ]]; then
+        vm_warn "$bin: the 32-bit library $lib is not on this host (apt-get install gcc-multilib)"
+        return 1
+      fi
+      [[ -e $stage$path ]] || vm__install_file "$path" "$stage$path" || return 1
+      todo+=("$path")
+    done
+  done
 }
 
 # vm__modinfo FILE FIELD: a field of a (possibly compressed) module's .modinfo.

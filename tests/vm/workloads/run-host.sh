@@ -54,8 +54,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The guest's set (guest-init.sh, WORKLOADS): wl-mixed runs wl-mixed32 itself.
-for w in wl-tcp wl-counter wl-counter32 wl-tree wl-mixed wl-mem wl-tmpfs; do
+# The guest's set (guest-init.sh, WORKLOADS): wl-mixed runs wl-mixed32 itself. Where this
+# host runs no 32-bit code (tests/ia32/host-runs-ia32), the two that hold 32-bit processes
+# are left out here; the vm tier's guests run them.
+started=(wl-tcp wl-counter wl-counter32 wl-tree wl-mixed wl-mem wl-tmpfs)
+why=""
+if ! why=$(bash "$here/../../ia32/host-runs-ia32"); then
+  echo "workloads: wl-counter32 and wl-mixed (a tree with 32-bit processes) left out: $why" >&2
+  started=(wl-tcp wl-counter wl-tree wl-mem wl-tmpfs)
+fi
+for w in "${started[@]}"; do
   mkdir -p "$state/$w"
   case $w in
     wl-tcp) args=(--port "$port") ;;
@@ -90,4 +98,4 @@ wait "$client" || client_rc=$?
 client=""
 cat "$state/tcp.report" >&2
 ((client_rc == 0)) || fail "tcp-echo-client exited $client_rc"
-echo "workloads: PASS" >&2
+echo "workloads: PASS${why:+ (without the 32-bit workloads: $why)}" >&2
