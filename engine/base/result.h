@@ -33,24 +33,39 @@ class Error {
     return std::move(*this);
   }
 
+  // Appends v as a stream would. The stream's state (std::hex, std::oct, std::showbase,
+  // std::setw, std::setfill) carries over from one value to the next, as it does on a
+  // std::ostream: `<< "0x" << std::hex << addr` prints hex.
   template <class V>
   Error&& operator<<(const V& v) && {
-    std::ostringstream os;
-    os << v;
-    msg_ += os.str();
+    Append(v);
     return std::move(*this);
   }
   template <class V>
   Error& operator<<(const V& v) & {
-    std::ostringstream os;
-    os << v;
-    msg_ += os.str();
+    Append(v);
     return *this;
   }
 
  private:
+  template <class V>
+  void Append(const V& v) {
+    std::ostringstream os;
+    os.flags(flags_);
+    os.width(width_);
+    os.fill(fill_);
+    os << v;
+    msg_ += os.str();
+    flags_ = os.flags();
+    width_ = os.width();
+    fill_ = os.fill();
+  }
+
   int errno_ = 0;
   std::string msg_;
+  std::ios_base::fmtflags flags_ = std::ios_base::dec | std::ios_base::skipws;
+  std::streamsize width_ = 0;
+  char fill_ = ' ';
 };
 
 // Captures errno at the call site: `return ErrnoError() << "open " << path;`

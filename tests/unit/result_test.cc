@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <iomanip>
 #include <memory>
 #include <string>
 #include <vector>
@@ -227,6 +228,25 @@ TEST(Error, StreamAppendsOnLvalueAndRvalue) {
   EXPECT_EQ(r.code(), EINVAL);
   EXPECT_EQ(r.message(), "x=16");
   EXPECT_EQ(Err(EPERM).code(), EPERM);
+}
+
+// Manipulators act on the values after them, as on a std::ostream (they were dropped when
+// every value had a stream of its own).
+TEST(Error, StreamKeepsManipulators) {
+  // O_RDWR|O_NONBLOCK|FASYNC, which a message once printed as "010242".
+  Error flags = Err() << "bad flags 0" << std::oct << 10242;
+  EXPECT_EQ(flags.message(), "bad flags 024002");
+  Error addr = Err() << "read " << 16384 << " bytes at 0x" << std::hex << 0x7fdbc0a3e000ULL
+                     << std::dec << ": " << 12;
+  EXPECT_EQ(addr.message(), "read 16384 bytes at 0x7fdbc0a3e000: 12");
+  Error lv(EIO);
+  lv << std::showbase << std::hex << 255 << ' ' << std::noshowbase << std::dec << 255;
+  EXPECT_EQ(lv.message(), "0xff 255");
+  Error padded = Err() << '[' << std::setfill('0') << std::setw(4) << 7 << ']' << 8;
+  EXPECT_EQ(padded.message(), "[0007]8");  // the width goes with the next value only
+  Error copy = lv;
+  copy << std::hex << 16;
+  EXPECT_EQ(copy.message(), "0xff 25510");
 }
 
 }  // namespace
