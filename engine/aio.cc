@@ -35,6 +35,7 @@
 #include <cstring>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/mm.h"
 #include "engine/remote_mem.h"
 
@@ -49,7 +50,6 @@ static_assert(sizeof(io_event) == 32);
 static_assert(sizeof(iocb) == 64);
 
 constexpr uint32_t kAioRingMagic = 0xa10a10a1;
-constexpr uint64_t kPage = 4096;
 constexpr uint64_t kMaxRing = 256ull << 20;  // the kernel's bound: 0x10000000 bytes of events
 constexpr uint64_t kBatch = 64;              // requests per injected io_submit/io_getevents
 

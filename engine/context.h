@@ -69,12 +69,6 @@ inline constexpr char kPsTreeImage[] = "pstree.img";
 inline constexpr char kFilesImage[] = "files.img";
 inline constexpr char kShmemTableImage[] = "shmem.img";
 
-// Per-resource dump steps (each file holds the matching restore side too).
-Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core);
-Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core);
-Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm);
-Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* fds);
-
 // Check-side classification, shared by check and dump.
 std::vector<Problem> CheckFds(pid_t pid);
 std::vector<Problem> CheckMappings(pid_t pid);

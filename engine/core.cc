@@ -11,8 +11,10 @@
 #include <cstring>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/context.h"
 #include "engine/core.h"
+#include "engine/creds.h"
 #include "engine/locks.h"
 #include "engine/remote_mem.h"
 #include "engine/seccomp.h"

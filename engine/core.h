@@ -4,6 +4,7 @@
 
 namespace kleap {
 
+Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core);
 Regs RegsFromImage(const img::GpRegs& g);
 Result<void> UnregisterRseq(RemoteSyscalls& rs, pid_t tid);
 Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,

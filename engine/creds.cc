@@ -6,14 +6,12 @@
 #include <linux/securebits.h>
 #include <sys/prctl.h>
 
+#include "engine/creds.h"
+
 #include "engine/base/log.h"
-#include "engine/context.h"
-#include "engine/signal.h"
 
 namespace kleap {
 namespace {
-
-constexpr int kSetfsuid = 122, kSetfsgid = 123;  // x86_64
 
 struct CapData {
   __user_cap_header_struct hdr;
@@ -78,7 +76,7 @@ Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const
       KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_CAPBSET_DROP, uint64_t(cap)),
                     who << ": drop capability " << cap << " from the bounding set");
   KLEAP_TRY_CTX(call(X64Arch::kSetresgid, c.gid(), c.egid(), c.sgid()), who << ": setresgid");
-  (void)call(kSetfsgid, c.fsgid());  // returns the old fsgid, never an error
+  (void)call(X64Arch::kSetfsgid, c.fsgid());  // returns the old fsgid, never an error
   KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_SET_SECUREBITS, SECBIT_KEEP_CAPS),
                 who << ": keep capabilities over the uid change");
   KLEAP_TRY_CTX(call(X64Arch::kSetresuid, c.uid(), c.euid(), c.suid()), who << ": setresuid");
@@ -96,7 +94,7 @@ Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const
   auto cur = KLEAP_TRY(ReadStatus(tid));
   uint64_t prm_now = KLEAP_TRY(cur.GetHex("CapPrm"));
   KLEAP_TRY(capset(prm_now, prm_now, c.cap_inh() & prm_now));
-  (void)call(kSetfsuid, c.fsuid());
+  (void)call(X64Arch::kSetfsuid, c.fsuid());
   KLEAP_TRY_CTX(call(X64Arch::kPrctl, PR_SET_SECUREBITS, c.securebits()),
                 who << ": set securebits " << c.securebits());
   KLEAP_TRY(capset(c.cap_prm(), c.cap_prm(), c.cap_inh()));

@@ -7,11 +7,16 @@
 
 #include <chrono>
 
+#include "engine/base/fault.h"
 #include "engine/base/log.h"
 #include "engine/context.h"
+#include "engine/core.h"
+#include "engine/files.h"
 #include "engine/ipc.h"
 #include "engine/leaders.h"
+#include "engine/mm.h"
 #include "engine/share.h"
+#include "engine/signal.h"
 #include "engine/timens.h"
 
 namespace kleap {

@@ -32,6 +32,9 @@ enum class FdType {
   kUnsupported,
 };
 
+// Every fd of a task into its fd table image, and each file object once into files.img.
+Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* fds);
+
 // One fd of a task as /proc shows it, without changing the task.
 struct FdDesc {
   pid_t pid = 0;

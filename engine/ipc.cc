@@ -22,20 +22,18 @@
 #include <set>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/remote_mem.h"
 
 namespace kleap {
 namespace {
 
-constexpr uint64_t kPage = 4096;
 constexpr int kSemVmx = 32767;  // SEMVMX: the largest semaphore value
 // While the undo lists are measured every semaphore sits here, so that an adjustment of
 // up to 16383 either way is applied whole and not clamped at 0 or SEMVMX.
 constexpr int kSemMid = 16384;
 constexpr size_t kSemopChunk = 32;  // below every sane kernel.sem SEMOPM
 // Syscalls injected into tasks: the 64-bit ones at restore, each task's own at dump.
-constexpr long kShmat64 = 30, kSemop64 = 65, kUnshare64 = 272;
-constexpr long kUnshare32 = 310, kSemtimedopTime64_32 = 420;
 #ifndef SHM_STAT_ANY
 #define SHM_STAT_ANY 15
 #endif
@@ -61,10 +59,6 @@ union SemArg {
 
 std::string ShmBlob(int id) {
   return "shmem-sysv" + std::to_string(id) + ".img";
-}
-
-uint64_t RoundPage(uint64_t n) {
-  return (n + kPage - 1) & ~(kPage - 1);
 }
 
 Result<struct stat> NsStat(const std::string& path) {
@@ -164,10 +158,8 @@ Result<void> DumpShmContent(DumpContext& ctx, img::ShmSegment* seg) {
     void* p;
     ~Detach() { shmdt(p); }
   } detach{p};
-  char path[96];
-  snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)p,
-           (unsigned long)(uint64_t(p) + len));
-  UniqueFd fd(open(path, O_RDONLY | O_CLOEXEC));
+  std::string path = MapFilesPath(0, uint64_t(p), uint64_t(p) + len);
+  UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return ErrnoError() << "open " << path;
   struct statfs sfs;
   if (fstatfs(fd.get(), &sfs) == 0 && uint64_t(sfs.f_type) == uint64_t(HUGETLBFS_MAGIC))
@@ -305,9 +297,9 @@ Result<void> InjectSemop(RemoteSyscalls& rs, ArchKind arch, pid_t pid, int id,
     auto scratch = KLEAP_TRY(StackScratch::Borrow(rs.tid(), rs.saved_regs(), 256));
     KLEAP_TRY(WriteRemote(pid, scratch.at(), ops.data() + k, n * sizeof(struct sembuf)));
     if (arch == ArchKind::kX86)
-      KLEAP_TRY(rs.Call(arch, kSemtimedopTime64_32, uint64_t(id), scratch.at().addr(), n, 0));
+      KLEAP_TRY(rs.Call(arch, X86Arch::kSemtimedopTime64, uint64_t(id), scratch.at().addr(), n, 0));
     else
-      KLEAP_TRY(rs.Call(arch, kSemop64, uint64_t(id), scratch.at().addr(), n));
+      KLEAP_TRY(rs.Call(arch, X64Arch::kSemop, uint64_t(id), scratch.at().addr(), n));
   }
   return Ok();
 }
@@ -328,7 +320,8 @@ Result<void> MeasureUndo(DumpContext& ctx, const img::IpcNamespace& ns, IpcDump*
         RemoteSyscalls& rs = ctx.tree->Thread(*it);
         ArchKind a = ArchFromCs(rs.saved_regs().cs);
         KLEAP_TRY_CTX(
-            rs.Call(a, a == ArchKind::kX86 ? kUnshare32 : kUnshare64, uint64_t(CLONE_SYSVSEM)),
+            rs.Call(a, a == ArchKind::kX86 ? long(X86Arch::kUnshare) : long(X64Arch::kUnshare),
+                    uint64_t(CLONE_SYSVSEM)),
             who << ": thread " << *it
                 << ": unshare(CLONE_SYSVSEM) to read its semaphore undo list");
       }
@@ -750,8 +743,8 @@ Result<void> AttachSysvShm(RemoteSyscalls& rs, pid_t pid, const img::MmImage& mm
     if (!continues) {
       if (v.pgoff() != 0) return Err(EINVAL) << where << ": does not start at the segment's start";
       uint64_t flags = (has(v, "mw") ? 0 : SHM_RDONLY) | (has(v, "me") ? SHM_EXEC : 0);
-      uint64_t got =
-          KLEAP_TRY_CTX(rs.Call(k64, kShmat64, v.shmem_id(), v.start(), flags), where << ": shmat");
+      uint64_t got = KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kShmat, v.shmem_id(), v.start(), flags),
+                                   where << ": shmat");
       if (got != v.start()) return Err(EFAULT) << where << ": attached at " << Hex(got);
     }
     attach_prot |= (has(v, "mw") ? PROT_WRITE : 0) | (has(v, "me") ? PROT_EXEC : 0);
@@ -772,7 +765,7 @@ Result<void> RestoreSemUndo(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
       size_t n = std::min(kSemopChunk, ops.size() - k);
       KLEAP_TRY(WriteRemote(pid, RemotePtr(scratch), ops.data() + k, n * sizeof(struct sembuf)));
       KLEAP_TRY_CTX(
-          rs.Call(ArchKind::kX86_64, kSemop64, uint64_t(id), scratch, n),
+          rs.Call(ArchKind::kX86_64, X64Arch::kSemop, uint64_t(id), scratch, n),
           "task " << pid << ": take its undo list of SysV semaphore set " << id << " again");
     }
   return Ok();

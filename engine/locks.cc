@@ -17,8 +17,6 @@
 namespace kleap {
 namespace {
 
-constexpr long kFcntl64 = 72, kFlock64 = 73;
-
 Result<std::vector<std::pair<int, std::vector<FdLock>>>> LocksOf(pid_t pid) {
   std::vector<std::pair<int, std::vector<FdLock>>> out;
   std::string dir = ProcPath(pid, "fdinfo");
@@ -128,14 +126,15 @@ Result<void> RestoreLocks(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
                                                           : "OFD lock";
     auto take = [&]() -> Result<uint64_t> {
       if (l.kind() == img::FileLock::FLOCK)
-        return rs.Call(k64, kFlock64, uint64_t(l.fd()), (l.write() ? LOCK_EX : LOCK_SH) | LOCK_NB);
+        return rs.Call(k64, X64Arch::kFlock, uint64_t(l.fd()),
+                       (l.write() ? LOCK_EX : LOCK_SH) | LOCK_NB);
       struct flock fl {};  // the 64-bit layout: the restorer injects 64-bit syscalls
       fl.l_type = l.write() ? F_WRLCK : F_RDLCK;
       fl.l_whence = SEEK_SET;
       fl.l_start = off_t(l.start());
       fl.l_len = off_t(l.length());
       KLEAP_TRY(WriteRemote(pid, RemotePtr(scratch), &fl, sizeof fl));
-      return rs.Call(k64, kFcntl64, uint64_t(l.fd()),
+      return rs.Call(k64, X64Arch::kFcntl, uint64_t(l.fd()),
                      l.kind() == img::FileLock::POSIX ? F_SETLK : F_OFD_SETLK, scratch);
     };
     auto r = take();

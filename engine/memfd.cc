@@ -17,6 +17,7 @@
 #include <map>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/files.h"
 #include "engine/mm.h"
 
@@ -45,7 +46,6 @@ constexpr uint32_t kKnownSeals =
     F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_FUTURE_WRITE | F_SEAL_EXEC;
 constexpr size_t kMemfdNameMax = 249;  // MFD_NAME_MAX_LEN
 constexpr uint64_t kMaxSize = 1ull << 40;
-constexpr uint64_t kPage = 4096;
 
 bool StartsWith(const std::string& s, const char* p) {
   return s.rfind(p, 0) == 0;
@@ -107,9 +107,7 @@ bool ClassifyMemFile(FdDesc* d) {
 }
 
 bool ClassifyMemMapping(pid_t pid, const MapsEntry& m, VmaClass* c) {
-  char range[64];
-  snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start, (unsigned long)m.end);
-  std::string path = ProcPath(pid, range);
+  std::string path = MapFilesPath(pid, m.start, m.end);
   bool candidate = StartsWith(m.path, kMemfdPrefix) || StartsWith(m.path, "/secretmem") ||
                    EndsWith(m.path, kDeleted);
   if (!candidate) return false;
@@ -213,7 +211,7 @@ Result<void> ValidateShmem(const RestorePlan& plan) {
       return Err(EINVAL) << what << ": bad name '" << n << "'";
     if (o.seals() & ~kKnownSeals) return Err(EINVAL) << what << ": bad seals " << Hex(o.seals());
     if (!S_ISREG(o.mode())) return Err(EINVAL) << what << ": not a regular file mode";
-    uint64_t end = (o.size() + kPage - 1) / kPage * kPage, prev = 0;
+    uint64_t end = RoundPage(o.size()), prev = 0;
     for (auto& r : o.runs())
       if (r.vaddr() % kPage || r.vaddr() < prev || r.nr_pages() == 0 || r.vaddr() > end ||
           r.nr_pages() > (end - r.vaddr()) / kPage)

@@ -17,11 +17,11 @@
 
 #include "engine/aio.h"
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 
 namespace kleap {
 namespace {
 
-constexpr uint64_t kPage = 4096;
 constexpr uint64_t kPmPresent = 1ull << 63, kPmSwapped = 1ull << 62, kPmFileOrShared = 1ull << 61;
 constexpr size_t kCopyChunk = 1u << 20;
 constexpr size_t kRestoreWindow = 8u << 20;  // mapped blob window: bounds kleap's RSS
@@ -32,10 +32,8 @@ bool EndsWith(const std::string& s, const char* suf) {
 }
 
 bool IsRegularMapping(pid_t pid, const MapsEntry& m) {
-  char range[64];
-  snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start, (unsigned long)m.end);
   struct stat st;
-  return stat(ProcPath(pid, range).c_str(), &st) == 0 && S_ISREG(st.st_mode);
+  return stat(MapFilesPath(pid, m.start, m.end).c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 uint32_t ProtOf(const MapsEntry& m) {
@@ -159,9 +157,7 @@ Result<void> DumpVmaPages(pid_t pid, int pagemap_fd, const MapsEntry& m, bool fi
 Result<void> DumpShmem(DumpContext& ctx, pid_t pid, const MapsEntry& m, uint64_t id) {
   for (auto& o : ctx.shmem.objects())
     if (o.id() == id) return Ok();
-  char range[64];
-  snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start, (unsigned long)m.end);
-  std::string path = ProcPath(pid, range);
+  std::string path = MapFilesPath(pid, m.start, m.end);
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return ErrnoError() << "open " << path;
   struct stat st;
@@ -294,11 +290,9 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
       case img::Vma::FILE_PRIVATE:
       case img::Vma::FILE_SHARED: {
         v->set_path(m.path);
-        char range[64];
-        snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)m.start,
-                 (unsigned long)m.end);
         struct stat fst, pst;
-        if (stat(ProcPath(pid, range).c_str(), &fst) < 0) return ErrnoError() << where << ": stat";
+        if (stat(MapFilesPath(pid, m.start, m.end).c_str(), &fst) < 0)
+          return ErrnoError() << where << ": stat";
         if (c.mem_file) {
           // The file is a shmem object of the set, dumped once with its content; only the
           // copied-on-write pages of a private mapping are the task's own.
@@ -335,11 +329,8 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
   }
   KLEAP_TRY(blob->Close());
   for (auto& t : shmem_todo) {
-    char range[64];
-    snprintf(range, sizeof range, "map_files/%lx-%lx", (unsigned long)t.m.start,
-             (unsigned long)t.m.end);
     if (t.mem_file)
-      KLEAP_TRY_CTX(DumpMemFile(ctx, ProcPath(pid, range)), t.where);
+      KLEAP_TRY_CTX(DumpMemFile(ctx, MapFilesPath(pid, t.m.start, t.m.end)), t.where);
     else
       KLEAP_TRY_CTX(DumpShmem(ctx, pid, t.m, t.id), t.where);
   }

@@ -37,6 +37,8 @@ struct MmRestore {
   uint64_t page_bytes = 0;  // out
 };
 
+Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm);
+
 // Replaces the whole address space of the task with the dumped one.
 Result<void> RestoreMm(MmRestore& r);
 

@@ -29,6 +29,7 @@
 #include <set>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/base/proc.h"
 #include "engine/context.h"
 #include "engine/engine.h"

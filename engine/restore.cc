@@ -33,9 +33,12 @@
 #include <thread>
 
 #include "engine/aio.h"
+#include "engine/base/fault.h"
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/context.h"
 #include "engine/core.h"
+#include "engine/creds.h"
 #include "engine/ipc.h"
 #include "engine/leaders.h"
 #include "engine/locks.h"
@@ -54,8 +57,6 @@ extern "C" long kleap_clone_process(struct clone_args* args, size_t size);
 
 namespace kleap {
 namespace {
-
-constexpr int kCloseRange = 436;
 
 // ---- collect ----
 
@@ -456,7 +457,7 @@ struct Forker {
   Result<void> OpenHelpers(const TaskPlan& t) {
     // Nothing of the controller's stays above the task's own fds (a shared table's holder
     // did that for the whole table).
-    if (!t.files_shared) syscall(kCloseRange, t.keep_from, ~0u, 0);
+    if (!t.files_shared) syscall(X64Arch::kCloseRange, t.keep_from, ~0u, 0);
     auto place = [&](int fd, int want, const std::string& what) -> Result<void> {
       if (fd < 0) return ErrnoError() << "open " << what;
       if (fd != want) {
@@ -472,10 +473,8 @@ struct Forker {
         if (it == shmem.end())
           return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown shared memory "
                              << v.shmem_id();
-        char path[96];
-        snprintf(path, sizeof path, "/proc/self/map_files/%lx-%lx", (unsigned long)it->second.addr,
-                 (unsigned long)(it->second.addr + it->second.size));
-        KLEAP_TRY(place(open(path, O_RDWR | O_CLOEXEC), want, path));
+        std::string path = MapFilesPath(0, it->second.addr, it->second.addr + it->second.size);
+        KLEAP_TRY(place(open(path.c_str(), O_RDWR | O_CLOEXEC), want, path));
       } else if (v.shmem_id()) {
         // A memfd or unlinked tmpfs file the controller made: a description of its own, read-only
         // unless the mapping may write (a write-sealed memfd refuses writable ones).
@@ -1112,7 +1111,7 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   uint64_t close_from = uint64_t(t.table_last ? t.keep_from : t.helper_from);
   uint64_t close_to = t.table_last ? ~0u : uint64_t(t.helper_end - 1);
   if (t.table_last || t.helper_end > t.helper_from)
-    KLEAP_TRY_CTX(leader.Call(k64, kCloseRange, close_from, close_to, 0),
+    KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kCloseRange, close_from, close_to, 0),
                   "task " << pid << ": close the restorer's fds");
   // Filters go in while the threads are still privileged (seccomp(2) needs
   // CAP_SYS_ADMIN or no_new_privs), suspended for the rest of the restore.

@@ -22,10 +22,11 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine/base/page.h"
+
 namespace kleap {
 namespace {
 
-constexpr long kSeccomp64 = 317;  // seccomp(2) on x86_64
 constexpr uint64_t kKnownFlags = SECCOMP_FILTER_FLAG_LOG | SECCOMP_FILTER_FLAG_SPEC_ALLOW;
 constexpr size_t kMaxInsns = 4096;  // BPF_MAXINSNS
 
@@ -100,7 +101,7 @@ Result<void> RestoreSeccomp(RemoteSyscalls& rs, pid_t pid, const img::ThreadCore
       } prog{uint16_t(f.insns().size() / sizeof(sock_filter)), {}, at + 16};
       KLEAP_TRY(WriteRemote(tid, RemotePtr(at), &prog, sizeof prog));
       KLEAP_TRY(WriteRemote(tid, RemotePtr(at + 16), f.insns().data(), f.insns().size()));
-      KLEAP_TRY_CTX(rs.Call(k64, kSeccomp64, SECCOMP_SET_MODE_FILTER, f.flags(), at),
+      KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kSeccomp, SECCOMP_SET_MODE_FILTER, f.flags(), at),
                     "task " << pid << " thread " << tid << ": install seccomp filter " << i);
     }
     return Ok();

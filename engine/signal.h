@@ -11,7 +11,6 @@ Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, uint64_t s
                             bool shared);
 Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch,
                              const img::ThreadCore& th);
-Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const img::Creds& creds);
-Result<void> DumpCredsOf(RemoteSyscalls& rs, const TaskInfo& task, img::Creds* creds);
+Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core);
 
 }  // namespace kleap

@@ -5,6 +5,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "engine/base/page.h"
 #include "engine/files.h"
 
 namespace kleap {

@@ -11,25 +11,13 @@
 #include <sstream>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/ptrace/tracee.h"
 #include "engine/seccomp.h"
 #include "engine/share.h"
 #include "engine/task.h"
 
 namespace kleap {
-
-std::string Hex(uint64_t v) {
-  std::ostringstream os;
-  os << "0x" << std::hex << v;
-  return os.str();
-}
-
-Result<void> FaultPoint(const char* name) {
-  const char* want = getenv("KLEAP_FAULT");
-  if (want && strcmp(want, name) == 0)
-    return Err(EIO) << "injected fault at " << name << " (KLEAP_FAULT)";
-  return Ok();
-}
 
 std::string Problem::ToString() const {
   std::ostringstream os;

@@ -60,11 +60,4 @@ class SeizedTree {
 // Namespaces the engine carries nothing of yet: a task outside kleap's own is refused.
 std::vector<Problem> CheckNamespaces(pid_t pid);
 
-// Test hook: fails with "injected fault at NAME" when KLEAP_FAULT=NAME, so the tests can
-// prove what a failure at that point leaves behind.
-Result<void> FaultPoint(const char* name);
-
-// Helper to turn numbers into "0x7f00".
-std::string Hex(uint64_t v);
-
 }  // namespace kleap

@@ -11,6 +11,7 @@
 #include <map>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/mm.h"
 
 namespace kleap {

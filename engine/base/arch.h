@@ -86,6 +86,17 @@ struct X64Arch {
     kIoGetevents = 208,
     kIoSubmit = 209,
     kPipe2 = 293,
+    kShmat = 30,
+    kSemop = 65,
+    kExecve = 59,
+    kFcntl = 72,
+    kFlock = 73,
+    kSetfsuid = 122,
+    kSetfsgid = 123,
+    kRestartSyscall = 219,
+    kUnshare = 272,
+    kSeccomp = 317,
+    kCloseRange = 436,
   };
 };
 static_assert(sizeof(X64Arch::k_sigaction) == 32);
@@ -152,6 +163,9 @@ struct X86Arch {
     kIoGetevents = 247 /* 32-bit time */,
     kIoSubmit = 248 /* an array of 32-bit pointers */,
     kPipe2 = 331,
+    kRestartSyscall = 0,
+    kUnshare = 310,
+    kSemtimedopTime64 = 420,
   };
 };
 static_assert(sizeof(X86Arch::k_sigaction) == 20);

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cinttypes>
 #include <climits>
+#include <cstdio>
 
 #include "engine/base/unique_fd.h"
 
@@ -73,6 +75,12 @@ std::string_view Trim(std::string_view s) {
 
 std::string ProcPath(pid_t pid, std::string_view rest) {
   return "/proc/" + std::to_string(pid) + "/" + std::string(rest);
+}
+
+std::string MapFilesPath(pid_t pid, uint64_t start, uint64_t end) {
+  char range[64];
+  snprintf(range, sizeof range, "map_files/%" PRIx64 "-%" PRIx64, start, end);
+  return pid == 0 ? std::string("/proc/self/") + range : ProcPath(pid, range);
 }
 
 std::string UnescapeOctal(std::string_view s) {

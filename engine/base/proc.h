@@ -21,6 +21,8 @@ Result<void> WriteStringToFile(const std::string& path, std::string_view data);
 std::vector<std::string> SplitString(std::string_view s, char sep);
 std::string_view Trim(std::string_view s);
 std::string ProcPath(pid_t pid, std::string_view rest);
+// /proc/PID/map_files/START-END (PID 0: /proc/self/...): the file a mapping maps.
+std::string MapFilesPath(pid_t pid, uint64_t start, uint64_t end);
 
 struct MapsEntry {
   uint64_t start = 0, end = 0;

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "engine/base/clock.h"
+#include "engine/base/fault.h"
 #include "engine/base/log.h"
 #include "engine/net/netconf_impl.h"
 
@@ -68,9 +69,7 @@ Result<void> Apply(RestoreCtx& ctx) {
   KLEAP_TRY(ApplyRules(ctx));
   KLEAP_TRY(ApplyNeighbours(ctx));
   // The test hook of the failure rule: everything but the ruleset is applied by now.
-  const char* fault = getenv("KLEAP_FAULT");
-  if (fault && std::string(fault) == "net-restore")
-    return Err(EIO) << "injected fault at net-restore";
+  KLEAP_TRY(FaultPoint("net-restore"));
   KLEAP_TRY(ApplyNft(ctx));
   return Ok();
 }

@@ -13,7 +13,6 @@ namespace {
 
 constexpr long kErestartSys = 512, kErestartNoIntr = 513, kErestartNoHand = 514,
                kErestartRestartBlock = 516;
-constexpr long kNrRestartSyscall64 = 219, kNrRestartSyscall32 = 0;
 
 Result<void> ResumeSyscall(pid_t tid) {
   if (ptrace(PTRACE_SYSCALL, tid, nullptr, nullptr) < 0)
@@ -71,8 +70,7 @@ Result<uint64_t> RemoteSyscalls::Call(ArchKind arch, long nr, uint64_t a1, uint6
 }
 
 Result<void> RemoteSyscalls::Execve(uint64_t path, uint64_t argv, uint64_t envp) {
-  constexpr long kExecve = 59;
-  KLEAP_TRY(Run(ArchKind::kX86_64, kExecve, {path, argv, envp, 0, 0, 0}, /*exec=*/true));
+  KLEAP_TRY(Run(ArchKind::kX86_64, X64Arch::kExecve, {path, argv, envp, 0, 0, 0}, /*exec=*/true));
   return Ok();
 }
 
@@ -148,7 +146,8 @@ Regs NormalizeInterruptedSyscall(const Regs& regs, ArchKind arch, bool same_task
         break;
       case kErestartRestartBlock:
         if (same_task) {
-          r.rax = uint64_t(arch == ArchKind::kX86_64 ? kNrRestartSyscall64 : kNrRestartSyscall32);
+          r.rax = uint64_t(arch == ArchKind::kX86_64 ? long(X64Arch::kRestartSyscall)
+                                                     : long(X86Arch::kRestartSyscall));
           r.rip -= 2;
         } else {
           r.rax = uint64_t(int64_t(-EINTR));

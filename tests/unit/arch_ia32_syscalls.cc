@@ -43,6 +43,22 @@ extern const SyscallPair kIa32Syscalls[] = {
     KLEAP_PAIR(set_robust_list, kSetRobustList),
     KLEAP_PAIR(rt_tgsigqueueinfo, kRtTgsigqueueinfo),
     KLEAP_PAIR(rseq, kRseq),
+    KLEAP_PAIR(get_robust_list, kGetRobustList),
+    KLEAP_PAIR(getitimer, kGetitimer),
+    KLEAP_PAIR(setitimer, kSetitimer),
+    KLEAP_PAIR(timer_create, kTimerCreate),
+    KLEAP_PAIR(timer_settime, kTimerSettime),
+    KLEAP_PAIR(timer_gettime, kTimerGettime),
+    KLEAP_PAIR(timer_getoverrun, kTimerGetoverrun),
+    KLEAP_PAIR(timer_delete, kTimerDelete),
+    KLEAP_PAIR(mremap, kMremap),
+    KLEAP_PAIR(io_setup, kIoSetup),
+    KLEAP_PAIR(io_getevents, kIoGetevents),
+    KLEAP_PAIR(io_submit, kIoSubmit),
+    KLEAP_PAIR(pipe2, kPipe2),
+    KLEAP_PAIR(restart_syscall, kRestartSyscall),
+    KLEAP_PAIR(unshare, kUnshare),
+    KLEAP_PAIR(semtimedop_time64, kSemtimedopTime64),
 };
 extern const unsigned kIa32SyscallCount = sizeof kIa32Syscalls / sizeof kIa32Syscalls[0];
 

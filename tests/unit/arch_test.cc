@@ -215,6 +215,31 @@ TEST(ArchTables, X64SyscallNumbersMatchTheKernel) {
   EXPECT_EQ(X64Arch::kSetRobustList, SYS_set_robust_list);
   EXPECT_EQ(X64Arch::kRtTgsigqueueinfo, SYS_rt_tgsigqueueinfo);
   EXPECT_EQ(X64Arch::kRseq, SYS_rseq);
+  EXPECT_EQ(X64Arch::kChdir, SYS_chdir);
+  EXPECT_EQ(X64Arch::kGetRobustList, SYS_get_robust_list);
+  EXPECT_EQ(X64Arch::kGetitimer, SYS_getitimer);
+  EXPECT_EQ(X64Arch::kSetitimer, SYS_setitimer);
+  EXPECT_EQ(X64Arch::kTimerCreate, SYS_timer_create);
+  EXPECT_EQ(X64Arch::kTimerSettime, SYS_timer_settime);
+  EXPECT_EQ(X64Arch::kTimerGettime, SYS_timer_gettime);
+  EXPECT_EQ(X64Arch::kTimerGetoverrun, SYS_timer_getoverrun);
+  EXPECT_EQ(X64Arch::kTimerDelete, SYS_timer_delete);
+  EXPECT_EQ(X64Arch::kMremap, SYS_mremap);
+  EXPECT_EQ(X64Arch::kIoSetup, SYS_io_setup);
+  EXPECT_EQ(X64Arch::kIoGetevents, SYS_io_getevents);
+  EXPECT_EQ(X64Arch::kIoSubmit, SYS_io_submit);
+  EXPECT_EQ(X64Arch::kPipe2, SYS_pipe2);
+  EXPECT_EQ(X64Arch::kShmat, SYS_shmat);
+  EXPECT_EQ(X64Arch::kSemop, SYS_semop);
+  EXPECT_EQ(X64Arch::kExecve, SYS_execve);
+  EXPECT_EQ(X64Arch::kFcntl, SYS_fcntl);
+  EXPECT_EQ(X64Arch::kFlock, SYS_flock);
+  EXPECT_EQ(X64Arch::kSetfsuid, SYS_setfsuid);
+  EXPECT_EQ(X64Arch::kSetfsgid, SYS_setfsgid);
+  EXPECT_EQ(X64Arch::kRestartSyscall, SYS_restart_syscall);
+  EXPECT_EQ(X64Arch::kUnshare, SYS_unshare);
+  EXPECT_EQ(X64Arch::kSeccomp, SYS_seccomp);
+  EXPECT_EQ(X64Arch::kCloseRange, SYS_close_range);
 }
 
 TEST(ArchTables, Ia32SyscallNumbersMatchTheKernel) {

@@ -102,6 +102,10 @@ TEST(ProcHelpers, Trim) {
 TEST(ProcHelpers, ProcPath) {
   EXPECT_EQ(ProcPath(12, "maps"), "/proc/12/maps");
   EXPECT_EQ(ProcPath(1, "task/3/stat"), "/proc/1/task/3/stat");
+  // The kernel's names: lowercase hex without 0x, all 64 bits.
+  EXPECT_EQ(MapFilesPath(12, 0x7f00a000, 0x7f00c000), "/proc/12/map_files/7f00a000-7f00c000");
+  EXPECT_EQ(MapFilesPath(0, 0xfffff000ULL << 32, ~0ULL),
+            "/proc/self/map_files/fffff00000000000-ffffffffffffffff");
 }
 
 TEST(ProcHelpers, UnescapeOctal) {
