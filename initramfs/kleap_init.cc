@@ -30,6 +30,7 @@
 #include "engine/engine.h"
 #include "engine/images/image_set.h"
 #include "engine/net/netconf.h"
+#include "imagestore/store_image_set.h"
 #include "memstore/store.h"
 
 namespace {
@@ -241,7 +242,7 @@ std::string RestoreSystem(const std::string& spec) {
   using namespace kleap;
   auto region = memstore::Region::Open(spec);
   if (!region) return "no store: " + region.error().ToString();
-  auto images = memstore::OpenStoreImageSet(std::move(*region));
+  auto images = imagestore::OpenStoreImageSet(std::move(*region));
   if (!images) return "the store: " + images.error().ToString();
   uint64_t t0 = BoottimeNs();
   // The modules the old kernel had loaded (its NIC's driver among them), oldest first

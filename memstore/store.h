@@ -1,6 +1,6 @@
 // The memstore: named blobs in a region that survives kexec (pmem), or in a file (dir).
-// It knows no processes; the engine's image sets live in it through StoreImageWriter and
-// StoreImageReader, which implement the engine's image-set interface.
+// It knows no processes and no images: the engine's image sets live in it through
+// imagestore/, which joins the two.
 #pragma once
 
 #include <memory>
@@ -9,10 +9,27 @@
 
 #include "engine/base/result.h"
 #include "engine/base/unique_fd.h"
-#include "engine/images/image_set.h"
 #include "memstore/format.h"
 
 namespace kleap::memstore {
+
+struct AlignedFree {
+  void operator()(void* p) const { free(p); }
+};
+// A page-aligned buffer, for reads and writes that go straight to an O_DIRECT region.
+using AlignedBuf = std::unique_ptr<uint8_t[], AlignedFree>;
+AlignedBuf AllocAligned(size_t n);
+
+// One blob being written into a store: its bytes in order, then Close, which records its
+// size and checksum in the store's table. Blobs are laid out one after another, so a
+// store has one open at a time.
+class BlobWriter {
+ public:
+  virtual ~BlobWriter() = default;
+  virtual Result<void> Write(const void* data, size_t len) = 0;
+  virtual Result<void> Close() = 0;
+  virtual uint64_t size() const = 0;
+};
 
 // A byte range a store lives in: a pmem block device or a file.
 class Region {
@@ -77,10 +94,6 @@ class StoreWriter {
   Error failed_;  // a blob failed: this generation can't be committed
   bool has_failed_ = false;
 };
-
-// The engine's image-set interface over a store.
-Result<std::unique_ptr<ImageWriter>> CreateStoreImageSet(std::unique_ptr<Region> region);
-Result<std::unique_ptr<ImageReader>> OpenStoreImageSet(std::unique_ptr<Region> region);
 
 // "pmem:/dev/pmem0" -> backend "pmem", path "/dev/pmem0".
 Result<std::pair<std::string, std::string>> ParseSpec(const std::string& spec);

@@ -21,6 +21,7 @@
 #include "engine/engine.h"
 #include "engine/images/image_set.h"
 #include "engine/net/netconf.h"
+#include "imagestore/store_image_set.h"
 #include "memstore/store.h"
 #include "upgrader/errors.h"
 #include "upgrader/kexec.h"
@@ -334,7 +335,7 @@ int RunUpgradeDump(const std::string& store, pid_t tree) {
     std::fprintf(stderr, "memstore %s: %s\n", store.c_str(), region.error().ToString().c_str());
     return 1;
   }
-  auto images = memstore::CreateStoreImageSet(std::move(*region));
+  auto images = imagestore::CreateStoreImageSet(std::move(*region));
   if (!images) {
     std::fprintf(stderr, "memstore %s: %s\n", store.c_str(), images.error().ToString().c_str());
     return 1;

@@ -22,6 +22,7 @@
 
 #include "engine/images/image_set.h"
 #include "engine/images/pstree.pb.h"
+#include "imagestore/store_image_set.h"
 #include "memstore/format.h"
 #include "memstore/store.h"
 
@@ -656,7 +657,7 @@ TEST_F(MemstoreTest, FullTableAndTinyRegion) {
 TEST_F(MemstoreTest, ImageSetRoundTrip) {
   auto region = Open(4 << 20);
   ASSERT_TRUE(region);
-  auto w = CreateStoreImageSet(std::move(region));
+  auto w = imagestore::CreateStoreImageSet(std::move(region));
   ASSERT_TRUE(w) << ErrorText(w);
   EXPECT_EQ((*w)->Describe(), spec_);
   img::PsTree tree;
@@ -685,7 +686,7 @@ TEST_F(MemstoreTest, ImageSetRoundTrip) {
 
   auto reg2 = Open();
   ASSERT_TRUE(reg2);
-  auto r = OpenStoreImageSet(std::move(reg2));
+  auto r = imagestore::OpenStoreImageSet(std::move(reg2));
   ASSERT_TRUE(r) << ErrorText(r);
   EXPECT_EQ((*r)->Describe(), spec_);
   EXPECT_EQ((*r)->inventory().root_pid(), 42);
@@ -732,7 +733,7 @@ TEST_F(MemstoreTest, ImageSetWithoutInventory) {
   }
   auto region = Open();
   ASSERT_TRUE(region);
-  auto r = OpenStoreImageSet(std::move(region));
+  auto r = imagestore::OpenStoreImageSet(std::move(region));
   EXPECT_ERROR_HAS(r, "holds no image set (no inventory.img)");
   EXPECT_EQ(r.error().code(), ENOENT);
 }
@@ -741,7 +742,7 @@ TEST_F(MemstoreTest, ImageSetDamagedInventory) {
   {
     auto region = Open(1 << 20);
     ASSERT_TRUE(region);
-    auto w = CreateStoreImageSet(std::move(region));
+    auto w = imagestore::CreateStoreImageSet(std::move(region));
     ASSERT_TRUE(w);
     img::Inventory inv;
     inv.set_format_version(kImageFormatVersion);
@@ -753,7 +754,8 @@ TEST_F(MemstoreTest, ImageSetDamagedInventory) {
   FlipByte(off_t(info->blobs[0].offset));
   auto region = Open();
   ASSERT_TRUE(region);
-  EXPECT_ERROR_HAS(OpenStoreImageSet(std::move(region)), "blob inventory.img is damaged");
+  EXPECT_ERROR_HAS(imagestore::OpenStoreImageSet(std::move(region)),
+                   "blob inventory.img is damaged");
 }
 
 // ---- the parsers, mutated ----

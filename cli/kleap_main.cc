@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "engine/images/image_set.h"
 #include "engine/net/netconf.h"
+#include "imagestore/store_image_set.h"
 #include "memstore/store.h"
 #include "memstore/store_cli.h"
 
@@ -107,13 +108,13 @@ bool IsStoreSpec(const std::string& s) {
 Result<std::unique_ptr<ImageWriter>> OpenWriter(const std::string& images) {
   if (!IsStoreSpec(images)) return CreateDirImageSet(images);
   auto region = KLEAP_TRY(memstore::Region::Create(images));
-  return memstore::CreateStoreImageSet(std::move(region));
+  return imagestore::CreateStoreImageSet(std::move(region));
 }
 
 Result<std::unique_ptr<ImageReader>> OpenReader(const std::string& images) {
   if (!IsStoreSpec(images)) return OpenDirImageSet(images);
   auto region = KLEAP_TRY(memstore::Region::Open(images));
-  return memstore::OpenStoreImageSet(std::move(region));
+  return imagestore::OpenStoreImageSet(std::move(region));
 }
 
 int RunDumpBlocked(const Args& a);
