@@ -106,7 +106,9 @@ struct OpenFiles {
 
 // The kernel's O_LARGEFILE: glibc defines O_LARGEFILE as 0 on x86_64.
 inline constexpr int kKernelOLargefile = 0100000;
-int OpenLikeTask(const std::string& path, int flags, mode_t mode);
+// Opens path as the task would have: through the compat entry when the flags lack
+// O_LARGEFILE (an ia32 task's files). Empty on failure, with errno set.
+UniqueFd OpenLikeTask(const std::string& path, int flags, mode_t mode);
 Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out);
 Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out);
 // The memfds and unlinked tmpfs files of shmem.img, filled and sealed (memfd.cc).

@@ -381,18 +381,18 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
 
 // 64-bit open() always adds O_LARGEFILE; an ia32 task's files may lack it, and only an
 // open through the compat entry (int $0x80, even from 64-bit code) leaves it out.
-int OpenLikeTask(const std::string& path, int flags, mode_t mode) {
+UniqueFd OpenLikeTask(const std::string& path, int flags, mode_t mode) {
   char* low = LowPage();
   if ((flags & kKernelOLargefile) || path.size() >= 4096 || !low)
-    return open(path.c_str(), flags, mode);
+    return UniqueFd(open(path.c_str(), flags, mode));
   memcpy(low, path.c_str(), path.size() + 1);
   long ret = LocalCompatSyscall(X86Arch::kOpenat, uint32_t(AT_FDCWD), uint32_t(uintptr_t(low)),
                                 uint32_t(flags), mode);
   if (ret < 0) {
     errno = int(-ret);
-    return -1;
+    return UniqueFd();
   }
-  return int(ret);
+  return UniqueFd(int(ret));
 }
 
 Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, OpenFiles&) {
@@ -416,17 +416,17 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
     // Give it its old name for a moment, so the reopened fd reads "PATH (deleted)".
     std::string link = "/proc/self/fd/" + std::to_string(tmp.get());
     if (linkat(AT_FDCWD, link.c_str(), AT_FDCWD, reg.path().c_str(), AT_SYMLINK_FOLLOW) == 0) {
-      fd.reset(OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0));
+      fd = OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0);
       int saved = errno;
       unlink(reg.path().c_str());
       errno = saved;
       if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
     } else {
-      fd.reset(OpenLikeTask(link, flags | O_CLOEXEC, 0));
+      fd = OpenLikeTask(link, flags | O_CLOEXEC, 0);
       if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
     }
   } else {
-    fd.reset(OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0));
+    fd = OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0);
     if (!fd) return ErrnoError() << "open " << reg.path();
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << reg.path();

@@ -360,7 +360,7 @@ Result<UniqueFd> OpenMemfd(const img::FileObject& fo, ImageReader&, OpenFiles& f
   if ((flags & O_NOFOLLOW) && !StartsWith(link, kMemfdPrefix) && EndsWith(link, kDeleted)) {
     std::string path = link.substr(0, link.size() - strlen(kDeleted));
     if (linkat(AT_FDCWD, self.c_str(), AT_FDCWD, path.c_str(), AT_SYMLINK_FOLLOW) == 0) {
-      fd.reset(OpenLikeTask(path, flags | O_CLOEXEC, 0));
+      fd = OpenLikeTask(path, flags | O_CLOEXEC, 0);
       int saved = errno;
       unlink(path.c_str());
       errno = saved;
@@ -369,7 +369,7 @@ Result<UniqueFd> OpenMemfd(const img::FileObject& fo, ImageReader&, OpenFiles& f
       KLOG(kDebug) << "link " << path << ": " << strerror(errno) << ", reopened without O_NOFOLLOW";
     }
   }
-  if (!fd) fd.reset(OpenLikeTask(self, (flags & ~O_NOFOLLOW) | O_CLOEXEC, 0));
+  if (!fd) fd = OpenLikeTask(self, (flags & ~O_NOFOLLOW) | O_CLOEXEC, 0);
   if (!fd) return ErrnoError() << "reopen memory file " << mf.shmem_id() << " for file " << fo.id();
   if (lseek(fd.get(), off_t(mf.pos()), SEEK_SET) < 0)
     return ErrnoError() << "seek memory file " << mf.shmem_id() << " to " << mf.pos();

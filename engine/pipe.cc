@@ -110,8 +110,8 @@ Result<UniqueFd> OpenPipeEnd(const img::FileObject& fo, ImageReader&, OpenFiles&
     std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
     // A FIFO opened O_RDWR stays O_RDWR.
     int mode = (end.flags() & O_ACCMODE) == O_RDWR ? O_RDWR : write_end ? O_WRONLY : O_RDONLY;
-    fd.reset(OpenLikeTask(
-        self, mode | O_NONBLOCK | O_CLOEXEC | (int(end.flags()) & kKernelOLargefile), 0));
+    fd = OpenLikeTask(self, mode | O_NONBLOCK | O_CLOEXEC | (int(end.flags()) & kKernelOLargefile),
+                      0);
   }
   if (!fd) return ErrnoError() << "file " << fo.id() << ": reopen pipe " << end.pipe_id();
   int fl = int(end.flags()) & (O_NONBLOCK | O_APPEND | O_ASYNC | O_DIRECT | O_NOATIME);

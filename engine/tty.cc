@@ -95,9 +95,10 @@ Result<UniqueFd> OpenDevTty(dev_t rdev, int flags) {
     int err = 0;
     int s = setsid() < 0 ? -1 : open(slave.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (s < 0 || ioctl(s, TIOCSCTTY, 0) < 0) err = errno;
-    int d = err ? -1 : OpenLikeTask("/dev/tty", flags | O_NOCTTY | O_CLOEXEC, 0);
-    if (!err && (d < 0 || dup3(d, slot.get(), O_CLOEXEC) < 0)) err = errno;
-    if (d >= 0) close(d);
+    UniqueFd d;
+    if (!err) d = OpenLikeTask("/dev/tty", flags | O_NOCTTY | O_CLOEXEC, 0);
+    if (!err && (!d || dup3(d.get(), slot.get(), O_CLOEXEC) < 0)) err = errno;
+    d.reset();  // the fd table is the parent's (CLONE_FILES), and _exit runs no destructor
     if (s >= 0) close(s);
     _exit(err);
   }
@@ -332,7 +333,7 @@ Result<int> PairMaster(const img::Tty& t, OpenFiles& files) {
     std::vector<UniqueFd> others;
     bool taken = false;
     for (unsigned tries = 0; tries <= p.index() && !m && !taken; ++tries) {
-      UniqueFd fd(OpenLikeTask(p.ptmx_path(), MasterFlags(p) | O_NOCTTY | O_CLOEXEC, 0));
+      UniqueFd fd = OpenLikeTask(p.ptmx_path(), MasterFlags(p) | O_NOCTTY | O_CLOEXEC, 0);
       if (!fd) return ErrnoError() << "open " << p.ptmx_path();
       unsigned n = 0;
       if (ioctl(fd.get(), TIOCGPTN, &n) < 0) return ErrnoError() << "TIOCGPTN";
@@ -485,7 +486,7 @@ Result<UniqueFd> OpenTty(const img::FileObject& fo, ImageReader&, OpenFiles& fil
   if (t.line()) {
     // The machine's own terminal, after a kexec too: /dev is another devtmpfs then, so
     // only the device number must agree. (Its termios is the device's, not the set's.)
-    UniqueFd fd(OpenLikeTask(t.path(), flags | O_NOCTTY | O_CLOEXEC, 0));
+    UniqueFd fd = OpenLikeTask(t.path(), flags | O_NOCTTY | O_CLOEXEC, 0);
     if (!fd) return ErrnoError() << "open " << t.path();
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << t.path();
@@ -496,7 +497,7 @@ Result<UniqueFd> OpenTty(const img::FileObject& fo, ImageReader&, OpenFiles& fil
     return fd;
   }
   if (!t.has_pair()) {
-    UniqueFd fd(OpenLikeTask(t.path(), flags | O_NOCTTY | O_CLOEXEC, 0));
+    UniqueFd fd = OpenLikeTask(t.path(), flags | O_NOCTTY | O_CLOEXEC, 0);
     if (!fd) return ErrnoError() << "open " << t.path();
     struct stat st;
     if (fstat(fd.get(), &st) < 0) return ErrnoError() << "stat " << t.path();
