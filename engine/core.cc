@@ -172,10 +172,13 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
   core->set_pid(pid);
   core->set_arch(uint32_t(task.arch));
   core->set_comm(task.comm);
-  auto pers = KLEAP_TRY(ReadFileToString(ProcPath(pid, "personality")));
-  core->set_personality(uint32_t(std::stoul(pers, nullptr, 16)));
+  std::string pers_path = ProcPath(pid, "personality");
+  auto pers = KLEAP_TRY(ReadFileToString(pers_path));
+  core->set_personality(uint32_t(KLEAP_TRY(ParseNumber(pers, 16, pers_path))));
   auto status = KLEAP_TRY_CTX(ReadStatus(pid), "task " << pid);
-  core->set_umask(uint32_t(std::stoul(KLEAP_TRY(status.Get("Umask")), nullptr, 8)));
+  auto umask = KLEAP_TRY(status.Get("Umask"));
+  core->set_umask(
+      uint32_t(KLEAP_TRY(ParseNumber(umask, 8, "Umask of task " + std::to_string(pid)))));
   core->set_cwd(KLEAP_TRY(ReadLink(ProcPath(pid, "cwd"))));
   core->set_root(KLEAP_TRY(ReadLink(ProcPath(pid, "root"))));
   // /proc/PID/limits, not prlimit(): reading another uid's limits needs CAP_SYS_RESOURCE.

@@ -35,6 +35,7 @@
 #include "engine/aio.h"
 #include "engine/base/fault.h"
 #include "engine/base/log.h"
+#include "engine/base/lookup.h"
 #include "engine/base/page.h"
 #include "engine/context.h"
 #include "engine/core.h"
@@ -87,7 +88,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
                            << Hex(uint64_t(uint32_t(st)));
       continue;
     }
-    auto& core = plan.cores.at(t.pid());
+    auto& core = Lookup(plan.cores, t.pid());
     if (core.threads_size() != t.tids_size())
       return Err(EINVAL) << CoreImage(t.pid()) << ": " << core.threads_size()
                          << " threads, pstree says " << t.tids_size();
@@ -123,7 +124,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
         return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << th.tid() << ": bad death signal "
                            << th.pdeath_signal();
     if (t.vm_share_with()) continue;  // its parent's address space (ValidateSharing)
-    auto& mm = plan.mms.at(t.pid());
+    auto& mm = Lookup(plan.mms, t.pid());
     if (mm.arch() > uint32_t(ArchKind::kX86))
       return Err(EINVAL) << MmImage(t.pid()) << ": unknown arch " << mm.arch();
     // Page runs: inside their mappings, in order, and exactly as many bytes as the blob
@@ -131,7 +132,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     {
       uint64_t prev = 0;
       int v = 0;
-      for (auto& r : plan.pagemaps.at(t.pid()).runs()) {
+      for (auto& r : Lookup(plan.pagemaps, t.pid()).runs()) {
         while (v < mm.vmas_size() && mm.vmas(v).end() <= r.vaddr()) ++v;
         if (r.vaddr() % 4096 || r.vaddr() < prev || r.nr_pages() == 0 || v == mm.vmas_size() ||
             r.vaddr() < mm.vmas(v).start() || r.nr_pages() > (mm.vmas(v).end() - r.vaddr()) / 4096)
@@ -193,7 +194,7 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
   KLEAP_TRY(TaskCreators(plan.pstree));
   // (PID 1 reaps every orphan: a whole system's init needs no subreaper flag.)
   for (auto& h : plan.pstree.helpers())
-    if (h.session() && h.parent() != 1 && !plan.cores.at(h.parent()).child_subreaper())
+    if (h.session() && h.parent() != 1 && !Lookup(plan.cores, h.parent()).child_subreaper())
       return Err(EINVAL) << "pstree.img: helper " << h.pid() << ": its parent " << h.parent()
                          << " is not a subreaper, so its children would not come back to it";
   KLEAP_TRY(ValidateSharing(plan));
@@ -802,8 +803,8 @@ Result<void> RestoreSession::Prepare() {
     TaskPlan t;
     t.ps = &ps;
     if (!ps.zombie()) {
-      t.core = &plan_.cores.at(ps.pid());
-      t.fds = &plan_.fdtables.at(ps.pid());
+      t.core = &Lookup(plan_.cores, ps.pid());
+      t.fds = &Lookup(plan_.fdtables, ps.pid());
       for (auto& e : t.fds->fds()) t.keep_from = std::max(t.keep_from, e.fd() + 1);
       // ValidateSharing made sure a shared table, fs or address space is the live
       // parent's, the same.
@@ -811,8 +812,8 @@ Result<void> RestoreSession::Prepare() {
       t.helper_from = t.keep_from;
       t.table_holder = t.fs_holder = me;
       if (ps.vm_share_with()) {
-        const TaskPlan& holder = tasks_[index.at(ps.ppid())];
-        if (creators.at(ps.pid()) != ps.ppid())
+        const TaskPlan& holder = tasks_[Lookup(index, ps.ppid())];
+        if (Lookup(creators, ps.pid()) != ps.ppid())
           return Err(EINVAL) << "pstree.img: task " << ps.pid() << " shares the address space of "
                              << ps.ppid() << ", which does not create it";
         t.vm_shared = true;
@@ -825,16 +826,16 @@ Result<void> RestoreSession::Prepare() {
         t.table_last = !t.files_shared;
         t.helper_end = t.helper_from;
         index[ps.pid()] = tasks_.size();
-        tasks_[index.at(ps.ppid())].children.push_back(tasks_.size());
+        tasks_[Lookup(index, ps.ppid())].children.push_back(tasks_.size());
         tasks_.push_back(std::move(t));
         continue;
       }
-      t.mm = &plan_.mms.at(ps.pid());
+      t.mm = &Lookup(plan_.mms, ps.pid());
       t.scratch = KLEAP_TRY(PickScratch(*t.mm));
       if (ps.files_share_with()) {
-        TaskPlan& holder = tasks_[tasks_[index.at(ps.ppid())].table_holder];
+        TaskPlan& holder = tasks_[tasks_[Lookup(index, ps.ppid())].table_holder];
         t.files_shared = true;
-        t.table_holder = tasks_[index.at(ps.ppid())].table_holder;
+        t.table_holder = tasks_[Lookup(index, ps.ppid())].table_holder;
         t.table_prev = holder.table_members.empty() ? t.table_holder : holder.table_members.back();
         tasks_[t.table_prev].table_last = false;
         t.helper_from = tasks_[t.table_prev].helper_end;
@@ -842,18 +843,18 @@ Result<void> RestoreSession::Prepare() {
       }
       if (ps.fs_share_with()) {
         t.fs_shared = true;
-        t.fs_holder = tasks_[index.at(ps.ppid())].fs_holder;
+        t.fs_holder = tasks_[Lookup(index, ps.ppid())].fs_holder;
         tasks_[t.fs_holder].fs_members.push_back(me);
       }
       AssignHelperFds(t);
     }
     index[ps.pid()] = tasks_.size();
-    pid_t creator = creators.at(ps.pid());
+    pid_t creator = Lookup(creators, ps.pid());
     if (auto h = helper_index.find(creator); creator && h != helper_index.end()) {
       leaders_[h->second].children.push_back(tasks_.size());
       t.by_helper = true;
     } else if (creator) {
-      tasks_[index.at(creator)].children.push_back(tasks_.size());
+      tasks_[Lookup(index, creator)].children.push_back(tasks_.size());
     }
     tasks_.push_back(std::move(t));
   }
@@ -870,11 +871,11 @@ Result<void> RestoreSession::Prepare() {
       return !later(a) && later(b);
     });
   for (auto& h : plan_.pstree.helpers()) {
-    size_t me = helper_index.at(h.pid());
+    size_t me = Lookup(helper_index, h.pid());
     if (auto p = helper_index.find(h.parent()); p != helper_index.end())
       leaders_[p->second].helpers.push_back(me);
     else
-      tasks_[index.at(h.parent())].leader_helpers.push_back(me);
+      tasks_[Lookup(index, h.parent())].leader_helpers.push_back(me);
   }
   // Helper fds and staging sit above every target fd; make sure we may open them.
   rlimit nofile;
@@ -1015,13 +1016,13 @@ Result<void> RestoreSession::SeizeAll() {
 
 Result<void> RestoreSession::RebuildMm(TaskPlan& t, uint64_t data) {
   pid_t pid = t.ps->pid();
-  RemoteSyscalls& leader = *threads_.at(pid);
+  RemoteSyscalls& leader = *Lookup(threads_, pid);
   MmRestore mr;
   mr.pid = pid;
   mr.rs = &leader;
   mr.scratch = t.scratch;
   mr.mm = t.mm;
-  mr.pagemap = &plan_.pagemaps.at(pid);
+  mr.pagemap = &Lookup(plan_.pagemaps, pid);
   mr.images = &images_;
   mr.helpers = &t.helpers;
   mr.force_vdso_proxy = opts_.force_vdso_proxy;
@@ -1037,7 +1038,7 @@ Result<void> RestoreSession::RebuildMm(TaskPlan& t, uint64_t data) {
 // fds, fs and personality).
 Result<void> RestoreSession::SetUpVmMember(TaskPlan& t, uint64_t data) {
   pid_t pid = t.ps->pid();
-  RemoteSyscalls& rs = *threads_.at(pid);
+  RemoteSyscalls& rs = *Lookup(threads_, pid);
   constexpr ArchKind k64 = ArchKind::kX86_64;
   if (!t.files_shared) {
     auto inject = [&](long nr, long a1, long a2, long a3) -> long {
@@ -1069,7 +1070,7 @@ Result<void> RestoreSession::SetUpVmMember(TaskPlan& t, uint64_t data) {
 Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   if (t.ps->zombie()) return Ok();
   pid_t pid = t.ps->pid();
-  RemoteSyscalls& leader = *threads_.at(pid);
+  RemoteSyscalls& leader = *Lookup(threads_, pid);
   constexpr ArchKind k64 = ArchKind::kX86_64;
   const uint64_t data = t.scratch + kScratchData;
   // The first syscalls run from the restorer's own code, still mapped at the same place.
@@ -1079,8 +1080,8 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
     KLEAP_TRY(UnregisterRseq(leader, pid));
   }
   for (int tid : t.ps->tids()) {
-    threads_.at(tid)->SetGadget(k64, RemotePtr(t.scratch + kScratchGadget64));
-    threads_.at(tid)->SetGadget(ArchKind::kX86, RemotePtr(t.scratch + kScratchGadget32));
+    Lookup(threads_, tid)->SetGadget(k64, RemotePtr(t.scratch + kScratchGadget64));
+    Lookup(threads_, tid)->SetGadget(ArchKind::kX86, RemotePtr(t.scratch + kScratchGadget32));
   }
   if (t.vm_shared)
     KLEAP_TRY(SetUpVmMember(t, data));
@@ -1093,7 +1094,7 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG, 0),
                 "task " << pid << ": clear the death signal");
   for (auto& th : t.core->threads()) {
-    RemoteSyscalls& rs = *threads_.at(th.tid());
+    RemoteSyscalls& rs = *Lookup(threads_, th.tid());
     KLEAP_TRY(RestoreThreadCore(rs, pid, data, th));
     KLEAP_TRY(RestoreAltStack(rs, th.tid(), data, th));
     KLEAP_TRY(RestorePending(rs, pid, th.tid(), data, th.pending(), false));
@@ -1118,10 +1119,10 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   for (auto& th : t.core->threads()) {
     if (th.seccomp_size() == 0) continue;
     KLEAP_TRY_CTX(SuspendSeccomp(th.tid(), /*exit_kill=*/true), "task " << pid);
-    KLEAP_TRY(RestoreSeccomp(*threads_.at(th.tid()), pid, th));
+    KLEAP_TRY(RestoreSeccomp(*Lookup(threads_, th.tid()), pid, th));
   }
   for (auto& th : t.core->threads())
-    KLEAP_TRY(RestoreCreds(*threads_.at(th.tid()), th.tid(), data, t.core->creds()));
+    KLEAP_TRY(RestoreCreds(*Lookup(threads_, th.tid()), th.tid(), data, t.core->creds()));
   // Credentials changes reset dumpable; the task's own comes back after them. (2, the
   // suid_dumpable mode, can't be set by prctl: the uid change gave it already.)
   if (t.core->dumpable() <= 1)
@@ -1132,9 +1133,10 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   if (&t != &tasks_[0])
     for (auto& th : t.core->threads())
       if (th.pdeath_signal())
-        KLEAP_TRY_CTX(threads_.at(th.tid())->Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG,
-                                                  uint64_t(th.pdeath_signal())),
-                      "thread " << th.tid() << ": set death signal " << th.pdeath_signal());
+        KLEAP_TRY_CTX(
+            Lookup(threads_, th.tid())
+                ->Call(k64, X64Arch::kPrctl, PR_SET_PDEATHSIG, uint64_t(th.pdeath_signal())),
+            "thread " << th.tid() << ": set death signal " << th.pdeath_signal());
   // as_init: PID 1 keeps its scratch page until every task is rebuilt, for an exec to
   // fall back to (ExecFallbackInInit); Run finishes it last.
   if (opts_.as_init && pid == 1) return Ok();
@@ -1147,16 +1149,16 @@ Result<void> RestoreSession::FinishTask(TaskPlan& t) {
   pid_t pid = t.ps->pid();
   if (t.unmap_scratch)
     KLEAP_TRY_CTX(
-        threads_.at(pid)->Call(ArchKind::kX86_64, X64Arch::kMunmap, t.scratch, kScratchSize),
+        Lookup(threads_, pid)->Call(ArchKind::kX86_64, X64Arch::kMunmap, t.scratch, kScratchSize),
         "task " << pid << ": unmap the scratch page");
-  for (auto& th : t.core->threads()) KLEAP_TRY(SetFinalRegisters(*threads_.at(th.tid()), th));
+  for (auto& th : t.core->threads()) KLEAP_TRY(SetFinalRegisters(*Lookup(threads_, th.tid()), th));
   return Ok();
 }
 
 // PID 1's memory is the old init's already: it can't go back to kleap's code, so it
 // execs the fallback init, from the scratch page (still mapped: it goes last).
 void RestoreSession::ExecFallbackInInit() {
-  RemoteSyscalls& rs = *threads_.at(1);
+  RemoteSyscalls& rs = *Lookup(threads_, 1);
   const std::string& path = opts_.fallback_init;
   uint64_t data = tasks_[0].scratch + kScratchData, str = data + 16;
   uint64_t argv[2] = {str, 0};

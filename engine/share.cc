@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <set>
 
+#include "engine/base/lookup.h"
 #include "engine/base/proc.h"
 
 namespace kleap {
@@ -113,7 +114,7 @@ SharingReport FindSharing(const std::vector<TaskInfo>& tasks) {
       if (outside) {
         auto st = ReadStat(t.pid);
         parent = st ? st->ppid : 0;
-      } else if (tasks[order.at(parent)].zombie) {
+      } else if (tasks[Lookup(order, parent)].zombie) {
         parent = 0;
       }
       if (parent <= 0 || Kcmp(t.pid, parent, k->type) != 0) {
@@ -130,7 +131,7 @@ SharingReport FindSharing(const std::vector<TaskInfo>& tasks) {
       } else if (k == &kVmKind) {
         // A vfork child: its parent's wait is the problem already named.
         if (in_vfork.count(parent)) continue;
-        std::string why = VmMemberProblem(t, tasks[order.at(parent)], tasks);
+        std::string why = VmMemberProblem(t, tasks[Lookup(order, parent)], tasks);
         if (why.empty())
           rep.by_pid[t.pid].vm_with = parent;
         else
@@ -154,9 +155,9 @@ SharingReport FindSharing(const std::vector<TaskInfo>& tasks) {
         // from its parent.
         std::vector<pid_t> group(heads.begin() + long(i), heads.begin() + long(j));
         std::sort(group.begin(), group.end(),
-                  [&](pid_t a, pid_t b) { return order.at(a) < order.at(b); });
+                  [&](pid_t a, pid_t b) { return Lookup(order, a) < Lookup(order, b); });
         for (size_t g = 1; g < group.size(); ++g) {
-          const TaskInfo& t = tasks[order.at(group[g])];
+          const TaskInfo& t = tasks[Lookup(order, group[g])];
           rep.problems.push_back(
               {t.pid, "task", std::string(k->noun) + " shared with pid " + std::to_string(group[0]),
                "the task shares its " + std::string(k->noun) + " (clone " + k->flag +
@@ -205,8 +206,8 @@ Result<void> ValidateSharing(const RestorePlan& plan) {
                            << ", which is not its live parent";
     }
     if (t.files_share_with()) {
-      auto& a = plan.fdtables.at(t.pid()).fds();
-      auto& b = plan.fdtables.at(t.ppid()).fds();
+      auto& a = Lookup(plan.fdtables, t.pid()).fds();
+      auto& b = Lookup(plan.fdtables, t.ppid()).fds();
       bool same = a.size() == b.size();
       for (int i = 0; same && i < a.size(); ++i)
         same = a[i].fd() == b[i].fd() && a[i].file_id() == b[i].file_id() &&
@@ -216,8 +217,8 @@ Result<void> ValidateSharing(const RestorePlan& plan) {
                            << "but its fds differ from " << FdTableImage(t.ppid());
     }
     if (t.fs_share_with()) {
-      auto& a = plan.cores.at(t.pid());
-      auto& b = plan.cores.at(t.ppid());
+      auto& a = Lookup(plan.cores, t.pid());
+      auto& b = Lookup(plan.cores, t.ppid());
       if (a.cwd() != b.cwd() || a.root() != b.root() || a.umask() != b.umask())
         return Err(EINVAL) << CoreImage(t.pid()) << ": the task shares its parent's cwd, root and "
                            << "umask, but they differ from " << CoreImage(t.ppid());

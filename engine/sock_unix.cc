@@ -30,6 +30,7 @@
 #include <set>
 
 #include "engine/base/log.h"
+#include "engine/base/lookup.h"
 #include "engine/sock.h"
 #include "engine/sock_unix.h"
 
@@ -758,7 +759,7 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
     if (l.s->state() != kListening) continue;
     Addr to = MakeAddr(l.s->name());
     for (uint32_t c : l.s->icons()) {
-      Sock& k = socks_[by_ino_.at(c)];
+      Sock& k = socks_[Lookup(by_ino_, c)];
       if (k.fd) return Err(EINVAL) << "files.img: " << What(k) << " waits in two places";
       k.fd = KLEAP_TRY(NewSocket(k.s->type()));
       k.peer = -1;

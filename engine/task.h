@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/base/arch.h"
+#include "engine/base/lookup.h"
 #include "engine/base/proc.h"
 #include "engine/base/result.h"
 #include "engine/engine.h"
@@ -42,7 +43,7 @@ class SeizedTree {
 
   std::vector<TaskInfo>& tasks() { return tasks_; }
   // Per-thread injection contexts, created at seize time.
-  RemoteSyscalls& Thread(pid_t tid) { return *threads_.at(tid); }
+  RemoteSyscalls& Thread(pid_t tid) { return *Lookup(threads_, tid); }
   // Kills every task (SIGKILL while seized) and forgets them.
   void KillAll();
   // Resumes every task; registers are put back by the RemoteSyscalls destructors.

@@ -257,6 +257,13 @@ Result<int64_t> ProcStatus::GetInt(const std::string& key) const {
   return v;
 }
 
+Result<uint64_t> ParseNumber(std::string_view text, int base, std::string_view what) {
+  uint64_t v;
+  if (!ParseNum(Trim(text), &v, base))
+    return Err(EINVAL) << what << ": not a base-" << base << " number: '" << text << "'";
+  return v;
+}
+
 Result<uint64_t> ProcStatus::GetHex(const std::string& key) const {
   auto s = KLEAP_TRY(Get(key));
   uint64_t v;

@@ -20,6 +20,9 @@ Result<std::string> ReadLink(const std::string& path);
 Result<void> WriteStringToFile(const std::string& path, std::string_view data);
 std::vector<std::string> SplitString(std::string_view s, char sep);
 std::string_view Trim(std::string_view s);
+// A whole number in `base`, spaces around it allowed (a /proc file's trailing newline);
+// the error names `what`.
+Result<uint64_t> ParseNumber(std::string_view text, int base, std::string_view what);
 std::string ProcPath(pid_t pid, std::string_view rest);
 // /proc/PID/map_files/START-END (PID 0: /proc/self/...): the file a mapping maps.
 std::string MapFilesPath(pid_t pid, uint64_t start, uint64_t end);

@@ -18,6 +18,7 @@
 #include <set>
 
 #include "engine/base/log.h"
+#include "engine/base/lookup.h"
 #include "engine/base/unique_fd.h"
 #include "engine/net/netconf_impl.h"
 
@@ -370,7 +371,7 @@ Result<void> CreateLink(RestoreCtx& ctx, const img::Link& l, bool keep_ifindex) 
     }
     req.End(data);
   } else if (l.kind() == "veth") {
-    const img::Link& peer = *ctx.links.at(l.veth().peer_ifindex());
+    const img::Link& peer = *Lookup(ctx.links, l.veth().peer_ifindex());
     nlattr* data = req.Begin(IFLA_INFO_DATA);
     nlattr* p = req.Begin(VETH_INFO_PEER);
     ifinfomsg pi{};
@@ -550,7 +551,7 @@ Result<void> ApplyLinks(RestoreCtx& ctx) {
       made.insert(l.ifindex());
       if (l.kind() == "veth") {
         made.insert(l.veth().peer_ifindex());
-        names.push_back(ctx.links.at(l.veth().peer_ifindex())->name());
+        names.push_back(Lookup(ctx.links, l.veth().peer_ifindex())->name());
       }
       ctx.undo.Add("create link " + l.name(),
                    [&ctx, name = l.name()]() { return DeleteLinkByName(ctx.nl, name); });
@@ -572,8 +573,8 @@ Result<void> ApplyLinks(RestoreCtx& ctx) {
   // Ports join their bridges, then the port options.
   for (auto& l : ctx.image.links()) {
     if (!l.master()) continue;
-    int ifindex = ctx.ifmap.at(l.ifindex());
-    KLEAP_TRY(SetMaster(ctx, l.name(), ifindex, ctx.ifmap.at(l.master())));
+    int ifindex = Lookup(ctx.ifmap, l.ifindex());
+    KLEAP_TRY(SetMaster(ctx, l.name(), ifindex, Lookup(ctx.ifmap, l.master())));
     if (IsAdopted(l))
       ctx.undo.Add("attach " + l.name(),
                    [&ctx, name = l.name(), ifindex]() { return SetMaster(ctx, name, ifindex, 0); });

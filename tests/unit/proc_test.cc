@@ -99,6 +99,22 @@ TEST(ProcHelpers, Trim) {
   EXPECT_EQ(Trim("x"), "x");
 }
 
+TEST(ProcHelpers, ParseNumber) {
+  auto pers = ParseNumber("00400000\n", 16, "/proc/1/personality");
+  ASSERT_TRUE(pers.has_value()) << pers.error().ToString();
+  EXPECT_EQ(*pers, 0x400000u);
+  auto umask = ParseNumber("0022", 8, "Umask");
+  ASSERT_TRUE(umask.has_value());
+  EXPECT_EQ(*umask, 022u);
+  // What std::stoul threw on, or read half of, is an error that names the field.
+  for (const char* bad : {"", "\n", "zz", "12xy", "-1", "99999999999999999999"}) {
+    auto r = ParseNumber(bad, 16, "/proc/7/personality");
+    ASSERT_FALSE(r.has_value()) << bad;
+    EXPECT_NE(r.error().message().find("/proc/7/personality"), std::string::npos);
+  }
+  EXPECT_FALSE(ParseNumber("8", 8, "Umask").has_value());
+}
+
 TEST(ProcHelpers, ProcPath) {
   EXPECT_EQ(ProcPath(12, "maps"), "/proc/12/maps");
   EXPECT_EQ(ProcPath(1, "task/3/stat"), "/proc/1/task/3/stat");
