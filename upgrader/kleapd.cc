@@ -31,6 +31,7 @@
 #include "upgrader/job.h"
 #include "upgrader/journal.h"
 #include "upgrader/polkit.h"
+#include "upgrader/sd_ptr.h"
 
 namespace kleap::upgrader {
 namespace {
@@ -50,18 +51,20 @@ struct Context;
 struct JobSlot {
   Context* ctx = nullptr;
   std::unique_ptr<Job> job;
-  sd_bus_slot* slot = nullptr;
+  SdSlot slot;
   JobState shown;  // what the bus has been told
   bool completed = false;
-  ~JobSlot() { sd_bus_slot_unref(slot); }
 };
 
+// The daemon's state. Members go in reverse order: the jobs (their workers joined, their
+// slots dropped) before the bus is flushed and closed, the bus before the event sources
+// and the loop, and the job eventfd last.
 struct Context {
-  sd_event* event = nullptr;
-  sd_bus* bus = nullptr;
-  sd_event_source* idle_timer = nullptr;
-  sd_event_source* wake_source = nullptr;
   UniqueFd wake;
+  SdEvent event;
+  SdEventSource idle_timer;
+  SdEventSource wake_source;
+  SdBus bus;
   std::string memstore = memstore::kDefaultStore;
   std::string entry = kDefaultEntry;
   std::string running_kernel;
@@ -88,11 +91,11 @@ int Fail(sd_bus_error* err, const Error& e) {
 
 // Re-arms the idle exit: the service is bus-activated and goes away when unused.
 void TouchIdle(Context* c) {
-  if (!c->idle_timer) return;
+  if (!c->idle_timer.get()) return;
   uint64_t now;
-  sd_event_now(c->event, CLOCK_MONOTONIC, &now);
-  sd_event_source_set_time(c->idle_timer, now + kIdleExitUsec);
-  sd_event_source_set_enabled(c->idle_timer, SD_EVENT_ONESHOT);
+  sd_event_now(c->event.get(), CLOCK_MONOTONIC, &now);
+  sd_event_source_set_time(c->idle_timer.get(), now + kIdleExitUsec);
+  sd_event_source_set_enabled(c->idle_timer.get(), SD_EVENT_ONESHOT);
 }
 
 // Reads an a{sv} of options; `each(key)` reads the value of a key it knows and
@@ -153,35 +156,32 @@ int MethodCheck(sd_bus_message* m, void* userdata, sd_bus_error* err) {
   auto rep = CheckTree(pid_t(tree), /*leave_out=*/0);  // kleapd is carried too
   if (!rep) return Fail(err, rep.error());
 
-  sd_bus_message* reply = nullptr;
-  if ((r = sd_bus_message_new_method_return(m, &reply)) < 0) return r;
-  auto done = [&](int rr) {
-    sd_bus_message_unref(reply);
-    return rr;
-  };
-  if ((r = sd_bus_message_open_container(reply, 'a', "{sv}")) < 0) return done(r);
+  SdMessage holder;
+  if ((r = sd_bus_message_new_method_return(m, holder.put())) < 0) return r;
+  sd_bus_message* reply = holder.get();
+  if ((r = sd_bus_message_open_container(reply, 'a', "{sv}")) < 0) return r;
   bool kernel_ok = !kernel.empty() && access(kernel.c_str(), R_OK) == 0;
   r = sd_bus_message_append(reply, "{sv}{sv}{sv}{sv}{sv}{sv}", "dumpable", "b",
                             int(rep->problems.empty()), "tasks", "u", uint32_t(rep->pids.size()),
                             "threads", "u", uint32_t(rep->threads), "target-kernel", "s",
                             kernel.c_str(), "target-kernel-found", "b", int(kernel_ok),
                             "upgradable", "b", int(rep->problems.empty() && kernel_ok));
-  if (r < 0) return done(r);
+  if (r < 0) return r;
   if ((r = sd_bus_message_open_container(reply, 'e', "sv")) < 0 ||
       (r = sd_bus_message_append(reply, "s", "problems")) < 0 ||
       (r = sd_bus_message_open_container(reply, 'v', "a(isss)")) < 0 ||
       (r = sd_bus_message_open_container(reply, 'a', "(isss)")) < 0)
-    return done(r);
+    return r;
   for (auto& p : rep->problems)
     if ((r = sd_bus_message_append(reply, "(isss)", int32_t(p.pid), p.object.c_str(),
                                    p.what.c_str(), p.reason.c_str())) < 0)
-      return done(r);
+      return r;
   if ((r = sd_bus_message_close_container(reply)) < 0 ||
       (r = sd_bus_message_close_container(reply)) < 0 ||
       (r = sd_bus_message_close_container(reply)) < 0 ||
       (r = sd_bus_message_close_container(reply)) < 0)
-    return done(r);
-  return done(sd_bus_send(nullptr, reply, nullptr));
+    return r;
+  return sd_bus_send(nullptr, reply, nullptr);
 }
 
 // ---------------------------------------------------------------------------
@@ -224,8 +224,10 @@ int JobProperty(sd_bus*, const char*, const char*, const char* property, sd_bus_
 int MethodCancel(sd_bus_message* m, void* userdata, sd_bus_error* err) {
   auto* s = static_cast<JobSlot*>(userdata);
   TouchIdle(s->ctx);
-  sd_bus_message_ref(m);
-  int r = Authorize(m, kActionUpgrade, false, [m, s](bool allowed, const sd_bus_error* e) {
+  // The call is answered once polkit has: hold it until then.
+  auto held = std::make_shared<SdMessage>(RefMessage(m));
+  int r = Authorize(m, kActionUpgrade, false, [held, s](bool allowed, const sd_bus_error* e) {
+    sd_bus_message* m = held->get();
     if (!allowed) {
       sd_bus_reply_method_error(m, e);
     } else {
@@ -242,12 +244,9 @@ int MethodCancel(sd_bus_message* m, void* userdata, sd_bus_error* err) {
                                    PhaseName(st.phase));
       }
     }
-    sd_bus_message_unref(m);
   });
-  if (r < 0) {
-    sd_bus_message_unref(m);
+  if (r < 0)
     return sd_bus_error_set_errnof(err, -r, "Cannot authorize the caller: %s", strerror(-r));
-  }
   return 1;
 }
 
@@ -265,8 +264,8 @@ const sd_bus_vtable kJobVtable[] = {
     SD_BUS_VTABLE_END};
 
 void EmitManagerChanged(Context* c) {
-  sd_bus_emit_properties_changed(c->bus, kObjectPath, kManagerInterface, "State", "CurrentJob",
-                                 "LastUpgrade", nullptr);
+  sd_bus_emit_properties_changed(c->bus.get(), kObjectPath, kManagerInterface, "State",
+                                 "CurrentJob", "LastUpgrade", nullptr);
 }
 
 // Tells the bus what the workers did since the last wake-up.
@@ -276,7 +275,7 @@ void PublishJobs(Context* c) {
     for (JobState& st : s->job->TakeChanges()) {
       bool phase_changed = st.phase != s->shown.phase;
       s->shown = st;
-      sd_bus_emit_properties_changed(c->bus, s->job->path().c_str(), kJobInterface, "Phase",
+      sd_bus_emit_properties_changed(c->bus.get(), s->job->path().c_str(), kJobInterface, "Phase",
                                      "Progress", "Cancelable", nullptr);
       if (phase_changed && !st.finished)
         LogJob(LOG_INFO, id, PhaseName(st.phase), nullptr,
@@ -290,13 +289,12 @@ void PublishJobs(Context* c) {
              (rep.success ? "succeeded: "
                           : "failed in phase " + std::string(PhaseName(rep.failed_in)) + ": ") +
                  rep.message);
-      sd_bus_message* sig = nullptr;
-      int r = sd_bus_message_new_signal(c->bus, &sig, s->job->path().c_str(), kJobInterface,
-                                        "Completed");
-      if (r >= 0) r = sd_bus_message_append(sig, "bs", int(rep.success), rep.message.c_str());
-      if (r >= 0) r = AppendReport(sig, rep, s->job->path());
-      if (r >= 0) r = sd_bus_send(c->bus, sig, nullptr);
-      sd_bus_message_unref(sig);
+      SdMessage sig;
+      int r = sd_bus_message_new_signal(c->bus.get(), sig.put(), s->job->path().c_str(),
+                                        kJobInterface, "Completed");
+      if (r >= 0) r = sd_bus_message_append(sig.get(), "bs", int(rep.success), rep.message.c_str());
+      if (r >= 0) r = AppendReport(sig.get(), rep, s->job->path());
+      if (r >= 0) r = sd_bus_send(c->bus.get(), sig.get(), nullptr);
       if (r < 0) KLOG(kWarning) << "job " << id << ": cannot send Completed: " << strerror(-r);
       c->last = rep;
       c->last_path = s->job->path();
@@ -310,7 +308,7 @@ void PublishJobs(Context* c) {
   // Forget the oldest finished jobs beyond kKeptJobs.
   while (c->jobs.size() > kKeptJobs && c->jobs.begin()->second->completed)
     c->jobs.erase(c->jobs.begin());
-  if (c->exiting && !c->current) sd_event_exit(c->event, 0);
+  if (c->exiting && !c->current) sd_event_exit(c->event.get(), 0);
 }
 
 int OnWake(sd_event_source*, int fd, uint32_t, void* userdata) {
@@ -342,8 +340,8 @@ void StartJob(Context* c, sd_bus_message* m, UpgradeArgs a) {
   auto s = std::make_unique<JobSlot>();
   s->ctx = c;
   s->job = std::make_unique<Job>(id, a.req, c->wake.get());
-  int r = sd_bus_add_object_vtable(c->bus, &s->slot, s->job->path().c_str(), kJobInterface,
-                                   kJobVtable, s.get());
+  int r = sd_bus_add_object_vtable(c->bus.get(), s->slot.put(), s->job->path().c_str(),
+                                   kJobInterface, kJobVtable, s.get());
   if (r < 0) {
     sd_bus_reply_method_errorf(m, kErrFailed, "Cannot publish job %u: %s", id, strerror(-r));
     return;
@@ -418,20 +416,17 @@ int MethodUpgrade(sd_bus_message* m, void* userdata, sd_bus_error* err) {
   if (kill(a.req.tree, 0) < 0 && errno == ESRCH)
     return sd_bus_error_setf(err, kErrTaskGone, "No process %u to carry", tree);
 
-  sd_bus_message_ref(m);
+  auto held = std::make_shared<SdMessage>(RefMessage(m));
   bool interactive = a.interactive;
   r = Authorize(m, kActionUpgrade, interactive,
-                [c, m, a = std::move(a)](bool allowed, const sd_bus_error* e) {
+                [c, held, a = std::move(a)](bool allowed, const sd_bus_error* e) {
                   if (allowed)
-                    StartJob(c, m, a);
+                    StartJob(c, held->get(), a);
                   else
-                    sd_bus_reply_method_error(m, e);
-                  sd_bus_message_unref(m);
+                    sd_bus_reply_method_error(held->get(), e);
                 });
-  if (r < 0) {
-    sd_bus_message_unref(m);
+  if (r < 0)
     return sd_bus_error_set_errnof(err, -r, "Cannot authorize the caller: %s", strerror(-r));
-  }
   return 1;
 }
 
@@ -481,7 +476,7 @@ int OnIdle(sd_event_source*, uint64_t, void* userdata) {
     return 0;
   }
   KLOG(kInfo) << "idle for " << kIdleExitUsec / 1000000 << " s, exiting";
-  return sd_event_exit(c->event, 0);
+  return sd_event_exit(c->event.get(), 0);
 }
 
 // SIGTERM/SIGINT: exit now when idle; otherwise cancel the job and exit once it ends
@@ -489,7 +484,7 @@ int OnIdle(sd_event_source*, uint64_t, void* userdata) {
 int OnSignal(sd_event_source*, const signalfd_siginfo* si, void* userdata) {
   auto* c = static_cast<Context*>(userdata);
   c->exiting = true;
-  if (!c->current) return sd_event_exit(c->event, 0);
+  if (!c->current) return sd_event_exit(c->event.get(), 0);
   KLOG(kInfo) << "signal " << si->ssi_signo << ": canceling job " << c->current->job->id()
               << " before exiting";
   c->current->job->Cancel(0);
@@ -509,44 +504,43 @@ int Run(const Options& o) {
   utsname u;
   uname(&u);
   c.running_kernel = u.release;
-  int r = sd_event_default(&c.event);
+  int r = sd_event_default(c.event.put());
   if (r < 0) return Fatal("sd_event", r);
   sigset_t ss;
   sigemptyset(&ss);
   sigaddset(&ss, SIGTERM);
   sigaddset(&ss, SIGINT);
   sigprocmask(SIG_BLOCK, &ss, nullptr);
-  sd_event_add_signal(c.event, nullptr, SIGTERM, OnSignal, &c);
-  sd_event_add_signal(c.event, nullptr, SIGINT, OnSignal, &c);
+  sd_event_add_signal(c.event.get(), nullptr, SIGTERM, OnSignal, &c);
+  sd_event_add_signal(c.event.get(), nullptr, SIGINT, OnSignal, &c);
   c.wake.reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!c.wake) return Fatal("eventfd", -errno);
-  if ((r = sd_event_add_io(c.event, &c.wake_source, c.wake.get(), EPOLLIN, OnWake, &c)) < 0)
+  if ((r = sd_event_add_io(c.event.get(), c.wake_source.put(), c.wake.get(), EPOLLIN, OnWake, &c)) <
+      0)
     return Fatal("watch the job eventfd", r);
-  r = o.user_bus ? sd_bus_open_user(&c.bus) : sd_bus_open_system(&c.bus);
+  r = o.user_bus ? sd_bus_open_user(c.bus.put()) : sd_bus_open_system(c.bus.put());
   if (r < 0)
     return Fatal(std::string("connect to the ") + (o.user_bus ? "session" : "system") + " bus", r);
-  if ((r = sd_bus_add_object_vtable(c.bus, nullptr, kObjectPath, kManagerInterface, kManagerVtable,
-                                    &c)) < 0)
+  if ((r = sd_bus_add_object_vtable(c.bus.get(), nullptr, kObjectPath, kManagerInterface,
+                                    kManagerVtable, &c)) < 0)
     return Fatal(std::string("register ") + kObjectPath, r);
-  if ((r = sd_bus_request_name(c.bus, kBusName, 0)) < 0)
+  if ((r = sd_bus_request_name(c.bus.get(), kBusName, 0)) < 0)
     return Fatal(std::string("take the name ") + kBusName, r);
-  if ((r = sd_bus_attach_event(c.bus, c.event, 0)) < 0) return Fatal("attach the bus", r);
-  sd_event_set_watchdog(c.event, 1);
+  if ((r = sd_bus_attach_event(c.bus.get(), c.event.get(), 0)) < 0)
+    return Fatal("attach the bus", r);
+  sd_event_set_watchdog(c.event.get(), 1);
   if (o.exit_on_idle) {
     uint64_t now;
-    sd_event_now(c.event, CLOCK_MONOTONIC, &now);
-    sd_event_add_time(c.event, &c.idle_timer, CLOCK_MONOTONIC, now + kIdleExitUsec, 0, OnIdle, &c);
+    sd_event_now(c.event.get(), CLOCK_MONOTONIC, &now);
+    sd_event_add_time(c.event.get(), c.idle_timer.put(), CLOCK_MONOTONIC, now + kIdleExitUsec, 0,
+                      OnIdle, &c);
   }
   sd_notify(0, "READY=1\nSTATUS=Idle");
   KLOG(kInfo) << "serving " << kBusName << " on the " << (o.user_bus ? "session" : "system")
               << " bus; memstore " << c.memstore << ", entry " << c.entry;
-  r = sd_event_loop(c.event);
+  r = sd_event_loop(c.event.get());
   sd_notify(0, "STOPPING=1");
-  c.jobs.clear();  // joins any worker (none runs past a cancel)
-  sd_bus_flush_close_unref(c.bus);
-  sd_event_source_unref(c.idle_timer);
-  sd_event_source_unref(c.wake_source);
-  sd_event_unref(c.event);
+  c.jobs.clear();  // joins any worker (none runs past a cancel); the rest goes with c
   return r < 0 ? 1 : 0;
 }
 

@@ -5,6 +5,8 @@
 #include <memory>
 #include <string>
 
+#include "upgrader/sd_ptr.h"
+
 namespace kleap::upgrader {
 namespace {
 
@@ -20,10 +22,9 @@ struct Pending {
 };
 
 void Deny(Pending& p, const char* name, const std::string& msg) {
-  sd_bus_error e = SD_BUS_ERROR_NULL;
-  sd_bus_error_set(&e, name, msg.c_str());
-  p.done(false, &e);
-  sd_bus_error_free(&e);
+  SdError e;
+  sd_bus_error_set(e.get(), name, msg.c_str());
+  p.done(false, e.get());
 }
 
 int OnReply(sd_bus_message* reply, void* userdata, sd_bus_error*) {
@@ -60,12 +61,10 @@ int OnReply(sd_bus_message* reply, void* userdata, sd_bus_error*) {
 }  // namespace
 
 int SenderUid(sd_bus_message* call, uid_t* uid) {
-  sd_bus_creds* creds = nullptr;
-  int r = sd_bus_query_sender_creds(call, SD_BUS_CREDS_EUID | SD_BUS_CREDS_AUGMENT, &creds);
+  SdCreds creds;
+  int r = sd_bus_query_sender_creds(call, SD_BUS_CREDS_EUID | SD_BUS_CREDS_AUGMENT, creds.put());
   if (r < 0) return r;
-  r = sd_bus_creds_get_euid(creds, uid);
-  sd_bus_creds_unref(creds);
-  return r;
+  return sd_bus_creds_get_euid(creds.get(), uid);
 }
 
 int Authorize(sd_bus_message* call, const char* action, bool interactive, AuthorizeDone done) {
@@ -79,9 +78,10 @@ int Authorize(sd_bus_message* call, const char* action, bool interactive, Author
   const char* sender = sd_bus_message_get_sender(call);
   if (!sender) return -EBADMSG;
   sd_bus* bus = sd_bus_message_get_bus(call);
-  sd_bus_message* q = nullptr;
-  r = sd_bus_message_new_method_call(bus, &q, kPolkitName, kPolkitPath, kPolkitInterface,
+  SdMessage query;
+  r = sd_bus_message_new_method_call(bus, query.put(), kPolkitName, kPolkitPath, kPolkitInterface,
                                      "CheckAuthorization");
+  sd_bus_message* q = query.get();
   // subject (sa{sv}): the caller's bus name; details a{ss}; flags u; cancellation id s.
   if (r >= 0)
     r = sd_bus_message_append(
@@ -90,15 +90,11 @@ int Authorize(sd_bus_message* call, const char* action, bool interactive, Author
             ? kAllowUserInteraction
             : 0u,
         "");
-  if (r < 0) {
-    sd_bus_message_unref(q);
-    return r;
-  }
-  auto* p = new Pending{action, uid, std::move(done)};
-  // Authenticating can take as long as the admin types: no short timeout.
-  r = sd_bus_call_async(bus, nullptr, q, OnReply, p, 30ull * 60 * 1000000);
-  sd_bus_message_unref(q);
-  if (r < 0) delete p;
+  if (r < 0) return r;
+  auto p = std::make_unique<Pending>(Pending{action, uid, std::move(done)});
+  // Authenticating can take as long as the admin types: no short timeout. OnReply owns p.
+  r = sd_bus_call_async(bus, nullptr, q, OnReply, p.get(), 30ull * 60 * 1000000);
+  if (r >= 0) (void)p.release();
   return r;
 }
 

@@ -11,10 +11,15 @@
 #include <vector>
 
 #include "engine/base/json.h"
+#include "upgrader/sd_ptr.h"
 
 namespace {
 
 using kleap::JsonString;
+using kleap::SdBus;
+using kleap::SdError;
+using kleap::SdMessage;
+using kleap::SdSlot;
 
 constexpr int kExitDone = 0, kExitFailed = 1, kExitNothing = 2, kExitNotPermitted = 77;
 constexpr char kBusName[] = "org.kleap.Upgrader1";
@@ -162,32 +167,23 @@ int Status(sd_bus* bus, const Args& a) {
                          "CurrentJob"};
   std::vector<std::string> values;
   for (const char* n : names) {
-    sd_bus_error e = SD_BUS_ERROR_NULL;
-    sd_bus_message* reply = nullptr;
-    int r = sd_bus_get_property(bus, kBusName, kPath, kManager, n, &e, &reply,
+    SdError e;
+    SdMessage reply;
+    int r = sd_bus_get_property(bus, kBusName, kPath, kManager, n, e.get(), reply.put(),
                                 !strcmp(n, "CurrentJob") ? "o" : "s");
     const char* v = nullptr;
-    if (r >= 0) r = sd_bus_message_read_basic(reply, !strcmp(n, "CurrentJob") ? 'o' : 's', &v);
-    if (r < 0) {
-      int code = BusError("read the service's state", &e, r, a.json);
-      sd_bus_error_free(&e);
-      sd_bus_message_unref(reply);
-      return code;
-    }
+    if (r >= 0)
+      r = sd_bus_message_read_basic(reply.get(), !strcmp(n, "CurrentJob") ? 'o' : 's', &v);
+    if (r < 0) return BusError("read the service's state", e.get(), r, a.json);
     values.push_back(v);
-    sd_bus_message_unref(reply);
   }
   std::string last;
-  sd_bus_error e = SD_BUS_ERROR_NULL;
-  sd_bus_message* reply = nullptr;
-  int r = sd_bus_get_property(bus, kBusName, kPath, kManager, "LastUpgrade", &e, &reply, "a{sv}");
-  if (r >= 0) r = DictToJson(reply, &last);
-  sd_bus_message_unref(reply);
-  if (r < 0) {
-    int code = BusError("read the last upgrade", &e, r, a.json);
-    sd_bus_error_free(&e);
-    return code;
-  }
+  SdError e;
+  SdMessage reply;
+  int r = sd_bus_get_property(bus, kBusName, kPath, kManager, "LastUpgrade", e.get(), reply.put(),
+                              "a{sv}");
+  if (r >= 0) r = DictToJson(reply.get(), &last);
+  if (r < 0) return BusError("read the last upgrade", e.get(), r, a.json);
   bool running = values[4] != "/";
   if (a.json) {
     std::printf(
@@ -218,17 +214,17 @@ struct CheckResult {
 // Calls Check; < 0 on a transport error (e filled in).
 int CallCheck(sd_bus* bus, uint32_t tree, const std::string& kernel, CheckResult* out,
               sd_bus_error* e) {
-  sd_bus_message* m = nullptr;
-  sd_bus_message* reply = nullptr;
-  int r = sd_bus_message_new_method_call(bus, &m, kBusName, kPath, kManager, "Check");
+  SdMessage call, reply_holder;
+  int r = sd_bus_message_new_method_call(bus, call.put(), kBusName, kPath, kManager, "Check");
+  sd_bus_message* m = call.get();
   if (r >= 0) r = sd_bus_message_open_container(m, 'a', "{sv}");
   if (r >= 0 && tree) r = sd_bus_message_append(m, "{sv}", "tree", "u", tree);
   if (r >= 0 && !kernel.empty())
     r = sd_bus_message_append(m, "{sv}", "kernel", "s", kernel.c_str());
   if (r >= 0) r = sd_bus_message_close_container(m);
-  if (r >= 0) r = sd_bus_call(bus, m, kCallTimeoutUsec, e, &reply);
-  sd_bus_message_unref(m);
+  if (r >= 0) r = sd_bus_call(bus, m, kCallTimeoutUsec, e, reply_holder.put());
   if (r < 0) return r;
+  sd_bus_message* reply = reply_holder.get();
   r = sd_bus_message_enter_container(reply, 'a', "{sv}");
   while (r >= 0 && (r = sd_bus_message_enter_container(reply, 'e', "sv")) > 0) {
     const char* key;
@@ -261,7 +257,6 @@ int CallCheck(sd_bus* bus, uint32_t tree, const std::string& kernel, CheckResult
     }
     if (r >= 0) r = sd_bus_message_exit_container(reply);
   }
-  sd_bus_message_unref(reply);
   if (r < 0) sd_bus_error_setf(e, SD_BUS_ERROR_INVALID_ARGS, "bad reply: %s", strerror(-r));
   return r;
 }
@@ -273,14 +268,10 @@ void PrintProblems(const CheckResult& c) {
 }
 
 int Check(sd_bus* bus, const Args& a) {
-  sd_bus_error e = SD_BUS_ERROR_NULL;
+  SdError e;
   CheckResult c;
-  int r = CallCheck(bus, a.tree, a.kernel, &c, &e);
-  if (r < 0) {
-    int code = BusError("check", &e, r, a.json);
-    sd_bus_error_free(&e);
-    return code;
-  }
+  int r = CallCheck(bus, a.tree, a.kernel, &c, e.get());
+  if (r < 0) return BusError("check", e.get(), r, a.json);
   if (a.json) {
     std::printf(
         "{\"upgradable\":%s,\"dumpable\":%s,\"tasks\":%u,\"threads\":%u,\"target_kernel\":%s,"
@@ -396,14 +387,10 @@ int Upgrade(sd_bus* bus, const Args& a) {
                    "point of no return; pass --yes\n");
       return kExitFailed;
     }
-    sd_bus_error e = SD_BUS_ERROR_NULL;
+    SdError e;
     CheckResult c;
-    int r = CallCheck(bus, a.tree, kernel, &c, &e);
-    if (r < 0) {
-      int code = BusError("check", &e, r, false);
-      sd_bus_error_free(&e);
-      return code;
-    }
+    int r = CallCheck(bus, a.tree, kernel, &c, e.get());
+    if (r < 0) return BusError("check", e.get(), r, false);
     if (!c.found) {
       std::fprintf(stderr, "upgrade-kernel: no kernel to upgrade to\n");
       return kExitNothing;
@@ -428,20 +415,17 @@ int Upgrade(sd_bus* bus, const Args& a) {
   f.args = &a;
   f.tty = isatty(STDERR_FILENO) && !a.json;
   // Listen before asking, so that no phase of the new job can be missed.
-  sd_bus_slot *s1 = nullptr, *s2 = nullptr;
+  SdSlot s1, s2;
   if (!a.no_block) {
-    sd_bus_match_signal(bus, &s1, kBusName, nullptr, "org.freedesktop.DBus.Properties",
+    sd_bus_match_signal(bus, s1.put(), kBusName, nullptr, "org.freedesktop.DBus.Properties",
                         "PropertiesChanged", OnPropertiesChanged, &f);
-    sd_bus_match_signal(bus, &s2, kBusName, nullptr, kJobInterface, "Completed", OnCompleted, &f);
+    sd_bus_match_signal(bus, s2.put(), kBusName, nullptr, kJobInterface, "Completed", OnCompleted,
+                        &f);
   }
-  auto cleanup = [&](int code) {
-    sd_bus_slot_unref(s1);
-    sd_bus_slot_unref(s2);
-    return code;
-  };
-  sd_bus_message *m = nullptr, *reply = nullptr;
-  sd_bus_error e = SD_BUS_ERROR_NULL;
-  int r = sd_bus_message_new_method_call(bus, &m, kBusName, kPath, kManager, "Upgrade");
+  SdMessage call, reply;
+  SdError e;
+  int r = sd_bus_message_new_method_call(bus, call.put(), kBusName, kPath, kManager, "Upgrade");
+  sd_bus_message* m = call.get();
   if (r >= 0)
     r = sd_bus_message_append(m, "sss", kernel.c_str(), a.initrd.c_str(), a.cmdline.c_str());
   if (r >= 0) r = sd_bus_message_open_container(m, 'a', "{sv}");
@@ -449,26 +433,23 @@ int Upgrade(sd_bus* bus, const Args& a) {
   if (r >= 0) r = sd_bus_message_append(m, "{sv}", "interactive", "b", int(!a.no_ask));
   if (r >= 0 && a.tree) r = sd_bus_message_append(m, "{sv}", "tree", "u", a.tree);
   if (r >= 0) r = sd_bus_message_close_container(m);
-  if (r >= 0) r = sd_bus_call(bus, m, kCallTimeoutUsec, &e, &reply);
-  sd_bus_message_unref(m);
+  if (r >= 0) r = sd_bus_call(bus, m, kCallTimeoutUsec, e.get(), reply.put());
   const char* job = nullptr;
-  if (r >= 0) r = sd_bus_message_read(reply, "o", &job);
+  if (r >= 0) r = sd_bus_message_read(reply.get(), "o", &job);
   if (r < 0) {
-    int code = BusError(a.dry_run ? "dry run" : "upgrade", &e, r, a.json);
-    if (e.name && !strcmp(e.name, "org.kleap.Upgrader1.Error.KernelNotFound") && a.target.empty())
+    int code = BusError(a.dry_run ? "dry run" : "upgrade", e.get(), r, a.json);
+    if (e->name && !strcmp(e->name, "org.kleap.Upgrader1.Error.KernelNotFound") && a.target.empty())
       code = kExitNothing;
-    sd_bus_error_free(&e);
-    sd_bus_message_unref(reply);
-    return cleanup(code);
+    return code;
   }
   f.job = job;
-  sd_bus_message_unref(reply);
+  reply.reset();
   if (a.no_block) {
     if (a.json)
       std::printf("{\"job\":%s}\n", JsonString(f.job).c_str());
     else
       std::printf("%s\n", f.job.c_str());
-    return cleanup(kExitDone);
+    return kExitDone;
   }
   if (!a.json && !f.tty) std::printf("job: %s\n", f.job.c_str());
   // Ctrl-C asks the job to stop (it can't once past the point of no return).
@@ -480,19 +461,18 @@ int Upgrade(sd_bus* bus, const Args& a) {
   while (!f.completed) {
     if (g_interrupted && !cancel_sent) {
       cancel_sent = true;
-      sd_bus_error ce = SD_BUS_ERROR_NULL;
-      if (CallJobCancel(bus, f.job, &ce) < 0)
+      SdError ce;
+      if (CallJobCancel(bus, f.job, ce.get()) < 0)
         std::fprintf(stderr, "\nupgrade-kernel: cannot cancel %s: %s\n", f.job.c_str(),
-                     ce.message ? ce.message : "?");
+                     ce->message ? ce->message : "?");
       else
         std::fprintf(stderr, "\nupgrade-kernel: canceling %s\n", f.job.c_str());
-      sd_bus_error_free(&ce);
     }
     r = sd_bus_process(bus, nullptr);
     if (r < 0) {
       std::fprintf(stderr, "upgrade-kernel: lost the bus while following %s: %s\n", f.job.c_str(),
                    strerror(-r));
-      return cleanup(kExitFailed);
+      return kExitFailed;
     }
     if (r == 0) sd_bus_wait(bus, 200000);
   }
@@ -507,11 +487,10 @@ int Upgrade(sd_bus* bus, const Args& a) {
     std::fprintf(stderr, "upgrade-kernel: %s failed in phase %s: %s\n", f.job.c_str(),
                  JsonField(f.details, "phase").c_str(), f.message.c_str());
   }
-  if (f.success) return cleanup(kExitDone);
+  if (f.success) return kExitDone;
   std::string err = JsonField(f.details, "error");
-  if (err == "org.kleap.Upgrader1.Error.KernelNotFound" && a.target.empty())
-    return cleanup(kExitNothing);
-  return cleanup(kExitFailed);
+  if (err == "org.kleap.Upgrader1.Error.KernelNotFound" && a.target.empty()) return kExitNothing;
+  return kExitFailed;
 }
 
 // "3" or a path: the job's object path.
@@ -523,18 +502,14 @@ std::string JobPath(const std::string& arg) {
 int Cancel(sd_bus* bus, const Args& a) {
   std::string job = JobPath(a.target);
   if (job.empty()) {
-    sd_bus_error e = SD_BUS_ERROR_NULL;
-    sd_bus_message* reply = nullptr;
+    SdError e;
+    SdMessage reply;
     const char* cur = nullptr;
-    int r = sd_bus_get_property(bus, kBusName, kPath, kManager, "CurrentJob", &e, &reply, "o");
-    if (r >= 0) r = sd_bus_message_read(reply, "o", &cur);
+    int r = sd_bus_get_property(bus, kBusName, kPath, kManager, "CurrentJob", e.get(), reply.put(),
+                                "o");
+    if (r >= 0) r = sd_bus_message_read(reply.get(), "o", &cur);
     if (r >= 0) job = cur;
-    sd_bus_message_unref(reply);
-    if (r < 0) {
-      int code = BusError("find the running job", &e, r, a.json);
-      sd_bus_error_free(&e);
-      return code;
-    }
+    if (r < 0) return BusError("find the running job", e.get(), r, a.json);
     if (job == "/") {
       std::fprintf(stderr, "upgrade-kernel: no upgrade is running\n");
       if (a.json) std::printf("{\"canceled\":null}\n");
@@ -542,13 +517,12 @@ int Cancel(sd_bus* bus, const Args& a) {
     }
   }
   sd_bus_set_allow_interactive_authorization(bus, !a.no_ask);
-  sd_bus_error e = SD_BUS_ERROR_NULL;
-  int r = CallJobCancel(bus, job, &e);
+  SdError e;
+  int r = CallJobCancel(bus, job, e.get());
   if (r < 0) {
-    int code = BusError(("cancel " + job).c_str(), &e, r, a.json);
-    if (sd_bus_error_has_names(&e, SD_BUS_ERROR_UNKNOWN_OBJECT, SD_BUS_ERROR_UNKNOWN_METHOD))
+    int code = BusError(("cancel " + job).c_str(), e.get(), r, a.json);
+    if (sd_bus_error_has_names(e.get(), SD_BUS_ERROR_UNKNOWN_OBJECT, SD_BUS_ERROR_UNKNOWN_METHOD))
       code = kExitNothing;
-    sd_bus_error_free(&e);
     return code;
   }
   if (a.json)
@@ -660,17 +634,16 @@ int main(int argc, char** argv) {
   if (a.verb == "log") return Log(a);
   if (a.verb != "status" && a.verb != "check" && a.verb != "upgrade" && a.verb != "cancel")
     return std::fprintf(stderr, "%s", kUsage), kExitFailed;
-  sd_bus* bus = nullptr;
-  int r = a.user ? sd_bus_open_user(&bus) : sd_bus_open_system(&bus);
+  SdBus bus_holder;
+  int r = a.user ? sd_bus_open_user(bus_holder.put()) : sd_bus_open_system(bus_holder.put());
+  sd_bus* bus = bus_holder.get();
   if (r < 0) {
     std::fprintf(stderr, "upgrade-kernel: connect to the %s bus: %s\n",
                  a.user ? "session" : "system", strerror(-r));
     return kExitFailed;
   }
-  int code = a.verb == "status"    ? Status(bus, a)
-             : a.verb == "check"   ? Check(bus, a)
-             : a.verb == "upgrade" ? Upgrade(bus, a)
-                                   : Cancel(bus, a);
-  sd_bus_flush_close_unref(bus);
-  return code;
+  return a.verb == "status"    ? Status(bus, a)
+         : a.verb == "check"   ? Check(bus, a)
+         : a.verb == "upgrade" ? Upgrade(bus, a)
+                               : Cancel(bus, a);
 }
