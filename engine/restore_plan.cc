@@ -1,0 +1,255 @@
+// Restore, phase 1 (collect): every image of a set read into a RestorePlan and checked
+// before anything is created: the plan's structure (ValidatePlan, pure), the page blobs,
+// checksums, that every pid is free and that every mapped or opened file is the one
+// that was dumped. The same checks serve `kleap validate`.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <set>
+
+#include "engine/aio.h"
+#include "engine/base/log.h"
+#include "engine/base/lookup.h"
+#include "engine/base/page.h"
+#include "engine/context.h"
+#include "engine/ipc.h"
+#include "engine/leaders.h"
+#include "engine/locks.h"
+#include "engine/mm.h"
+#include "engine/seccomp.h"
+#include "engine/share.h"
+#include "engine/sock.h"
+#include "engine/timens.h"
+#include "engine/timers.h"
+#include "engine/tty.h"
+
+namespace kleap {
+namespace {
+
+// ---- collect ----
+
+Result<void> ValidatePlan(const RestorePlan& plan) {
+  std::set<pid_t> pids, tids, helpers;
+  for (auto& h : plan.pstree.helpers()) helpers.insert(h.pid());
+  for (auto& t : plan.pstree.tasks()) {
+    if (t.pid() <= 0 || !pids.insert(t.pid()).second)
+      return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
+    if (t.ppid() != 0 && !pids.count(t.ppid()))
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << " comes before its parent "
+                         << t.ppid();
+    if (t.tids_size() == 0 || t.tids(0) != t.pid())
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << ": leader is not the first thread";
+    for (int tid : t.tids())
+      if (tid <= 0 || !tids.insert(tid).second)
+        return Err(EINVAL) << "pstree.img: bad or repeated tid " << tid;
+    if (t.arch() > uint32_t(ArchKind::kX86))
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << ": unknown arch " << t.arch();
+    if (t.exit_signal() < 0 || t.exit_signal() > 64)
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << ": bad exit signal "
+                         << t.exit_signal();
+    if (t.zombie()) {
+      int st = t.exit_status();
+      bool exited = (st & 0x7f) == 0, signaled = (st & 0x7f) > 0 && (st & 0x7f) < 0x7f;
+      if (t.ppid() == 0 || t.tids_size() != 1 || (!exited && !signaled) || st < 0 || st > 0xffff)
+        return Err(EINVAL) << "pstree.img: zombie " << t.pid() << ": bad place or wait status "
+                           << Hex(uint64_t(uint32_t(st)));
+      continue;
+    }
+    auto& core = Lookup(plan.cores, t.pid());
+    if (core.threads_size() != t.tids_size())
+      return Err(EINVAL) << CoreImage(t.pid()) << ": " << core.threads_size()
+                         << " threads, pstree says " << t.tids_size();
+    for (int i = 0; i < core.threads_size(); ++i) {
+      if (core.threads(i).tid() != t.tids(i))
+        return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << i << " is "
+                           << core.threads(i).tid() << ", pstree says " << t.tids(i);
+      if (core.threads(i).arch() > uint32_t(ArchKind::kX86))
+        return Err(EINVAL) << CoreImage(t.pid()) << ": bad arch";
+    }
+    // Session and group 0 are the kernel's, in a whole system (leaders.cc).
+    bool whole = plan.pstree.tasks(0).pid() == 1;
+    if (pids.count(t.sid()) == 0 && t.sid() != t.pid() && !helpers.count(t.sid()) &&
+        !(whole && t.sid() == 0))
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in session " << t.sid()
+                         << ", whose leader is not in the set";
+    if (pids.count(t.pgid()) == 0 && t.pgid() != t.pid() && !helpers.count(t.pgid()) &&
+        !(whole && t.pgid() == 0)) {
+      bool later = false;
+      for (auto& o : plan.pstree.tasks()) later |= o.pid() == t.pgid();
+      if (!later)
+        return Err(EINVAL) << "pstree.img: task " << t.pid() << " is in process group " << t.pgid()
+                           << ", whose leader is not in the set";
+    }
+    if (core.arch() > uint32_t(ArchKind::kX86))
+      return Err(EINVAL) << CoreImage(t.pid()) << ": unknown arch " << core.arch();
+    KLEAP_TRY(ValidateTimers(t.pid(), core.timers()));
+    KLEAP_TRY(ValidateCtty(t.pid(), core));
+    for (auto& th : core.threads()) KLEAP_TRY(ValidateSeccomp(t.pid(), th));
+    KLEAP_TRY(ValidateLocks(t.pid(), core));
+    for (auto& th : core.threads())
+      if (th.pdeath_signal() < 0 || th.pdeath_signal() > 64)
+        return Err(EINVAL) << CoreImage(t.pid()) << ": thread " << th.tid() << ": bad death signal "
+                           << th.pdeath_signal();
+    if (t.vm_share_with()) continue;  // its parent's address space (ValidateSharing)
+    auto& mm = Lookup(plan.mms, t.pid());
+    if (mm.arch() > uint32_t(ArchKind::kX86))
+      return Err(EINVAL) << MmImage(t.pid()) << ": unknown arch " << mm.arch();
+    // Page runs: inside their mappings, in order, and exactly as many bytes as the blob
+    // holds (checked when the blob is opened), with no arithmetic that can wrap.
+    {
+      uint64_t prev = 0;
+      int v = 0;
+      for (auto& r : Lookup(plan.pagemaps, t.pid()).runs()) {
+        while (v < mm.vmas_size() && mm.vmas(v).end() <= r.vaddr()) ++v;
+        if (r.vaddr() % 4096 || r.vaddr() < prev || r.nr_pages() == 0 || v == mm.vmas_size() ||
+            r.vaddr() < mm.vmas(v).start() || r.nr_pages() > (mm.vmas(v).end() - r.vaddr()) / 4096)
+          return Err(EINVAL) << PagemapImage(t.pid()) << ": page run at " << Hex(r.vaddr())
+                             << " of " << r.nr_pages() << " pages lies outside its mapping";
+        prev = r.vaddr() + r.nr_pages() * 4096;
+      }
+    }
+    uint64_t prev_end = 0;
+    for (auto& v : mm.vmas()) {
+      if (v.start() >= v.end() || v.start() % 4096 || v.end() % 4096 || v.start() < prev_end ||
+          v.end() > X64Arch::kTaskSize)
+        return Err(EINVAL) << MmImage(t.pid()) << ": bad mapping " << Hex(v.start()) << "-"
+                           << Hex(v.end());
+      prev_end = v.end();
+    }
+    KLEAP_TRY(ValidateAio(t.pid(), mm));
+  }
+  KLEAP_TRY(ValidateTimeNamespaces(plan.pstree));
+  KLEAP_TRY(ValidateFileObjects(plan.files));
+  KLEAP_TRY(ValidateShmem(plan));
+  std::set<uint64_t> file_ids;
+  for (auto& f : plan.files.files()) file_ids.insert(f.id());
+  for (auto& [pid, table] : plan.fdtables)
+    for (auto& e : table.fds()) {
+      if (e.fd() < 0 || e.fd() > (1 << 20))
+        return Err(EINVAL) << FdTableImage(pid) << ": bad fd " << e.fd();
+      if (!file_ids.count(e.file_id()))
+        return Err(EINVAL) << FdTableImage(pid) << ": fd " << e.fd() << " points at unknown file "
+                           << e.file_id();
+    }
+  return Ok();
+}
+
+}  // namespace
+
+Result<RestorePlan> LoadPlan(ImageReader& images) {
+  RestorePlan plan;
+  KLEAP_TRY(images.ReadMessage(kPsTreeImage, &plan.pstree));
+  if (plan.pstree.tasks_size() == 0) return Err(EINVAL) << "pstree.img: no tasks";
+  for (auto& t : plan.pstree.tasks()) {
+    pid_t pid = t.pid();
+    if (t.zombie()) continue;  // no images: only its place and its wait status
+    KLEAP_TRY(images.ReadMessage(CoreImage(pid), &plan.cores[pid]));
+    if (!t.vm_share_with()) {  // else its parent's
+      KLEAP_TRY(images.ReadMessage(MmImage(pid), &plan.mms[pid]));
+      KLEAP_TRY(images.ReadMessage(PagemapImage(pid), &plan.pagemaps[pid]));
+    }
+    KLEAP_TRY(images.ReadMessage(FdTableImage(pid), &plan.fdtables[pid]));
+  }
+  KLEAP_TRY(images.ReadMessage(kFilesImage, &plan.files));
+  KLEAP_TRY(images.ReadMessage(kShmemTableImage, &plan.shmem));
+  if (images.Has(kIpcImage)) {
+    KLEAP_TRY(images.ReadMessage(kIpcImage, &plan.ipc));
+    plan.has_ipc = true;
+  }
+  KLEAP_TRY(ValidatePlan(plan));
+  // Who creates whom; a session helper's orphans come back to a subreaper.
+  KLEAP_TRY(TaskCreators(plan.pstree));
+  // (PID 1 reaps every orphan: a whole system's init needs no subreaper flag.)
+  for (auto& h : plan.pstree.helpers())
+    if (h.session() && h.parent() != 1 && !Lookup(plan.cores, h.parent()).child_subreaper())
+      return Err(EINVAL) << "pstree.img: helper " << h.pid() << ": its parent " << h.parent()
+                         << " is not a subreaper, so its children would not come back to it";
+  KLEAP_TRY(ValidateSharing(plan));
+  KLEAP_TRY(ValidateIpc(plan));
+  return plan;
+}
+
+Result<void> LockSetConnections(ImageReader& images) {
+  img::FileTable files;
+  KLEAP_TRY(images.ReadMessage(kFilesImage, &files));
+  SockLock lock = KLEAP_TRY(SockLock::ForFiles(files));
+  lock.Keep();  // the restore's own lock replaces it, and lifts it
+  return Ok();
+}
+
+Result<void> CheckFileIdentities(const RestorePlan& plan, ImageReader& images) {
+  // Per path: what it is now, and whether its inode must be the dump's.
+  std::map<std::string, std::pair<img::FileIdentity, bool>> cache;
+  auto check = [&](const std::string& path, const img::FileIdentity& want,
+                   const std::string& who) -> Result<void> {
+    auto it = cache.find(path);
+    if (it == cache.end()) {
+      struct stat st;
+      if (stat(path.c_str(), &st) < 0) return ErrnoError() << who << ": mapped file " << path;
+      it =
+          cache.emplace(path, std::pair{KLEAP_TRY(IdentifyFile(path, st)), InodeKept(path, images)})
+              .first;
+    }
+    auto& [have, inode_kept] = it->second;
+    bool moved = inode_kept && (have.ino() != want.ino() || have.dev() != want.dev());
+    const char* what = moved                                ? "it is another file (inode)"
+                       : have.size() != want.size()         ? "its size changed"
+                       : have.mtime_ns() != want.mtime_ns() ? "its modification time changed"
+                       : have.build_id() != want.build_id() ? "its ELF build-id changed"
+                                                            : nullptr;
+    if (what)
+      return Err(ESTALE) << who << ": file " << path << " has changed since the dump: " << what;
+    return Ok();
+  };
+  for (auto& [pid, mm] : plan.mms) {
+    for (auto& v : mm.vmas())
+      if ((v.kind() == img::Vma::FILE_PRIVATE || v.kind() == img::Vma::FILE_SHARED) &&
+          v.shmem_id() == 0)  // a shmem object of the set is made anew, not found
+        KLEAP_TRY(check(v.path(), v.file(),
+                        "task " + std::to_string(pid) + " mapping " + Hex(v.start())));
+    KLEAP_TRY(check(mm.exe_path(), mm.exe(), "task " + std::to_string(pid) + " executable"));
+  }
+  return Ok();
+}
+
+Result<void> CheckPidsFree(const RestorePlan& plan, bool as_init) {
+  auto exists = [&](pid_t pid) {
+    return !(as_init && pid == 1) && access(ProcPath(pid, "").c_str(), F_OK) == 0;
+  };
+  for (auto& h : plan.pstree.helpers())
+    if (exists(h.pid()))
+      return Err(EEXIST) << DescribePid(h.pid()) << " is taken; the "
+                         << (h.session() ? "session" : "process group") << " " << h.pid()
+                         << " needs that pid for a moment to be made again";
+  for (auto& t : plan.pstree.tasks())
+    for (int tid : t.tids())
+      if (exists(tid) ||
+          (exists(t.pid()) &&
+           access(ProcPath(t.pid(), "task/" + std::to_string(tid)).c_str(), F_OK) == 0))
+        return Err(EEXIST) << DescribePid(tid) << " is taken; task " << t.pid() << " (" << t.comm()
+                           << ") needs it";
+  return Ok();
+}
+
+Result<void> CheckPageBlobSizes(ImageReader& images, const RestorePlan& plan) {
+  for (auto& [pid, pm] : plan.pagemaps) {
+    uint64_t bytes = 0;
+    for (auto& r : pm.runs()) bytes += r.nr_pages() * 4096;  // each run was bounded by its mapping
+    const img::ImageEntry* e = images.Find(pm.blob());
+    if (!e)
+      return Err(EINVAL) << PagemapImage(pid) << ": its blob " << pm.blob() << " is not in the set";
+    if (e->size() != bytes)
+      return Err(EINVAL) << "image " << pm.blob() << " is damaged: " << e->size()
+                         << " bytes, its page runs need " << bytes;
+  }
+  return Ok();
+}
+
+Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan) {
+  KLEAP_TRY(CheckPageBlobSizes(images, plan));
+  for (auto& [pid, pm] : plan.pagemaps) KLEAP_TRY(images.VerifyImage(pm.blob()));
+  for (auto& o : plan.shmem.objects()) KLEAP_TRY(images.VerifyImage(o.blob()));
+  return Ok();
+}
+
+}  // namespace kleap
