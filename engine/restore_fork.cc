@@ -78,18 +78,8 @@ void AssignHelperFds(TaskPlan& t) {
 
 namespace {
 
-struct Forker {
-  const RestorePlan& plan;
-  const OpenFiles& files;
-  const std::map<uint64_t, ShmemMapping>& shmem;
-  std::vector<TaskPlan>& tasks;
-  SharedState* shared;
-  std::vector<LeaderHelper>* leaders = nullptr;
-  // This process is PID 1 restoring a whole system (RestoreOptions::as_init): it must
-  // never exit, and falls back instead.
-  bool is_init = false;
-  void (*init_fallback)(const char* why) = nullptr;
-
+// The code of a task being created, over what it knows (ForkContext).
+struct Forker : ForkContext {
   [[noreturn]] void Exit1() {
     if (is_init && init_fallback) {
       const char* why = shared->abort_reason[0] ? shared->abort_reason : shared->slots[0].error;
@@ -442,10 +432,7 @@ struct Forker {
 }  // namespace
 
 void RunTask(const ForkContext& ctx, size_t i) {
-  Forker f{ctx.plan, ctx.files, ctx.shmem, ctx.tasks, ctx.shared};
-  f.leaders = ctx.leaders;
-  f.is_init = ctx.is_init;
-  f.init_fallback = ctx.init_fallback;
+  Forker f{ctx};
   f.RunTask(i);
 }
 
