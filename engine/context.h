@@ -133,6 +133,10 @@ struct MmHelpers {
 };
 
 Result<RestorePlan> LoadPlan(ImageReader& images);
+// The plan's structure, with no system call: pids and tids, the tree's order, sessions and
+// groups, threads, zombies, mappings and page runs, and every kind's own fields. LoadPlan
+// runs it; the images are untrusted.
+Result<void> ValidatePlan(const RestorePlan& plan);
 // LoadPlan has bounded every page run by its mapping; this checks the blobs hold them.
 Result<void> CheckPageBlobSizes(ImageReader& images, const RestorePlan& plan);
 Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan);

@@ -24,19 +24,17 @@
 #include "engine/tty.h"
 
 namespace kleap {
-namespace {
-
-// ---- collect ----
 
 Result<void> ValidatePlan(const RestorePlan& plan) {
   std::set<pid_t> pids, tids, helpers;
   for (auto& h : plan.pstree.helpers()) helpers.insert(h.pid());
   for (auto& t : plan.pstree.tasks()) {
-    if (t.pid() <= 0 || !pids.insert(t.pid()).second)
-      return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
+    // The parent first, so that a task can't be its own parent.
     if (t.ppid() != 0 && !pids.count(t.ppid()))
       return Err(EINVAL) << "pstree.img: task " << t.pid() << " comes before its parent "
                          << t.ppid();
+    if (t.pid() <= 0 || !pids.insert(t.pid()).second)
+      return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
     if (t.tids_size() == 0 || t.tids(0) != t.pid())
       return Err(EINVAL) << "pstree.img: task " << t.pid() << ": leader is not the first thread";
     for (int tid : t.tids())
@@ -133,8 +131,6 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     }
   return Ok();
 }
-
-}  // namespace
 
 Result<RestorePlan> LoadPlan(ImageReader& images) {
   RestorePlan plan;
