@@ -6,9 +6,11 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <linux/kcmp.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -155,6 +157,18 @@ const FdKind* KindOf(img::FileObject::KindCase c) {
   return nullptr;
 }
 
+// A file of procfs is reopened by its path at restore, where it is another inode (of
+// another proc instance, and under /proc/PID of a new process): the restore would refuse
+// it after the dump. Refused here instead, until such files are carried.
+constexpr char kProcfsReason[] =
+    "a procfs file: reopened by its path after the restore it would be another file (its "
+    "inode belongs to one proc instance and one process), which is not carried yet";
+
+bool OnProcfs(const std::string& fd_path) {
+  struct statfs fs;
+  return statfs(fd_path.c_str(), &fs) == 0 && uint64_t(fs.f_type) == PROC_SUPER_MAGIC;
+}
+
 }  // namespace
 
 // Describes an fd without changing the task.
@@ -187,6 +201,8 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
     d.type = FdType::kFifo;
   } else if (ClassifyMemFile(&d)) {
     // a memfd or an unlinked tmpfs file: d says how it is carried, or why not
+  } else if ((S_ISREG(d.st.st_mode) || S_ISDIR(d.st.st_mode)) && OnProcfs(path)) {
+    d.reason = kProcfsReason;
   } else if (S_ISREG(d.st.st_mode)) {
     d.type = FdType::kRegular;
     d.deleted = d.st.st_nlink == 0 && EndsWith(d.link, kDeletedSuffix);

@@ -9,7 +9,9 @@
  * /proc/self/fd/N, the file type, device and inode (not for the unlinked file,
  * whose inode cannot survive), then its content; the set of open fd numbers
  * must be exactly the one before the dump. Then appends still append, a read
- * through fd 100 moves the offset of the ro.txt fd, /dev/zero reads zeros. */
+ * through fd 100 moves the offset of the ro.txt fd, /dev/zero reads zeros.
+ * With the argument "procfs" it also holds /proc/self/status and the directory
+ * /proc/self/task open, which kleap must refuse (cr.refuse.fd00.procfs). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -137,6 +139,12 @@ int main(int argc, char** argv) {
   int ufd = open("/dev/urandom", O_RDONLY);
   track("/dev/urandom", ufd, 0);
 
+  if (argc > 2 && strcmp(argv[2], "procfs") == 0) {
+    int sfd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    int dfd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sfd < 0 || dfd < 0) wl_die("main", "open /proc/self/...: %s", strerror(errno));
+    wl_log("procfs fds %d (/proc/self/status) and %d (/proc/self/task)", sfd, dfd);
+  }
   fd_set_string(fdset_before, sizeof fdset_before);
   wl_log("open fds: %s", fdset_before);
   wl_ready("main");
