@@ -202,12 +202,14 @@ Result<void> DumpShmemPages(DumpContext& ctx, int fd, uint64_t size, img::ShmemO
   return blob->Close();
 }
 
-Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
+namespace {
+
+// The address space's own fields: the layout from stat, brk, auxv and the executable.
+Result<void> DumpMmLayout(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
   pid_t pid = task.pid;
   RemoteSyscalls& rs = ctx.tree->Thread(pid);
   mm->set_pid(pid);
   mm->set_arch(uint32_t(task.arch));
-  auto maps = KLEAP_TRY_CTX(ReadSmaps(pid), "task " << pid);
   auto st = KLEAP_TRY_CTX(ReadStat(pid), "task " << pid);
   mm->set_start_code(st.start_code);
   mm->set_end_code(st.end_code);
@@ -231,6 +233,17 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
   if (stat(ProcPath(pid, "exe").c_str(), &est) < 0)
     return ErrnoError() << "stat exe of task " << pid;
   *mm->mutable_exe() = KLEAP_TRY(IdentifyFile(ProcPath(pid, "exe"), est));
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
+  pid_t pid = task.pid;
+  RemoteSyscalls& rs = ctx.tree->Thread(pid);
+  // The mappings first, as they were before anything was asked of the task.
+  auto maps = KLEAP_TRY_CTX(ReadSmaps(pid), "task " << pid);
+  KLEAP_TRY(DumpMmLayout(ctx, task, mm));
 
   std::string pm_path = ProcPath(pid, "pagemap");
   UniqueFd pagemap(open(pm_path.c_str(), O_RDONLY | O_CLOEXEC));

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
@@ -21,6 +22,55 @@ int Usage(const std::string& msg) {
                "[--json] [--verify] [--yes]\n",
                msg.c_str());
   return 2;
+}
+
+// kleap store wipe: zeros over the whole region, after asking (or --yes).
+int Wipe(Region& region, const std::string& spec, bool yes, bool json) {
+  if (!yes && !isatty(STDIN_FILENO)) return Usage("wipe overwrites the whole region; add --yes");
+  if (!yes) {
+    std::fprintf(stderr, "Overwrite all %" PRIu64 " bytes of %s? [y/N] ", region.size(),
+                 spec.c_str());
+    std::string answer;
+    std::getline(std::cin, answer);
+    if (answer != "y" && answer != "Y" && answer != "yes") return 1;
+  }
+  auto w = region.Wipe();
+  if (!w) {
+    KLOG(kError) << "wipe: " << w.error().ToString();
+    return 1;
+  }
+  if (json)
+    std::printf("{\"store\":%s,\"wiped_bytes\":%" PRIu64 "}\n", JsonString(spec).c_str(),
+                region.size());
+  else
+    std::printf("%s: wiped %" PRIu64 " bytes\n", spec.c_str(), region.size());
+  return 0;
+}
+
+// kleap store cat NAME: the blob's bytes on stdout, once its checksum held (`bad` says
+// why not).
+int Cat(Region& region, const StoreInfo& info, const std::string& spec, const std::string& name,
+        const std::string& bad) {
+  auto it =
+      std::find_if(info.blobs.begin(), info.blobs.end(), [&](auto& b) { return b.name == name; });
+  if (it == info.blobs.end()) {
+    KLOG(kError) << spec << ": no blob " << name;
+    return 1;
+  }
+  if (!bad.empty()) {
+    KLOG(kError) << bad;
+    return 1;
+  }
+  std::string buf(1 << 20, '\0');
+  for (uint64_t off = 0; off < it->size; off += buf.size()) {
+    size_t n = size_t(std::min<uint64_t>(buf.size(), it->size - off));
+    if (auto r = region.Read(it->offset + off, buf.data(), n); !r) {
+      KLOG(kError) << r.error().ToString();
+      return 1;
+    }
+    if (fwrite(buf.data(), 1, n, stdout) != n) return 1;
+  }
+  return 0;
 }
 
 }  // namespace
@@ -57,27 +107,7 @@ int RunStoreCommand(const std::vector<std::string>& args) {
     KLOG(kError) << region.error().ToString();
     return 1;
   }
-  if (verb == "wipe") {
-    if (!yes && !isatty(STDIN_FILENO)) return Usage("wipe overwrites the whole region; add --yes");
-    if (!yes) {
-      std::fprintf(stderr, "Overwrite all %" PRIu64 " bytes of %s? [y/N] ", (*region)->size(),
-                   spec.c_str());
-      std::string answer;
-      std::getline(std::cin, answer);
-      if (answer != "y" && answer != "Y" && answer != "yes") return 1;
-    }
-    auto w = (*region)->Wipe();
-    if (!w) {
-      KLOG(kError) << "wipe: " << w.error().ToString();
-      return 1;
-    }
-    if (json)
-      std::printf("{\"store\":%s,\"wiped_bytes\":%" PRIu64 "}\n", JsonString(spec).c_str(),
-                  (*region)->size());
-    else
-      std::printf("%s: wiped %" PRIu64 " bytes\n", spec.c_str(), (*region)->size());
-    return 0;
-  }
+  if (verb == "wipe") return Wipe(**region, spec, yes, json);
   auto info = ReadInfo(**region);
   if (!info) {
     if (json)
@@ -92,28 +122,7 @@ int RunStoreCommand(const std::vector<std::string>& args) {
     for (auto& b : info->blobs)
       if (verb != "cat" || b.name == name)
         if (auto v = VerifyBlob(**region, b); !v && bad.empty()) bad = v.error().ToString();
-  if (verb == "cat") {
-    auto it = std::find_if(info->blobs.begin(), info->blobs.end(),
-                           [&](auto& b) { return b.name == name; });
-    if (it == info->blobs.end()) {
-      KLOG(kError) << spec << ": no blob " << name;
-      return 1;
-    }
-    if (!bad.empty()) {
-      KLOG(kError) << bad;
-      return 1;
-    }
-    std::string buf(1 << 20, '\0');
-    for (uint64_t off = 0; off < it->size; off += buf.size()) {
-      size_t n = size_t(std::min<uint64_t>(buf.size(), it->size - off));
-      if (auto r = (*region)->Read(it->offset + off, buf.data(), n); !r) {
-        KLOG(kError) << r.error().ToString();
-        return 1;
-      }
-      if (fwrite(buf.data(), 1, n, stdout) != n) return 1;
-    }
-    return 0;
-  }
+  if (verb == "cat") return Cat(**region, *info, spec, name, bad);
   if (json) {
     std::ostringstream os;
     os << "{\"store\":" << JsonString(spec) << ",\"whole\":" << (bad.empty() ? "true" : "false")

@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <sstream>
 #include <utility>
 
@@ -99,6 +100,73 @@ uint64_t EstimateMemory(const std::vector<pid_t>& pids) {
     }
   }
   return kib * 1024;
+}
+
+// check: the tree can be carried and the target kernel (and initrd) is there. Fills the
+// report's kernel, initrd, tasks, threads and memory estimate.
+std::optional<Failure> CheckPhase(const JobRequest& req, JobReport* rep) {
+  if (kill(req.tree, 0) < 0 && errno == ESRCH)
+    return Failure{kErrTaskGone, "no process " + std::to_string(req.tree) + " to carry"};
+  rep->kernel = req.kernel;
+  if (rep->kernel.empty()) {
+    rep->kernel = NewestKernel(req.running);
+    if (rep->kernel.empty())
+      return Failure{kErrKernelNotFound,
+                     "no kernel under /boot other than the running " + req.running};
+  }
+  if (access(rep->kernel.c_str(), R_OK) < 0)
+    return Failure{kErrKernelNotFound, "kernel " + rep->kernel + ": " + strerror(errno)};
+  rep->initrd = req.kernel.empty() && req.initrd.empty() ? InitrdFor(rep->kernel) : req.initrd;
+  if (!rep->initrd.empty() && access(rep->initrd.c_str(), R_OK) < 0)
+    return Failure{kErrKernelNotFound, "initrd " + rep->initrd + ": " + strerror(errno)};
+  auto check = CheckTree(req.tree, /*leave_out=*/0);  // kleapd is carried too
+  if (!check) return FromError(check.error());
+  rep->tasks = uint32_t(check->pids.size());
+  rep->threads = uint32_t(check->threads);
+  if (!check->problems.empty()) {
+    std::string msg = std::to_string(check->problems.size()) +
+                      " thing(s) can't be carried: " + check->problems[0].ToString();
+    if (check->problems.size() > 1) msg += " (and more: run upgrade-kernel check)";
+    return Failure{kErrNotDumpable, msg};
+  }
+  rep->memory_bytes = EstimateMemory(check->pids);
+  return std::nullopt;
+}
+
+// stage, before the kernel is loaded: the store can hold the tree, nobody else's kernel
+// is staged, and the new kernel's command line. Fills the report's cmdline.
+std::optional<Failure> PrepareStage(const JobRequest& req, JobReport* rep) {
+  auto region = memstore::Region::Open(req.memstore);
+  if (!region) return FromError(Error(region.error()).Context("memstore"));
+  // The images carry some metadata beside the pages: keep an eighth free.
+  if ((*region)->size() - (*region)->size() / 8 < rep->memory_bytes)
+    return Failure{kErrMemstoreTooSmall, "memstore " + req.memstore + " holds " +
+                                             std::to_string((*region)->size() >> 20) +
+                                             " MiB; the tree needs about " +
+                                             std::to_string(rep->memory_bytes >> 20) +
+                                             " MiB plus an eighth for metadata"};
+  region->reset();  // closed: an fd on the store would be carried with kleapd
+  auto loaded = IsLoaded();
+  if (!loaded)
+    return Failure{kErrKexecUnavailable,
+                   "the running kernel can't kexec (" + loaded.error().ToString() + ")"};
+  if (*loaded)
+    return Failure{kErrUpgradeInProgress,
+                   "a kexec kernel is already loaded by someone else; kleap leaves it alone "
+                   "(kleap-kexec unload removes it)"};
+  CmdlineOptions co;
+  co.current = req.cmdline;
+  if (co.current.empty()) {
+    auto cur = ReadFileToString("/proc/cmdline");
+    if (!cur) return FromError(cur.error());
+    co.current = std::string(Trim(*cur));
+  }
+  co.store = req.memstore;
+  co.entry = req.entry;
+  auto cmdline = BuildCmdline(co);
+  if (!cmdline) return FromError(cmdline.error());
+  rep->cmdline = *cmdline;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -197,65 +265,13 @@ void Job::Run() {
 
   // check: the tree can be carried and the target kernel is there.
   Set(Phase::kCheck, 0, true);
-  if (kill(req_.tree, 0) < 0 && errno == ESRCH)
-    return fail({kErrTaskGone, "no process " + std::to_string(req_.tree) + " to carry"});
-  rep.kernel = req_.kernel;
-  if (rep.kernel.empty()) {
-    rep.kernel = NewestKernel(req_.running);
-    if (rep.kernel.empty())
-      return fail(
-          {kErrKernelNotFound, "no kernel under /boot other than the running " + req_.running});
-  }
-  if (access(rep.kernel.c_str(), R_OK) < 0)
-    return fail({kErrKernelNotFound, "kernel " + rep.kernel + ": " + strerror(errno)});
-  rep.initrd = req_.kernel.empty() && req_.initrd.empty() ? InitrdFor(rep.kernel) : req_.initrd;
-  if (!rep.initrd.empty() && access(rep.initrd.c_str(), R_OK) < 0)
-    return fail({kErrKernelNotFound, "initrd " + rep.initrd + ": " + strerror(errno)});
-  auto check = CheckTree(req_.tree, /*leave_out=*/0);  // kleapd is carried too
-  if (!check) return fail(FromError(check.error()));
-  rep.tasks = uint32_t(check->pids.size());
-  rep.threads = uint32_t(check->threads);
-  if (!check->problems.empty()) {
-    std::string msg = std::to_string(check->problems.size()) +
-                      " thing(s) can't be carried: " + check->problems[0].ToString();
-    if (check->problems.size() > 1) msg += " (and more: run upgrade-kernel check)";
-    return fail({kErrNotDumpable, msg});
-  }
-  rep.memory_bytes = EstimateMemory(check->pids);
+  if (auto f = CheckPhase(req_, &rep)) return fail(*f);
   Set(Phase::kCheck, 10, true);
   if (!Pause()) return fail(canceled());
 
   // stage: the store can hold the tree, and the new kernel is loaded.
   Set(Phase::kStage, 15, true);
-  auto region = memstore::Region::Open(req_.memstore);
-  if (!region) return fail(FromError(Error(region.error()).Context("memstore")));
-  // The images carry some metadata beside the pages: keep an eighth free.
-  if ((*region)->size() - (*region)->size() / 8 < rep.memory_bytes)
-    return fail({kErrMemstoreTooSmall,
-                 "memstore " + req_.memstore + " holds " + std::to_string((*region)->size() >> 20) +
-                     " MiB; the tree needs about " + std::to_string(rep.memory_bytes >> 20) +
-                     " MiB plus an eighth for metadata"});
-  region->reset();  // closed: an fd on the store would be carried with kleapd
-  auto loaded = IsLoaded();
-  if (!loaded)
-    return fail({kErrKexecUnavailable,
-                 "the running kernel can't kexec (" + loaded.error().ToString() + ")"});
-  if (*loaded)
-    return fail({kErrUpgradeInProgress,
-                 "a kexec kernel is already loaded by someone else; kleap leaves it alone "
-                 "(kleap-kexec unload removes it)"});
-  CmdlineOptions co;
-  co.current = req_.cmdline;
-  if (co.current.empty()) {
-    auto cur = ReadFileToString("/proc/cmdline");
-    if (!cur) return fail(FromError(cur.error()));
-    co.current = std::string(Trim(*cur));
-  }
-  co.store = req_.memstore;
-  co.entry = req_.entry;
-  auto cmdline = BuildCmdline(co);
-  if (!cmdline) return fail(FromError(cmdline.error()));
-  rep.cmdline = *cmdline;
+  if (auto f = PrepareStage(req_, &rep)) return fail(*f);
   if (cancel_) return fail(canceled());
   if (auto r = Load({rep.kernel, rep.initrd, rep.cmdline}); !r) return fail(FromError(r.error()));
   staged = true;
