@@ -248,15 +248,12 @@ command -v timeout >/dev/null || skip "timeout (coreutils) is not installed"
 [ -e /proc/self/task/$$/children ] || [ -e "/proc/$$/task/$$/children" ] ||
   skip "/proc/PID/task/TID/children is missing (CONFIG_PROC_CHILDREN)"
 # 32-bit programs (the program, or one it starts: mixed00) need a host that runs 32-bit
-# code. The one rule (tests/ia32/host-runs-ia32, or $KLEAP_IA32_CHECK) says whether this one does; where it
-# doesn't, the 32-bit programs run in a guest instead (vm.cr32).
-for a in "$PROG" "${PROG_ARGS[@]}"; do
-  [ -f "$a" ] && [ -x "$a" ] || continue
-  [ "$(od -An -tu1 -j4 -N1 "$a" 2>/dev/null | tr -d ' ')" = 1 ] || continue # EI_CLASS 1: ELFCLASS32
-  if ! why=$(bash "${KLEAP_IA32_CHECK:-$(dirname "$0")/../ia32/host-runs-ia32}"); then
-    skip "$(basename "$a") is a 32-bit program: $why; the guest batch vm.cr32 runs it"
-  fi
-done
+# code: the one rule (tests/ia32/host-runs-ia32, or $KLEAP_IA32_CHECK) says whether this
+# one does. Where it doesn't, the guest batch vm.cr32 runs them instead.
+if ! why=$(bash "${KLEAP_IA32_CHECK:-$(dirname "$0")/../ia32/host-runs-ia32}" \
+  "$PROG" "${PROG_ARGS[@]}"); then
+  skip "$why; the guest batch vm.cr32 runs it"
+fi
 for a in "$PROG" "${PROG_ARGS[@]}"; do
   [ -f "$a" ] && [ -x "$a" ] || continue
   "$a" --wl-probe </dev/null >/dev/null 2>&1 || fail "cannot execute $a here"
@@ -539,7 +536,6 @@ case "$MODE" in
       [ "$s" -gt "$size" ] && { size=$s; victim=$f; }
     done < <(find "$IMG" -type f -name 'pages-*.img')
     [ -n "$victim" ] || fail "no pages-*.img in $IMG ($(ls "$IMG" | tr '\n' ' '))"
-    size=$(stat -c %s "$victim")
     [ "$size" -gt 0 ] || fail "$victim is empty"
     off=$((size / 2))
     byte=$(od -An -tu1 -j "$off" -N1 "$victim" | tr -d ' ')

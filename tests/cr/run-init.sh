@@ -45,9 +45,8 @@ done
 [ "$(id -u)" = 0 ] || { say "SKIP: $NAME: needs root (pid namespaces, ptrace)"; exit 77; }
 # A 32-bit PID 1 needs a host that runs 32-bit code (tests/ia32/host-runs-ia32); where
 # this one doesn't, the guest batch vm.cr32 runs it.
-if [ "$(od -An -tu1 -j4 -N1 "$PROG" 2>/dev/null | tr -d ' ')" = 1 ] &&
-  ! why=$(bash "${KLEAP_IA32_CHECK:-$(dirname "$0")/../ia32/host-runs-ia32}"); then
-  say "SKIP: $NAME: $(basename "$PROG") is a 32-bit program: $why; the guest batch vm.cr32 runs it"
+if ! why=$(bash "${KLEAP_IA32_CHECK:-$(dirname "$0")/../ia32/host-runs-ia32}" "$PROG"); then
+  say "SKIP: $NAME: $why; the guest batch vm.cr32 runs it"
   exit 77
 fi
 

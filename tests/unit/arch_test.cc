@@ -34,7 +34,7 @@ namespace {
 // Why this host can't run 32-bit code, or "" when it can: the tiers' one rule,
 // tests/ia32/host-runs-ia32, run on the build's probe.
 std::string HostIa32Unavailable() {
-  std::string cmd = std::string("'") + KLEAP_IA32_CHECK + "' '" + KLEAP_IA32_PROBE + "'";
+  std::string cmd = std::string("'") + KLEAP_IA32_CHECK + "' --probe '" + KLEAP_IA32_PROBE + "'";
   FILE* f = popen(cmd.c_str(), "r");
   if (f == nullptr) return std::string("cannot run ") + KLEAP_IA32_CHECK + ": " + strerror(errno);
   std::string why;

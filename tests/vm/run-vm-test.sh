@@ -62,7 +62,7 @@ case $scenario in
     [[ $scenario == upgrade* ]] && need+=(kleap-init)
     layout=${layout:-big}
     limit=$([[ $scenario == upgrade* ]] && echo 270 || echo 240) ;;
-  # About 40 tests of 10-25 s each under TCG, in one boot.
+  # About 70 tests of 1-7 s each under TCG, in one boot (2-3 min).
   cr32) need=(kleap run-batch.sh run-cr.sh run-init.sh cr32.batch ia32-probe host-runs-ia32)
     limit=840 ;;
   shell) need=(); limit=86400 ;;

@@ -59,7 +59,7 @@ trap cleanup EXIT
 # are left out here; the vm tier's guests run them.
 started=(wl-tcp wl-counter wl-counter32 wl-tree wl-mixed wl-mem wl-tmpfs)
 why=""
-if ! why=$(bash "$here/../../ia32/host-runs-ia32"); then
+if ! why=$(bash "$here/../../ia32/host-runs-ia32" "$wl_dir/wl-counter32" "$wl_dir/wl-mixed32"); then
   echo "workloads: wl-counter32 and wl-mixed (a tree with 32-bit processes) left out: $why" >&2
   started=(wl-tcp wl-counter wl-tree wl-mem wl-tmpfs)
 fi
