@@ -151,23 +151,28 @@ Result<void> ValidateAio(pid_t pid, const img::MmImage& mm) {
 namespace {
 
 template <class A>
-Result<void> RestoreRing(A, RemoteSyscalls& rs, pid_t pid, uint64_t data, const img::AioRing& r) {
+Result<void> RestoreRing(A, RemoteSyscalls& rs, pid_t pid, RemotePtr<> data,
+                         const img::AioRing& r) {
   constexpr ArchKind kind = A::kKind;
   constexpr ArchKind k64 = ArchKind::kX86_64;
   using word = typename A::word;
   std::string where = Where(pid, r.id());
   // The data area: the new id and the pipe at 0, a zero timespec at 16, one iocb at 32,
   // the pointers io_submit takes at 128, the events io_getevents returns at 1024.
-  const uint64_t id_at = data, pipe_at = data, ts_at = data + 16, iocb_at = data + 32,
-                 ptrs_at = data + 128, events_at = data + 1024;
-  static_assert(1024 + kBatch * sizeof(io_event) <= kScratchSize - kScratchData);
+  const RemotePtr<word> id_at = data.Cast<word>();
+  const RemotePtr<int32_t> pipe_at = data.Cast<int32_t>();
+  const RemotePtr<timespec> ts_at = (data + 16).Cast<timespec>();
+  const RemotePtr<iocb> iocb_at = (data + 32).Cast<iocb>();
+  const RemotePtr<word> ptrs_at = (data + 128).Cast<word>();
+  const RemotePtr<io_event> events_at = (data + 1024).Cast<io_event>();
+  static_assert(1024 + kBatch * sizeof(io_event) <= ScratchPage::kDataSize);
 
   uint64_t zero[2] = {0, 0};
-  KLEAP_TRY(WriteRemote(pid, RemotePtr(id_at), zero, sizeof zero));
+  KLEAP_TRY(WriteRemote(pid, id_at, zero, sizeof zero));
   KLEAP_TRY_CTX(rs.Call(kind, A::kIoSetup, r.nr_events(), id_at),
                 where << ": io_setup(" << r.nr_events() << ")"
                       << " (fs.aio-max-nr bounds the contexts of the machine)");
-  word got_id = KLEAP_TRY(ReadRemoteValue<word>(pid, RemotePtr(id_at)));
+  word got_id = KLEAP_TRY(ReadRemoteValue(pid, id_at));
   uint64_t id = got_id;
   AioRingHeader h;
   KLEAP_TRY(ReadRemote(pid, RemotePtr(id), &h, sizeof h));
@@ -188,15 +193,15 @@ Result<void> RestoreRing(A, RemoteSyscalls& rs, pid_t pid, uint64_t data, const 
   // Completions the kernel makes itself: zero-length writes on a pipe of the task.
   KLEAP_TRY_CTX(rs.Call(kind, A::kPipe2, pipe_at, O_CLOEXEC), where << ": pipe2");
   int32_t fds[2];
-  KLEAP_TRY(ReadRemote(pid, RemotePtr(pipe_at), fds, sizeof fds));
-  KLEAP_TRY(WriteRemote(pid, RemotePtr(ts_at), zero, sizeof zero));
+  KLEAP_TRY(ReadRemote(pid, pipe_at, fds, sizeof fds));
+  KLEAP_TRY(WriteRemote(pid, ts_at, zero, sizeof zero));
   iocb cb{};
   cb.aio_lio_opcode = IOCB_CMD_PWRITE;
   cb.aio_fildes = uint32_t(fds[1]);
-  KLEAP_TRY(WriteRemote(pid, RemotePtr(iocb_at), &cb, sizeof cb));
+  KLEAP_TRY(WriteRemoteValue(pid, iocb_at, cb));
   word ptrs[kBatch];
-  std::fill(std::begin(ptrs), std::end(ptrs), word(iocb_at));
-  KLEAP_TRY(WriteRemote(pid, RemotePtr(ptrs_at), ptrs, sizeof ptrs));
+  std::fill(std::begin(ptrs), std::end(ptrs), word(iocb_at.addr()));
+  KLEAP_TRY(WriteRemote(pid, ptrs_at, ptrs, sizeof ptrs));
   auto fill = [&]() -> Result<void> {
     auto submit = [&](uint64_t n) -> Result<void> {
       uint64_t done =
@@ -217,7 +222,7 @@ Result<void> RestoreRing(A, RemoteSyscalls& rs, pid_t pid, uint64_t data, const 
     return Ok();
   };
   auto filled = fill();
-  for (int fd : fds) (void)rs.Call(kind, A::kClose, uint64_t(fd));
+  for (int fd : fds) (void)rs.Call(kind, A::kClose, RemoteFd(fd));
   KLEAP_TRY_CTX(std::move(filled), "the ring was " << r.ring_nr() << " slots, head " << r.head()
                                                    << ", " << r.events_size() << " pending");
   KLEAP_TRY(ReadRemote(pid, RemotePtr(r.id()), &h, sizeof h));
@@ -236,7 +241,7 @@ Result<void> RestoreRing(A, RemoteSyscalls& rs, pid_t pid, uint64_t data, const 
 
 }  // namespace
 
-Result<void> RestoreAio(RemoteSyscalls& rs, pid_t pid, uint64_t data, const img::MmImage& mm) {
+Result<void> RestoreAio(RemoteSyscalls& rs, pid_t pid, RemotePtr<> data, const img::MmImage& mm) {
   if (mm.aio_size() == 0) return Ok();
   // Keep the old ring addresses taken, so no new ring lands on one of them.
   for (auto& r : mm.aio())

@@ -17,6 +17,6 @@ Result<void> DumpAioRing(RemoteSyscalls& rs, ArchKind arch, const MapsEntry& m, 
 Result<void> ValidateAio(pid_t pid, const img::MmImage& mm);
 // After RestoreMm: remakes every context of the task at its id, in the task's own
 // ABI, through syscalls from the scratch page (data area at `data`).
-Result<void> RestoreAio(RemoteSyscalls& rs, pid_t pid, uint64_t data, const img::MmImage& mm);
+Result<void> RestoreAio(RemoteSyscalls& rs, pid_t pid, RemotePtr<> data, const img::MmImage& mm);
 
 }  // namespace kleap

@@ -132,20 +132,6 @@ struct MmHelpers {
   int exe_fd = -1;
 };
 
-Result<RestorePlan> LoadPlan(ImageReader& images);
-// The plan's structure, with no system call: pids and tids, the tree's order, sessions and
-// groups, threads, zombies, mappings and page runs, and every kind's own fields. LoadPlan
-// runs it; the images are untrusted.
-Result<void> ValidatePlan(const RestorePlan& plan);
-// LoadPlan has bounded every page run by its mapping; this checks the blobs hold them.
-Result<void> CheckPageBlobSizes(ImageReader& images, const RestorePlan& plan);
-Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan);
-// as_init: pid 1 is the restorer itself, which becomes the root.
-Result<void> CheckPidsFree(const RestorePlan& plan, bool as_init = false);
-// Checks that every file the set maps or opens is the one that was dumped.
-// Every mapped file and executable is the one dumped: same size, mtime and ELF build-id,
-// and the same inode and device where those are kept (InodeKept).
-Result<void> CheckFileIdentities(const RestorePlan& plan, ImageReader& images);
 // Whether a file found at `path` must have the inode and device it had at the dump: not
 // after a reboot (a kexec: an initramfs or tmpfs is made afresh, devices may be
 // numbered otherwise), nor on a tmpfs or ramfs when the set carries mounts (it was

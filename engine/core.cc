@@ -158,13 +158,12 @@ Regs RegsFromImage(const img::GpRegs& g) {
 }
 
 // A prctl that writes an int through its pointer argument (PR_GET_PDEATHSIG, ...).
-static Result<int> GetPrctlInt(RemoteSyscalls& rs, ArchKind arch, pid_t tid, RemotePtr at,
+static Result<int> GetPrctlInt(RemoteSyscalls& rs, ArchKind arch, pid_t tid, RemotePtr<int32_t> at,
                                int option) {
   KLEAP_TRY_CTX(
-      WithArch(arch,
-               [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, option, at.addr()); }),
+      WithArch(arch, [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, option, at); }),
       "thread " << tid << ": prctl " << option);
-  return ReadRemoteValue<int32_t>(tid, at);
+  return ReadRemoteValue(tid, at);
 }
 
 Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core) {
@@ -219,10 +218,10 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
     KLEAP_TRY_CTX(WithArch(arch,
                            [&](auto a) {
                              return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TID_ADDRESS,
-                                            mem.at().addr());
+                                            mem.at());
                            }),
                   "thread " << tid << ": PR_GET_TID_ADDRESS");
-    uint64_t tid_addr = KLEAP_TRY(ReadRemoteValue<uint64_t>(tid, mem.at()));
+    uint64_t tid_addr = KLEAP_TRY(ReadRemoteValue(tid, mem.at<uint64_t>()));
     th->set_clear_child_tid(arch == ArchKind::kX86 ? uint32_t(tid_addr) : tid_addr);
     auto comm = ReadFileToString(ProcPath(pid, "task/" + std::to_string(tid) + "/comm"));
     th->set_comm(comm ? std::string(Trim(*comm)) : task.comm);
@@ -232,7 +231,8 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
         WithArch(arch,
                  [&](auto a) { return rs.Call(a.kKind, decltype(a)::kPrctl, PR_GET_TIMERSLACK); }),
         "thread " << tid << ": PR_GET_TIMERSLACK"));
-    th->set_pdeath_signal(KLEAP_TRY(GetPrctlInt(rs, arch, tid, mem.at(), PR_GET_PDEATHSIG)));
+    th->set_pdeath_signal(
+        KLEAP_TRY(GetPrctlInt(rs, arch, tid, mem.at<int32_t>(), PR_GET_PDEATHSIG)));
     if (SeccompMode(pid, tid) == 2) KLEAP_TRY(DumpSeccomp(tid, th));
   }
   RemoteSyscalls& leader = ctx.tree->Thread(pid);
@@ -244,8 +244,8 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
   if (oom) core->set_oom_score_adj(std::atoi(oom->c_str()));
   {
     auto mem = KLEAP_TRY(StackScratch::Borrow(pid, leader.saved_regs(), 16));
-    core->set_child_subreaper(
-        KLEAP_TRY(GetPrctlInt(leader, task.arch, pid, mem.at(), PR_GET_CHILD_SUBREAPER)) != 0);
+    core->set_child_subreaper(KLEAP_TRY(GetPrctlInt(leader, task.arch, pid, mem.at<int32_t>(),
+                                                    PR_GET_CHILD_SUBREAPER)) != 0);
   }
   KLEAP_TRY(DumpTimers(ctx, task, core->mutable_timers()));
   KLEAP_TRY(DumpLocks(task, core));
@@ -262,7 +262,7 @@ Result<void> UnregisterRseq(RemoteSyscalls& rs, pid_t tid) {
   return Ok();
 }
 
-Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                                const img::ThreadCore& th) {
   pid_t tid = th.tid();
   constexpr ArchKind k64 = ArchKind::kX86_64;
@@ -292,7 +292,7 @@ Result<void> RestoreThreadCore(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
   // Only a thread may rename itself.
   char comm[16] = {};
   strncpy(comm, th.comm().c_str(), sizeof comm - 1);
-  KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), comm, sizeof comm));
+  KLEAP_TRY(WriteRemote(tid, scratch, comm, sizeof comm));
   KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_NAME, scratch),
                 "thread " << tid << ": set comm");
   (void)pid;

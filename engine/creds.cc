@@ -9,6 +9,7 @@
 #include "engine/creds.h"
 
 #include "engine/base/log.h"
+#include "engine/scratch_page.h"
 
 namespace kleap {
 namespace {
@@ -57,19 +58,18 @@ Result<void> DumpCredsOf(RemoteSyscalls& rs, const TaskInfo& task, img::Creds* c
   return Ok();
 }
 
-Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const img::Creds& c) {
+Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, RemotePtr<> scratch, const img::Creds& c) {
   constexpr ArchKind k64 = ArchKind::kX86_64;
   std::string who = "thread " + std::to_string(tid);
-  auto call = [&](long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0) {
+  auto call = [&](long nr, SyscallArg a1 = 0, SyscallArg a2 = 0, SyscallArg a3 = 0) {
     return rs.Call(k64, nr, a1, a2, a3);
   };
 
   if (c.groups_size() > 65536) return Err(EINVAL) << "creds: " << c.groups_size() << " groups";
   std::vector<uint32_t> groups(c.groups().begin(), c.groups().end());
-  if (groups.size() * 4 > 4096 - 64)
+  if (groups.size() * 4 > ScratchPage::kDataSize)
     return Err(EINVAL) << "creds: too many groups for the scratch page";
-  if (!groups.empty())
-    KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), groups.data(), groups.size() * 4));
+  if (!groups.empty()) KLEAP_TRY(WriteRemote(tid, scratch, groups.data(), groups.size() * 4));
   KLEAP_TRY_CTX(call(X64Arch::kSetgroups, groups.size(), scratch), who << ": setgroups");
   for (int cap = 0; cap <= LastCap(); ++cap)
     if (!(c.cap_bnd() >> cap & 1))
@@ -86,7 +86,7 @@ Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const
     d.hdr.version = _LINUX_CAPABILITY_VERSION_3;
     d.data[0] = {uint32_t(eff), uint32_t(prm), uint32_t(inh)};
     d.data[1] = {uint32_t(eff >> 32), uint32_t(prm >> 32), uint32_t(inh >> 32)};
-    KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), &d, sizeof d));
+    KLEAP_TRY(WriteRemote(tid, scratch, &d, sizeof d));
     KLEAP_TRY_CTX(call(X64Arch::kCapset, scratch, scratch + sizeof d.hdr), who << ": capset");
     return Ok();
   };

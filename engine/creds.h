@@ -8,6 +8,7 @@ namespace kleap {
 Result<void> DumpCredsOf(RemoteSyscalls& rs, const TaskInfo& task, img::Creds* creds);
 // Every thread gets the task's credentials, in an order where each step still has the
 // privilege it needs.
-Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, uint64_t scratch, const img::Creds& creds);
+Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, RemotePtr<> scratch,
+                          const img::Creds& creds);
 
 }  // namespace kleap

@@ -51,11 +51,12 @@ Result<void> FindGadgets(SeizedTree& tree, const TaskInfo& t) {
   auto vdso = std::find_if(maps.begin(), maps.end(), [](auto& m) { return m.path == "[vdso]"; });
   if (vdso == maps.end())
     return Err(ENOTSUP) << "task " << t.pid << ": no vDSO to run syscalls from";
-  std::map<ArchKind, RemotePtr> found;
+  std::map<ArchKind, RemotePtr<>> found;
   for (pid_t tid : t.tids) {
     RemoteSyscalls& rs = tree.Thread(tid);
     ArchKind a = ArchFromCs(rs.saved_regs().cs);
-    if (!found.count(a)) found[a] = KLEAP_TRY(FindGadget(t.pid, vdso->start, vdso->end, a));
+    if (!found.count(a))
+      found[a] = KLEAP_TRY(FindGadget(t.pid, RemotePtr(vdso->start), RemotePtr(vdso->end), a));
     rs.SetGadget(a, found[a]);
     // Whatever happens next, the thread goes back with its interrupted syscall restarted
     // as the kernel would have done.

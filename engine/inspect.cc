@@ -13,6 +13,7 @@
 #include "engine/ipc.h"
 #include "engine/net/net.pb.h"
 #include "engine/net/netconf.h"
+#include "engine/restore_plan.h"
 
 namespace kleap {
 namespace {

@@ -297,9 +297,9 @@ Result<void> InjectSemop(RemoteSyscalls& rs, ArchKind arch, pid_t pid, int id,
     auto scratch = KLEAP_TRY(StackScratch::Borrow(rs.tid(), rs.saved_regs(), 256));
     KLEAP_TRY(WriteRemote(pid, scratch.at(), ops.data() + k, n * sizeof(struct sembuf)));
     if (arch == ArchKind::kX86)
-      KLEAP_TRY(rs.Call(arch, X86Arch::kSemtimedopTime64, uint64_t(id), scratch.at().addr(), n, 0));
+      KLEAP_TRY(rs.Call(arch, X86Arch::kSemtimedopTime64, id, scratch.at(), n, 0));
     else
-      KLEAP_TRY(rs.Call(arch, X64Arch::kSemop, uint64_t(id), scratch.at().addr(), n));
+      KLEAP_TRY(rs.Call(arch, X64Arch::kSemop, uint64_t(id), scratch.at(), n));
   }
   return Ok();
 }
@@ -755,7 +755,7 @@ Result<void> AttachSysvShm(RemoteSyscalls& rs, pid_t pid, const img::MmImage& mm
   return Ok();
 }
 
-Result<void> RestoreSemUndo(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreSemUndo(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                             const img::TaskCore& core) {
   std::map<int, std::vector<struct sembuf>> by_set;
   for (auto& u : core.sem_undo())
@@ -763,7 +763,7 @@ Result<void> RestoreSemUndo(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
   for (auto& [id, ops] : by_set)
     for (size_t k = 0; k < ops.size(); k += kSemopChunk) {
       size_t n = std::min(kSemopChunk, ops.size() - k);
-      KLEAP_TRY(WriteRemote(pid, RemotePtr(scratch), ops.data() + k, n * sizeof(struct sembuf)));
+      KLEAP_TRY(WriteRemote(pid, scratch, ops.data() + k, n * sizeof(struct sembuf)));
       KLEAP_TRY_CTX(
           rs.Call(ArchKind::kX86_64, X64Arch::kSemop, uint64_t(id), scratch, n),
           "task " << pid << ": take its undo list of SysV semaphore set " << id << " again");

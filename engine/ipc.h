@@ -58,7 +58,7 @@ class IpcRestore {
 // In a task being rebuilt (its memory laid out): attaches its SysV segments again.
 Result<void> AttachSysvShm(RemoteSyscalls& rs, pid_t pid, const img::MmImage& mm);
 // Re-creates the task's undo list; runs while the task is still privileged.
-Result<void> RestoreSemUndo(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreSemUndo(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                             const img::TaskCore& core);
 
 }  // namespace kleap

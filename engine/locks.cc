@@ -117,7 +117,7 @@ Result<void> ValidateLocks(pid_t pid, const img::TaskCore& core) {
   return Ok();
 }
 
-Result<void> RestoreLocks(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreLocks(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                           const img::TaskCore& core) {
   constexpr ArchKind k64 = ArchKind::kX86_64;
   for (auto& l : core.locks()) {
@@ -126,15 +126,15 @@ Result<void> RestoreLocks(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
                                                           : "OFD lock";
     auto take = [&]() -> Result<uint64_t> {
       if (l.kind() == img::FileLock::FLOCK)
-        return rs.Call(k64, X64Arch::kFlock, uint64_t(l.fd()),
+        return rs.Call(k64, X64Arch::kFlock, RemoteFd(l.fd()),
                        (l.write() ? LOCK_EX : LOCK_SH) | LOCK_NB);
       struct flock fl {};  // the 64-bit layout: the restorer injects 64-bit syscalls
       fl.l_type = l.write() ? F_WRLCK : F_RDLCK;
       fl.l_whence = SEEK_SET;
       fl.l_start = off_t(l.start());
       fl.l_len = off_t(l.length());
-      KLEAP_TRY(WriteRemote(pid, RemotePtr(scratch), &fl, sizeof fl));
-      return rs.Call(k64, X64Arch::kFcntl, uint64_t(l.fd()),
+      KLEAP_TRY(WriteRemote(pid, scratch, &fl, sizeof fl));
+      return rs.Call(k64, X64Arch::kFcntl, RemoteFd(l.fd()),
                      l.kind() == img::FileLock::POSIX ? F_SETLK : F_OFD_SETLK, scratch);
     };
     auto r = take();

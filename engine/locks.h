@@ -25,7 +25,7 @@ std::vector<Problem> CheckLocks(pid_t pid);
 Result<void> DumpLocks(const TaskInfo& task, img::TaskCore* core);
 Result<void> ValidateLocks(pid_t pid, const img::TaskCore& core);
 // Takes the task's locks again, through its own fds (installed already).
-Result<void> RestoreLocks(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreLocks(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                           const img::TaskCore& core);
 
 }  // namespace kleap

@@ -352,18 +352,19 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
 
 // ---- restore ----
 
-Result<uint64_t> PickScratch(const img::MmImage& mm) {
+Result<ScratchPage> PickScratch(const img::MmImage& mm) {
   auto ours = KLEAP_TRY(ReadMaps(getpid()));
+  constexpr uint64_t kSize = ScratchPage::kSize;
   auto busy = [&](uint64_t a) {
     for (auto& v : mm.vmas())
-      if (a < v.end() && a + kScratchSize > v.start()) return true;
+      if (a < v.end() && a + kSize > v.start()) return true;
     for (auto& m : ours)
-      if (a < m.end && a + kScratchSize > m.start) return true;
+      if (a < m.end && a + kSize > m.start) return true;
     return false;
   };
   // Low addresses first: most layouts leave room just above mmap_min_addr.
   for (uint64_t a = 0x100000; a < 0xff000000ull; a += 0x100000)
-    if (!busy(a)) return a;
+    if (!busy(a)) return ScratchPage{RemotePtr(a)};
   return Err(ENOMEM) << "no free page below 4 GiB for the restorer in task " << mm.pid();
 }
 
@@ -433,9 +434,9 @@ Result<void> RestoreMm(MmRestore& r) {
   std::string who = "task " + std::to_string(r.pid);
 
   // Nothing of the restorer's own layout stays but the scratch page.
-  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, 0, r.scratch), who << ": unmap the restorer");
-  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, r.scratch + kScratchSize,
-                        X64Arch::kTaskSize - r.scratch - kScratchSize),
+  const uint64_t scratch = r.scratch.base.addr(), scratch_end = scratch + ScratchPage::kSize;
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, 0, scratch), who << ": unmap the restorer");
+  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, scratch_end, X64Arch::kTaskSize - scratch_end),
                 who << ": unmap the restorer");
   KLEAP_TRY(RestoreVdso(r));
 
@@ -458,7 +459,8 @@ Result<void> RestoreMm(MmRestore& r) {
       ++run;
     bool has_pages = run > first;
     uint32_t prot = v.prot() | (has_pages ? PROT_READ | PROT_WRITE : 0);
-    uint64_t flags = MAP_FIXED, fd = ~uint64_t(0), off = 0;
+    uint64_t flags = MAP_FIXED, off = 0;
+    RemoteFd fd(-1);
     switch (v.kind()) {
       case img::Vma::ANON_PRIVATE:
         flags |= MAP_PRIVATE | MAP_ANONYMOUS | (v.growsdown() ? MAP_GROWSDOWN : 0);
@@ -469,7 +471,7 @@ Result<void> RestoreMm(MmRestore& r) {
         auto it = r.helpers->vma_fd.find(size_t(i));
         if (it == r.helpers->vma_fd.end()) return Err(EINVAL) << where << ": no file opened for it";
         flags |= v.kind() == img::Vma::FILE_PRIVATE ? MAP_PRIVATE : MAP_SHARED;
-        fd = uint64_t(it->second);
+        fd = RemoteFd(it->second);
         off = v.pgoff();
         break;
       }
@@ -513,14 +515,16 @@ Result<void> RestoreMm(MmRestore& r) {
   map.arg_end = mm.arg_end();
   map.env_start = mm.env_start();
   map.env_end = mm.env_end();
-  const uint64_t map_at = r.scratch + kScratchData, auxv_at = map_at + 128;
-  if (mm.auxv().size() > kScratchSize - 128 - kScratchData)
+  const RemotePtr<PrctlMmMap> map_at = r.scratch.data().Cast<PrctlMmMap>();
+  const RemotePtr<> auxv_at = r.scratch.data() + 128;
+  static_assert(sizeof map <= 128);
+  if (mm.auxv().size() > ScratchPage::kDataSize - 128)
     return Err(EINVAL) << who << ": auxv of " << mm.auxv().size() << " bytes is too large";
-  map.auxv = auxv_at;
+  map.auxv = auxv_at.addr();
   map.auxv_size = uint32_t(mm.auxv().size());
   map.exe_fd = uint32_t(r.helpers->exe_fd);
-  KLEAP_TRY(WriteRemote(r.pid, RemotePtr(auxv_at), mm.auxv().data(), mm.auxv().size()));
-  KLEAP_TRY(WriteRemote(r.pid, RemotePtr(map_at), &map, sizeof map));
+  KLEAP_TRY(WriteRemote(r.pid, auxv_at, mm.auxv().data(), mm.auxv().size()));
+  KLEAP_TRY(WriteRemoteValue(r.pid, map_at, map));
   KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_MM, PR_SET_MM_MAP, map_at, sizeof map),
                 who << ": prctl(PR_SET_MM_MAP)");
   return Ok();

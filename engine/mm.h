@@ -2,6 +2,7 @@
 #pragma once
 
 #include "engine/context.h"
+#include "engine/scratch_page.h"
 
 namespace kleap {
 
@@ -24,11 +25,11 @@ Result<uint64_t> DumpMemFile(DumpContext& ctx, const std::string& path);
 Result<void> DumpShmemPages(DumpContext& ctx, int fd, uint64_t size, img::ShmemObject* o);
 
 // What restoring one task's memory needs. `rs` runs in the task's leader, with gadgets in
-// the scratch page at `scratch`, the only mapping left once the old ones are gone.
+// the scratch page.
 struct MmRestore {
   pid_t pid = 0;
   RemoteSyscalls* rs = nullptr;
-  uint64_t scratch = 0;
+  ScratchPage scratch;
   const img::MmImage* mm = nullptr;
   const img::Pagemap* pagemap = nullptr;
   ImageReader* images = nullptr;
@@ -44,13 +45,9 @@ Result<void> RestoreMm(MmRestore& r);
 
 // Picks a scratch page address that is free in the dumped layout and in ours, below 4 GiB
 // so that both syscall instructions can run from it.
-Result<uint64_t> PickScratch(const img::MmImage& mm);
+Result<ScratchPage> PickScratch(const img::MmImage& mm);
 
 // The vDSO block of a dump: [vvar...][vdso].
 Result<void> RestoreVdso(MmRestore& r);
-
-// Data area inside the scratch page, after the two gadgets.
-inline constexpr uint64_t kScratchGadget64 = 0, kScratchGadget32 = 2, kScratchData = 64;
-inline constexpr uint64_t kScratchSize = 4096;
 
 }  // namespace kleap

@@ -24,7 +24,10 @@ class StackScratch {
   ~StackScratch() {
     if (tid_) (void)WriteRemote(tid_, RemotePtr(at_), saved_.data(), saved_.size());
   }
-  RemotePtr at() const { return RemotePtr(at_); }
+  template <class T = void>
+  RemotePtr<T> at() const {
+    return RemotePtr<T>(at_);
+  }
 
  private:
   StackScratch(pid_t tid, uint64_t at, std::string saved)
@@ -33,12 +36,5 @@ class StackScratch {
   uint64_t at_;
   std::string saved_;
 };
-
-template <class T>
-Result<T> ReadRemoteValue(pid_t pid, RemotePtr at) {
-  T v{};
-  KLEAP_TRY(ReadRemote(pid, at, &v, sizeof v));
-  return v;
-}
 
 }  // namespace kleap

@@ -48,6 +48,7 @@
 #include "engine/locks.h"
 #include "engine/mm.h"
 #include "engine/restore_fork.h"
+#include "engine/restore_plan.h"
 #include "engine/seccomp.h"
 #include "engine/share.h"
 #include "engine/signal.h"
@@ -80,8 +81,8 @@ class RestoreSession {
   Result<void> ForkAll();
   Result<void> SeizeAll();
   Result<void> Rebuild(TaskPlan& t);
-  Result<void> RebuildMm(TaskPlan& t, uint64_t data);
-  Result<void> SetUpVmMember(TaskPlan& t, uint64_t data);
+  Result<void> RebuildMm(TaskPlan& t);
+  Result<void> SetUpVmMember(TaskPlan& t);
   Result<void> FinishTask(TaskPlan& t);
   void KillAll();
 
@@ -108,91 +109,9 @@ class RestoreSession {
 };
 
 Result<void> RestoreSession::Prepare() {
-  std::map<pid_t, size_t> index;
-  auto creators = KLEAP_TRY(TaskCreators(plan_.pstree));
-  std::map<pid_t, size_t> helper_index;
-  for (auto& h : plan_.pstree.helpers()) {
-    helper_index[h.pid()] = leaders_.size();
-    leaders_.push_back({h.pid(), h.session(), {}, {}});
-  }
-  for (auto& ps : plan_.pstree.tasks()) {
-    TaskPlan t;
-    t.ps = &ps;
-    if (!ps.zombie()) {
-      t.core = &Lookup(plan_.cores, ps.pid());
-      t.fds = &Lookup(plan_.fdtables, ps.pid());
-      for (auto& e : t.fds->fds()) t.keep_from = std::max(t.keep_from, e.fd() + 1);
-      // ValidateSharing made sure a shared table, fs or address space is the live
-      // parent's, the same.
-      size_t me = tasks_.size();
-      t.helper_from = t.keep_from;
-      t.table_holder = t.fs_holder = me;
-      if (ps.vm_share_with()) {
-        const TaskPlan& holder = tasks_[Lookup(index, ps.ppid())];
-        if (Lookup(creators, ps.pid()) != ps.ppid())
-          return Err(EINVAL) << "pstree.img: task " << ps.pid() << " shares the address space of "
-                             << ps.ppid() << ", which does not create it";
-        t.vm_shared = true;
-        t.mm = holder.mm;
-        t.scratch = holder.scratch;
-        // Neither in its table's nor in its fs's order: it opens no helpers, by path or
-        // otherwise, and its parent installs a shared table after it is made.
-        t.files_shared = ps.files_share_with() != 0;
-        t.fs_shared = ps.fs_share_with() != 0;
-        t.table_last = !t.files_shared;
-        t.helper_end = t.helper_from;
-        index[ps.pid()] = tasks_.size();
-        tasks_[Lookup(index, ps.ppid())].children.push_back(tasks_.size());
-        tasks_.push_back(std::move(t));
-        continue;
-      }
-      t.mm = &Lookup(plan_.mms, ps.pid());
-      t.scratch = KLEAP_TRY(PickScratch(*t.mm));
-      if (ps.files_share_with()) {
-        TaskPlan& holder = tasks_[tasks_[Lookup(index, ps.ppid())].table_holder];
-        t.files_shared = true;
-        t.table_holder = tasks_[Lookup(index, ps.ppid())].table_holder;
-        t.table_prev = holder.table_members.empty() ? t.table_holder : holder.table_members.back();
-        tasks_[t.table_prev].table_last = false;
-        t.helper_from = tasks_[t.table_prev].helper_end;
-        holder.table_members.push_back(me);
-      }
-      if (ps.fs_share_with()) {
-        t.fs_shared = true;
-        t.fs_holder = tasks_[Lookup(index, ps.ppid())].fs_holder;
-        tasks_[t.fs_holder].fs_members.push_back(me);
-      }
-      AssignHelperFds(t);
-    }
-    index[ps.pid()] = tasks_.size();
-    pid_t creator = Lookup(creators, ps.pid());
-    if (auto h = helper_index.find(creator); creator && h != helper_index.end()) {
-      leaders_[h->second].children.push_back(tasks_.size());
-      t.by_helper = true;
-    } else if (creator) {
-      tasks_[Lookup(index, creator)].children.push_back(tasks_.size());
-    }
-    tasks_.push_back(std::move(t));
-  }
-  // An address space's scratch page goes with the last of its tasks rebuilt.
-  std::set<const img::MmImage*> unmapped;
-  for (auto it = tasks_.rbegin(); it != tasks_.rend(); ++it)
-    if (it->mm) it->unmap_scratch = unmapped.insert(it->mm).second;
-  // A parent creates its children in its own time namespace before it makes another.
-  for (auto& t : tasks_)
-    std::stable_sort(t.children.begin(), t.children.end(), [&](size_t a, size_t b) {
-      auto later = [&](size_t c) {
-        return !tasks_[c].ps->zombie() && tasks_[c].ps->time_ns().id() != t.ps->time_ns().id();
-      };
-      return !later(a) && later(b);
-    });
-  for (auto& h : plan_.pstree.helpers()) {
-    size_t me = Lookup(helper_index, h.pid());
-    if (auto p = helper_index.find(h.parent()); p != helper_index.end())
-      leaders_[p->second].helpers.push_back(me);
-    else
-      tasks_[Lookup(index, h.parent())].leader_helpers.push_back(me);
-  }
+  ForkPlan fork = KLEAP_TRY(PlanTasks(plan_));
+  tasks_ = std::move(fork.tasks);
+  leaders_ = std::move(fork.leaders);
   // Helper fds and staging sit above every target fd; make sure we may open them.
   rlimit nofile;
   getrlimit(RLIMIT_NOFILE, &nofile);
@@ -279,7 +198,7 @@ Result<void> RestoreSession::ForkAll() {
     }
   };
   KLEAP_TRY(wait_for(SlotState::kCreated));
-  shared_->go_pgid.store(1);
+  shared_->phase.store(ForkPhase::kJoinGroups);
   if (!leaders_.empty()) {
     // Every task in its group: the leaders' helpers may go, and their children come
     // back to the subreapers that made them.
@@ -290,8 +209,8 @@ Result<void> RestoreSession::ForkAll() {
                           << "): " << shared_->slots[i].error;
         usleep(200);
       }
-    shared_->go_helpers.store(1);
   }
+  shared_->phase.store(ForkPhase::kHelpersExit);
   KLEAP_TRY(wait_for(SlotState::kParked));
   for (auto& t : tasks_) {
     if (!t.ps->ppid()) continue;
@@ -302,7 +221,7 @@ Result<void> RestoreSession::ForkAll() {
   }
   // Every task is in its group: the zombies exit now; wait until each is one, so the
   // tree resumes as it was.
-  shared_->go_zombies.store(1);
+  shared_->phase.store(ForkPhase::kZombiesExit);
   for (auto& t : tasks_) {
     if (!t.ps->zombie()) continue;
     for (int tries = 0;; ++tries) {
@@ -330,14 +249,14 @@ Result<void> RestoreSession::SeizeAll() {
   return Ok();
 }
 
-Result<void> RestoreSession::RebuildMm(TaskPlan& t, uint64_t data) {
+Result<void> RestoreSession::RebuildMm(TaskPlan& t) {
   pid_t pid = t.ps->pid();
   RemoteSyscalls& leader = *Lookup(threads_, pid);
   MmRestore mr;
   mr.pid = pid;
   mr.rs = &leader;
-  mr.scratch = t.scratch;
-  mr.mm = t.mm;
+  mr.scratch = t.mm->scratch;
+  mr.mm = t.mm->image;
   mr.pagemap = &Lookup(plan_.pagemaps, pid);
   mr.images = &images_;
   mr.helpers = &t.helpers;
@@ -345,34 +264,34 @@ Result<void> RestoreSession::RebuildMm(TaskPlan& t, uint64_t data) {
   if (opts_.as_init && pid == 1) init_replaced_ = true;
   KLEAP_TRY(RestoreMm(mr));
   page_bytes_ += mr.page_bytes;
-  KLEAP_TRY(AttachSysvShm(leader, pid, *t.mm));
-  return RestoreAio(leader, pid, data, *t.mm);
+  KLEAP_TRY(AttachSysvShm(leader, pid, *t.mm->image));
+  return RestoreAio(leader, pid, t.mm->scratch.data(), *t.mm->image);
 }
 
 // What a task's own restorer code does before it parks, for a task that shares its
 // parent's address space and so ran none (its creator made it with the controller's
 // fds, fs and personality).
-Result<void> RestoreSession::SetUpVmMember(TaskPlan& t, uint64_t data) {
+Result<void> RestoreSession::SetUpVmMember(TaskPlan& t) {
   pid_t pid = t.ps->pid();
   RemoteSyscalls& rs = *Lookup(threads_, pid);
   constexpr ArchKind k64 = ArchKind::kX86_64;
-  if (!t.files_shared) {
+  const RemotePtr<> data = t.mm->scratch.data();
+  if (!t.files_shared()) {
     auto inject = [&](long nr, long a1, long a2, long a3) -> long {
-      auto r = rs.Call(k64, nr, uint64_t(a1), uint64_t(a2), uint64_t(a3));
+      auto r = rs.Call(k64, nr, a1, a2, a3);
       return r ? long(*r) : -long(r.error().code());
     };
     // (The controller's fds above keep_from are closed with everyone's, in Rebuild.)
     KLEAP_TRY_CTX(InstallFds(*t.fds, files_, t.keep_from, inject), "task " << pid);
   }
-  if (!t.fs_shared) {
+  if (!t.fs_shared()) {
     KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kUmask, t.core->umask()), "task " << pid << ": umask");
     for (auto [nr, path] : {std::pair{long(X64Arch::kChdir), &t.core->cwd()},
                             std::pair{long(X64Arch::kChroot), &t.core->root()}}) {
       if (nr == X64Arch::kChroot && *path == "/") continue;
-      if (path->size() >= kScratchSize - kScratchData)
+      if (path->size() >= ScratchPage::kDataSize)
         return Err(ENAMETOOLONG) << "task " << pid << ": path " << *path;
-      KLEAP_TRY_CTX(WriteRemote(pid, RemotePtr(data), path->c_str(), path->size() + 1),
-                    "task " << pid);
+      KLEAP_TRY_CTX(WriteRemote(pid, data, path->c_str(), path->size() + 1), "task " << pid);
       KLEAP_TRY_CTX(
           rs.Call(k64, nr, data),
           "task " << pid << ": " << (nr == X64Arch::kChdir ? "chdir " : "chroot ") << *path);
@@ -388,21 +307,21 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
   pid_t pid = t.ps->pid();
   RemoteSyscalls& leader = *Lookup(threads_, pid);
   constexpr ArchKind k64 = ArchKind::kX86_64;
-  const uint64_t data = t.scratch + kScratchData;
+  const RemotePtr<> data = t.mm->scratch.data();
   // The first syscalls run from the restorer's own code, still mapped at the same place.
   // (A task in its parent's address space has no rseq: clone(CLONE_VM) drops it.)
-  if (!t.vm_shared) {
+  if (!t.vm_shared()) {
     leader.SetGadget(k64, RemotePtr(uint64_t(kleap_park_gadget)));
     KLEAP_TRY(UnregisterRseq(leader, pid));
   }
   for (int tid : t.ps->tids()) {
-    Lookup(threads_, tid)->SetGadget(k64, RemotePtr(t.scratch + kScratchGadget64));
-    Lookup(threads_, tid)->SetGadget(ArchKind::kX86, RemotePtr(t.scratch + kScratchGadget32));
+    Lookup(threads_, tid)->SetGadget(k64, t.mm->scratch.gadget64());
+    Lookup(threads_, tid)->SetGadget(ArchKind::kX86, t.mm->scratch.gadget32());
   }
-  if (t.vm_shared)
-    KLEAP_TRY(SetUpVmMember(t, data));
+  if (t.vm_shared())
+    KLEAP_TRY(SetUpVmMember(t));
   else
-    KLEAP_TRY(RebuildMm(t, data));
+    KLEAP_TRY(RebuildMm(t));
   KLEAP_TRY(FaultPoint("restore-rebuild"));
   KLEAP_TRY(RestoreSigactions(leader, pid, data, *t.core));
   KLEAP_TRY(RestoreRlimits(pid, *t.core));
@@ -425,9 +344,10 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
                   "task " << pid << ": set child subreaper");
   // A table shared with tasks not rebuilt yet keeps their helpers. (A task in its
   // parent's address space has none of its own.)
-  uint64_t close_from = uint64_t(t.table_last ? t.keep_from : t.helper_from);
-  uint64_t close_to = t.table_last ? ~0u : uint64_t(t.helper_end - 1);
-  if (t.table_last || t.helper_end > t.helper_from)
+  const bool last = t.table_last();
+  uint64_t close_from = uint64_t(last ? t.keep_from : t.helper_from);
+  uint64_t close_to = last ? ~0u : uint64_t(t.helper_end - 1);
+  if (last || t.helper_end > t.helper_from)
     KLEAP_TRY_CTX(leader.Call(k64, X64Arch::kCloseRange, close_from, close_to, 0),
                   "task " << pid << ": close the restorer's fds");
   // Filters go in while the threads are still privileged (seccomp(2) needs
@@ -463,9 +383,10 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
 // threads only get their final registers.
 Result<void> RestoreSession::FinishTask(TaskPlan& t) {
   pid_t pid = t.ps->pid();
-  if (t.unmap_scratch)
+  if (t.unmaps_scratch())
     KLEAP_TRY_CTX(
-        Lookup(threads_, pid)->Call(ArchKind::kX86_64, X64Arch::kMunmap, t.scratch, kScratchSize),
+        Lookup(threads_, pid)
+            ->Call(ArchKind::kX86_64, X64Arch::kMunmap, t.mm->scratch.base, ScratchPage::kSize),
         "task " << pid << ": unmap the scratch page");
   for (auto& th : t.core->threads()) KLEAP_TRY(SetFinalRegisters(*Lookup(threads_, th.tid()), th));
   return Ok();
@@ -476,15 +397,15 @@ Result<void> RestoreSession::FinishTask(TaskPlan& t) {
 void RestoreSession::ExecFallbackInInit() {
   RemoteSyscalls& rs = *Lookup(threads_, 1);
   const std::string& path = opts_.fallback_init;
-  uint64_t data = tasks_[0].scratch + kScratchData, str = data + 16;
-  uint64_t argv[2] = {str, 0};
-  if (path.size() >= kScratchSize - kScratchData - 16 ||
-      !WriteRemote(1, RemotePtr(data), argv, sizeof argv) ||
-      !WriteRemote(1, RemotePtr(str), path.c_str(), path.size() + 1)) {
+  const RemotePtr<const uint64_t> argv_at = tasks_[0].mm->scratch.data().Cast<const uint64_t>();
+  const RemotePtr<const char> str = (tasks_[0].mm->scratch.data() + 16).Cast<const char>();
+  uint64_t argv[2] = {str.addr(), 0};
+  if (path.size() >= ScratchPage::kDataSize - 16 || !WriteRemote(1, argv_at, argv, sizeof argv) ||
+      !WriteRemote(1, str, path.c_str(), path.size() + 1)) {
     KLOG(kError) << "PID 1: can't write the fallback init's name";
     return;
   }
-  if (auto r = rs.Execve(str, data, 0); !r)
+  if (auto r = rs.Execve(str, argv_at, RemotePtr<const uint64_t>()); !r)
     KLOG(kError) << "PID 1: exec " << path << ": " << r.error().ToString();
 }
 

@@ -63,19 +63,6 @@ Result<std::map<uint64_t, ShmemMapping>> CreateShmem(ImageReader& images, const 
   return out;
 }
 
-// Helper fds take fixed numbers just above the task's own, in mapping order, so the
-// task (which opens them) and the controller (which maps them) agree without talking.
-void AssignHelperFds(TaskPlan& t) {
-  int next = t.helper_from;
-  for (int i = 0; i < t.mm->vmas_size(); ++i) {
-    auto k = t.mm->vmas(i).kind();
-    if (k == img::Vma::ANON_SHARED || k == img::Vma::FILE_PRIVATE || k == img::Vma::FILE_SHARED)
-      t.helpers.vma_fd[size_t(i)] = next++;
-  }
-  t.helpers.exe_fd = next++;
-  t.helper_end = next;
-}
-
 namespace {
 
 // The code of a task being created, over what it knows (ForkContext).
@@ -140,7 +127,7 @@ struct Forker : ForkContext {
   Result<void> OpenHelpers(const TaskPlan& t) {
     // Nothing of the controller's stays above the task's own fds (a shared table's holder
     // did that for the whole table).
-    if (!t.files_shared) syscall(X64Arch::kCloseRange, t.keep_from, ~0u, 0);
+    if (!t.files_shared()) syscall(X64Arch::kCloseRange, t.keep_from, ~0u, 0);
     auto place = [&](int fd, int want, const std::string& what) -> Result<void> {
       if (fd < 0) return ErrnoError() << "open " << what;
       if (fd != want) {
@@ -150,7 +137,7 @@ struct Forker : ForkContext {
       return Ok();
     };
     for (auto& [i, want] : t.helpers.vma_fd) {
-      const img::Vma& v = t.mm->vmas(int(i));
+      const img::Vma& v = t.mm->image->vmas(int(i));
       if (v.kind() == img::Vma::ANON_SHARED) {
         auto it = shmem.find(v.shmem_id());
         if (it == shmem.end())
@@ -181,8 +168,8 @@ struct Forker : ForkContext {
                         v.path()));
       }
     }
-    return place(open(t.mm->exe_path().c_str(), O_RDONLY | O_CLOEXEC), t.helpers.exe_fd,
-                 t.mm->exe_path());
+    return place(open(t.mm->image->exe_path().c_str(), O_RDONLY | O_CLOEXEC), t.helpers.exe_fd,
+                 t.mm->image->exe_path());
   }
 
   // A zombie, once its session and group are in place (others may be joining its
@@ -190,10 +177,7 @@ struct Forker : ForkContext {
   [[noreturn]] void BecomeZombie(size_t i) {
     int st = tasks[i].ps->exit_status();
     shared->slots[i].state.store(SlotState::kParked);
-    while (!shared->go_zombies.load()) {
-      if (shared->abort.load()) Exit1();
-      usleep(200);
-    }
+    WaitForPhase(ForkPhase::kZombiesExit);
     if ((st & 0x7f) == 0) _exit((st >> 8) & 0xff);
     int sig = st & 0x7f;
     rlimit none{0, 0};
@@ -214,6 +198,12 @@ struct Forker : ForkContext {
       usleep(200);
     }
   }
+  void WaitForPhase(ForkPhase p) {
+    while (shared->phase.load() < p) {
+      if (shared->abort.load()) Exit1();
+      usleep(200);
+    }
+  }
 
   // Installs the task's fd table and opens its helpers. A table shared by several tasks
   // is installed once, by its holder, once no other member touches its fds any more;
@@ -221,11 +211,12 @@ struct Forker : ForkContext {
   // two at once could take each other's places).
   Result<void> SetUpFds(size_t i) {
     TaskPlan& t = tasks[i];
-    if (t.files_shared) {
+    if (t.files_shared()) {
       shared->slots[i].fd_quiet.store(1);
-      WaitFor(shared->slots[t.table_prev].helpers_done);
+      WaitFor(shared->slots[t.table_prev()].helpers_done);
     } else {
-      for (size_t m : t.table_members) WaitFor(shared->slots[m].fd_quiet);
+      for (size_t m : t.table->placers)
+        if (m != i) WaitFor(shared->slots[m].fd_quiet);
       KLEAP_TRY(InstallFds(*t.fds, files, t.keep_from, LocalFdSyscall));
     }
     KLEAP_TRY(OpenHelpers(t));
@@ -288,8 +279,8 @@ struct Forker : ForkContext {
     auto& ps = *tasks[c].ps;
     int exit_signal = ps.exit_signal() ? ps.exit_signal() : SIGCHLD;
     uint64_t flags =
-        (tasks[c].files_shared ? CLONE_FILES : 0) | (tasks[c].fs_shared ? CLONE_FS : 0);
-    if (tasks[c].vm_shared) return CreateVmMember(c, owner, flags, exit_signal);
+        (tasks[c].files_shared() ? CLONE_FILES : 0) | (tasks[c].fs_shared() ? CLONE_FS : 0);
+    if (tasks[c].vm_shared()) return CreateVmMember(c, owner, flags, exit_signal);
     pid_t p = Clone3(ps.pid(), exit_signal, flags);
     if (p < 0)
       Fail(owner,
@@ -318,7 +309,7 @@ struct Forker : ForkContext {
 
   void JoinVmMembers(size_t i) {
     for (size_t c : tasks[i].children) {
-      if (!tasks[c].vm_shared) continue;
+      if (!tasks[c].vm_shared()) continue;
       pid_t pid = tasks[c].ps->pid(), pgid = tasks[c].ps->pgid();
       if (getpgid(pid) != pgid && setpgid(pid, pgid) < 0)
         Fail(i, ErrnoError() << "task " << pid << ": join process group " << pgid);
@@ -336,10 +327,7 @@ struct Forker : ForkContext {
            ErrnoError() << "helper " << lh.pid << ": " << (lh.session ? "setsid" : "setpgid"));
     SpawnHelpers(lh.helpers, owner);
     for (size_t c : lh.children) CreateTask(c, owner);
-    while (!shared->go_helpers.load()) {
-      if (shared->abort.load()) Exit1();
-      usleep(200);
-    }
+    WaitForPhase(ForkPhase::kHelpersExit);
     ReapHelpers(lh.helpers, owner);
     _exit(0);
   }
@@ -381,10 +369,7 @@ struct Forker : ForkContext {
     }
     make_time_ns();
     slot.state.store(SlotState::kCreated);
-    while (!shared->go_pgid.load()) {
-      if (shared->abort.load()) Exit1();
-      usleep(200);
-    }
+    WaitForPhase(ForkPhase::kJoinGroups);
     if (t.ps->pgid() && getpgid(0) != t.ps->pgid() && setpgid(0, t.ps->pgid()) < 0)
       Fail(i, ErrnoError() << "join process group " << t.ps->pgid());
     JoinVmMembers(i);
@@ -399,19 +384,20 @@ struct Forker : ForkContext {
     if (t.ps->zombie()) BecomeZombie(i);
     if (auto r = SpawnThreads(t); !r) Fail(i, r.error());
     if (auto r = SetUpFds(i); !r) Fail(i, r.error());
-    void* s =
-        mmap(reinterpret_cast<void*>(t.scratch), kScratchSize, PROT_READ | PROT_WRITE | PROT_EXEC,
-             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (s != reinterpret_cast<void*>(t.scratch))
-      Fail(i, ErrnoError() << "map the scratch page at " << Hex(t.scratch));
-    memcpy(static_cast<char*>(s) + kScratchGadget64, X64Arch::kSyscallInsn, 2);
-    memcpy(static_cast<char*>(s) + kScratchGadget32, X86Arch::kSyscallInsn, 2);
+    // (In its own memory: the remote address of the page is a local one here.)
+    void* at = reinterpret_cast<void*>(t.mm->scratch.base.addr());
+    void* s = mmap(at, ScratchPage::kSize, PROT_READ | PROT_WRITE | PROT_EXEC,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (s != at)
+      Fail(i, ErrnoError() << "map the scratch page at " << Hex(t.mm->scratch.base.addr()));
+    memcpy(static_cast<char*>(s) + ScratchPage::kGadget64, X64Arch::kSyscallInsn, 2);
+    memcpy(static_cast<char*>(s) + ScratchPage::kGadget32, X86Arch::kSyscallInsn, 2);
     if (personality(t.core->personality()) < 0)
       Fail(i, ErrnoError() << "personality " << Hex(t.core->personality()));
-    if (!t.fs_shared) {
+    if (!t.fs_shared()) {
       // The tasks that share this fs open their helpers by path first: a chroot would
       // move them.
-      for (size_t m : t.fs_members) WaitFor(shared->slots[m].helpers_done);
+      for (size_t m : t.fs->members) WaitFor(shared->slots[m].helpers_done);
       umask(t.core->umask());
       if (chdir(t.core->cwd().c_str()) < 0) Fail(i, ErrnoError() << "chdir " << t.core->cwd());
       if (t.core->root() != "/" && chroot(t.core->root().c_str()) < 0)

@@ -1,21 +1,23 @@
-// Restore, phase 1 (collect): every image of a set read into a RestorePlan and checked
+// Restore, phase 1 (plan): every image of a set read into a RestorePlan and checked
 // before anything is created: the plan's structure (ValidatePlan, pure), the page blobs,
 // checksums, that every pid is free and that every mapped or opened file is the one
-// that was dumped. The same checks serve `kleap validate`.
+// that was dumped. The same checks serve `kleap validate`. Then the tasks to create and
+// what they share (PlanTasks).
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <set>
 
 #include "engine/aio.h"
 #include "engine/base/log.h"
 #include "engine/base/lookup.h"
 #include "engine/base/page.h"
-#include "engine/context.h"
 #include "engine/ipc.h"
 #include "engine/leaders.h"
 #include "engine/locks.h"
 #include "engine/mm.h"
+#include "engine/restore_plan.h"
 #include "engine/seccomp.h"
 #include "engine/share.h"
 #include "engine/sock.h"
@@ -246,6 +248,120 @@ Result<void> VerifyBlobs(ImageReader& images, const RestorePlan& plan) {
   for (auto& [pid, pm] : plan.pagemaps) KLEAP_TRY(images.VerifyImage(pm.blob()));
   for (auto& o : plan.shmem.objects()) KLEAP_TRY(images.VerifyImage(o.blob()));
   return Ok();
+}
+
+// ---- the tasks and what they share ----
+
+size_t TaskPlan::table_prev() const {
+  auto me = std::find(table->placers.begin(), table->placers.end(), index);
+  KLEAP_CHECK(me != table->placers.begin() && me != table->placers.end());
+  return *(me - 1);
+}
+
+// Helper fds take fixed numbers just above the task's own, in mapping order, so the
+// task (which opens them) and the controller (which maps them) agree without talking.
+void AssignHelperFds(TaskPlan& t) {
+  int next = t.helper_from;
+  const img::MmImage& mm = *t.mm->image;
+  for (int i = 0; i < mm.vmas_size(); ++i) {
+    auto k = mm.vmas(i).kind();
+    if (k == img::Vma::ANON_SHARED || k == img::Vma::FILE_PRIVATE || k == img::Vma::FILE_SHARED)
+      t.helpers.vma_fd[size_t(i)] = next++;
+  }
+  t.helpers.exe_fd = next++;
+  t.helper_end = next;
+}
+
+namespace {
+
+// A live task's table, fs and address space: its own, or its parent's where it shares
+// them (ValidateSharing made sure the parent is in the tree, alive, and that the images
+// agree).
+Result<void> PlanSharing(const RestorePlan& plan, const std::map<pid_t, pid_t>& creators,
+                         const std::vector<TaskPlan>& tasks, const TaskPlan* parent, TaskPlan& t) {
+  const img::PsTask& ps = *t.ps;
+  size_t me = t.index;
+  if (!parent && (ps.files_share_with() || ps.fs_share_with() || ps.vm_share_with()))
+    return Err(EINVAL) << "pstree.img: task " << ps.pid()
+                       << " shares with a parent outside the tree";
+  t.table = ps.files_share_with() ? parent->table
+                                  : std::make_shared<SharedFdTable>(SharedFdTable{me, {me}});
+  t.fs = ps.fs_share_with() ? parent->fs : std::make_shared<SharedFs>(SharedFs{me, {}});
+  if (ps.vm_share_with()) {
+    if (Lookup(creators, ps.pid()) != ps.ppid())
+      return Err(EINVAL) << "pstree.img: task " << ps.pid() << " shares the address space of "
+                         << ps.ppid() << ", which does not create it";
+    // It runs none of the restorer's code: it places no helpers in a shared table, and
+    // opens nothing by path in a shared fs.
+    t.mm = parent->mm;
+    t.helper_end = t.helper_from;
+    return Ok();
+  }
+  const img::MmImage& image = Lookup(plan.mms, ps.pid());
+  t.mm = std::make_shared<SharedMm>(SharedMm{&image, KLEAP_TRY(PickScratch(image)), me, me});
+  if (t.files_shared()) {
+    t.table->placers.push_back(me);
+    t.helper_from = tasks[t.table_prev()].helper_end;
+  }
+  if (t.fs_shared()) t.fs->members.push_back(me);
+  AssignHelperFds(t);
+  return Ok();
+}
+
+}  // namespace
+
+Result<ForkPlan> PlanTasks(const RestorePlan& plan) {
+  ForkPlan out;
+  std::vector<TaskPlan>& tasks = out.tasks;
+  std::map<pid_t, size_t> index;
+  auto creators = KLEAP_TRY(TaskCreators(plan.pstree));
+  std::map<pid_t, size_t> helper_index;
+  for (auto& h : plan.pstree.helpers()) {
+    helper_index[h.pid()] = out.leaders.size();
+    out.leaders.push_back({h.pid(), h.session(), {}, {}});
+  }
+  for (auto& ps : plan.pstree.tasks()) {
+    TaskPlan t;
+    t.index = tasks.size();
+    t.ps = &ps;
+    if (!ps.zombie()) {
+      t.core = &Lookup(plan.cores, ps.pid());
+      t.fds = &Lookup(plan.fdtables, ps.pid());
+      for (auto& e : t.fds->fds()) t.keep_from = std::max(t.keep_from, e.fd() + 1);
+      t.helper_from = t.keep_from;
+      auto parent = index.find(ps.ppid());
+      KLEAP_TRY(PlanSharing(plan, creators, tasks,
+                            parent == index.end() ? nullptr : &tasks[parent->second], t));
+    }
+    index[ps.pid()] = t.index;
+    pid_t creator = Lookup(creators, ps.pid());
+    if (auto h = helper_index.find(creator); creator && h != helper_index.end()) {
+      out.leaders[h->second].children.push_back(t.index);
+      t.by_helper = true;
+    } else if (creator) {
+      tasks[Lookup(index, creator)].children.push_back(t.index);
+    }
+    tasks.push_back(std::move(t));
+  }
+  // An address space's scratch page goes with the last of its tasks rebuilt.
+  for (auto& t : tasks)
+    if (t.mm) t.mm->last = t.index;
+  // A parent creates its children in its own time namespace before it makes another.
+  for (auto& t : tasks)
+    std::stable_sort(t.children.begin(), t.children.end(), [&](size_t a, size_t b) {
+      auto later = [&](size_t c) {
+        return !tasks[c].ps->zombie() && tasks[c].ps->time_ns().id() != t.ps->time_ns().id();
+      };
+      return !later(a) && later(b);
+    });
+  for (auto& h : plan.pstree.helpers()) {
+    size_t me = Lookup(helper_index, h.pid());
+    if (auto p = helper_index.find(h.parent()); p != helper_index.end())
+      out.leaders[p->second].helpers.push_back(me);
+    else
+      tasks[Lookup(index, h.parent())].leader_helpers.push_back(me);
+  }
+  return out;
 }
 
 }  // namespace kleap

@@ -89,7 +89,7 @@ Result<void> RestoreSeccomp(RemoteSyscalls& rs, pid_t pid, const img::ThreadCore
   // struct sock_fprog (64-bit: the length, padding, the pointer), then the program.
   const uint64_t size = (16 + most + 4095) & ~uint64_t(4095);
   uint64_t at = KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMmap, 0, size, PROT_READ | PROT_WRITE,
-                                      MAP_PRIVATE | MAP_ANONYMOUS, uint64_t(-1), 0),
+                                      MAP_PRIVATE | MAP_ANONYMOUS, RemoteFd(-1), 0),
                               "thread " << tid << ": map room for its seccomp filters");
   Result<void> r = [&]() -> Result<void> {
     for (int i = 0; i < th.seccomp_size(); ++i) {

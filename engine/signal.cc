@@ -37,10 +37,9 @@ Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* 
     using A = decltype(a);
     for (int sig = 1; sig <= kMaxSig; ++sig) {
       if (!Settable(sig)) continue;
-      KLEAP_TRY_CTX(
-          leader.Call(A::kKind, A::kRtSigaction, uint64_t(sig), 0, scratch.at().addr(), 8),
-          "task " << task.pid << ": read the action of signal " << sig);
-      auto ka = KLEAP_TRY(ReadRemoteValue<typename A::k_sigaction>(task.pid, scratch.at()));
+      KLEAP_TRY_CTX(leader.Call(A::kKind, A::kRtSigaction, uint64_t(sig), 0, scratch.at(), 8),
+                    "task " << task.pid << ": read the action of signal " << sig);
+      auto ka = KLEAP_TRY(ReadRemoteValue(task.pid, scratch.at<typename A::k_sigaction>()));
       uint64_t mask;
       memcpy(&mask, &ka.mask, sizeof mask);
       if (!ka.handler && !ka.flags && !mask) continue;
@@ -61,9 +60,9 @@ Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* 
     auto ss_mem = KLEAP_TRY(StackScratch::Borrow(th.tid(), rs.saved_regs(), 64));
     KLEAP_TRY(WithArch(ArchKind(th.arch()), [&](auto a) -> Result<void> {
       using A = decltype(a);
-      KLEAP_TRY_CTX(rs.Call(A::kKind, A::kSigaltstack, 0, ss_mem.at().addr()),
+      KLEAP_TRY_CTX(rs.Call(A::kKind, A::kSigaltstack, 0, ss_mem.at()),
                     "thread " << th.tid() << ": sigaltstack");
-      auto ss = KLEAP_TRY(ReadRemoteValue<typename A::stack_t>(th.tid(), ss_mem.at()));
+      auto ss = KLEAP_TRY(ReadRemoteValue(th.tid(), ss_mem.at<typename A::stack_t>()));
       if (ss.flags & SS_DISABLE) return Ok();
       img::SigAltStack* alt = th.mutable_altstack();
       alt->set_sp(ss.sp);
@@ -75,7 +74,7 @@ Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* 
   return Ok();
 }
 
-Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                                const img::TaskCore& core) {
   return WithArch(ArchKind(core.arch()), [&](auto a) -> Result<void> {
     using A = decltype(a);
@@ -95,7 +94,7 @@ Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
         uint64_t mask = it->second->mask();
         memcpy(&ka.mask, &mask, sizeof mask);
       }
-      KLEAP_TRY(WriteRemote(pid, RemotePtr(scratch), &ka, sizeof ka));
+      KLEAP_TRY(WriteRemote(pid, scratch, &ka, sizeof ka));
       KLEAP_TRY_CTX(rs.Call(A::kKind, A::kRtSigaction, uint64_t(sig), scratch, 0, 8),
                     "task " << pid << ": set the action of signal " << sig);
     }
@@ -103,13 +102,13 @@ Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
   });
 }
 
-Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, uint64_t scratch,
+Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, RemotePtr<> scratch,
                             const google::protobuf::RepeatedPtrField<img::PendingSignal>& pending,
                             bool shared) {
   for (auto& p : pending) {
     if (p.siginfo().size() != sizeof(siginfo_t) || p.signo() < 1 || p.signo() > kMaxSig)
       return Err(EINVAL) << "core image of task " << pid << ": bad pending signal " << p.signo();
-    KLEAP_TRY(WriteRemote(pid, RemotePtr(scratch), p.siginfo().data(), p.siginfo().size()));
+    KLEAP_TRY(WriteRemote(pid, scratch, p.siginfo().data(), p.siginfo().size()));
     if (shared)
       KLEAP_TRY_CTX(
           rs.Call(ArchKind::kX86_64, X64Arch::kRtSigqueueinfo, uint64_t(pid), p.signo(), scratch),
@@ -122,7 +121,7 @@ Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, uint64_t s
   return Ok();
 }
 
-Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch,
+Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, RemotePtr<> scratch,
                              const img::ThreadCore& th) {
   // Always set: a thread without one must not keep the restorer's.
   X64Arch::stack_t ss{};
@@ -132,7 +131,7 @@ Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch,
     ss.size = th.altstack().size();
     ss.flags = th.altstack().flags();
   }
-  KLEAP_TRY(WriteRemote(tid, RemotePtr(scratch), &ss, sizeof ss));
+  KLEAP_TRY(WriteRemote(tid, scratch, &ss, sizeof ss));
   KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kSigaltstack, scratch, 0),
                 "thread " << tid << ": sigaltstack");
   return Ok();

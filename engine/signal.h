@@ -4,12 +4,12 @@
 
 namespace kleap {
 
-Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreSigactions(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                                const img::TaskCore& core);
-Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, uint64_t scratch,
+Result<void> RestorePending(RemoteSyscalls& rs, pid_t pid, pid_t tid, RemotePtr<> scratch,
                             const google::protobuf::RepeatedPtrField<img::PendingSignal>& pending,
                             bool shared);
-Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, uint64_t scratch,
+Result<void> RestoreAltStack(RemoteSyscalls& rs, pid_t tid, RemotePtr<> scratch,
                              const img::ThreadCore& th);
 Result<void> DumpSignals(DumpContext& ctx, const TaskInfo& task, img::TaskCore* core);
 

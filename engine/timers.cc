@@ -200,9 +200,9 @@ Result<void> DumpTimers(DumpContext& ctx, const TaskInfo& task, img::TaskTimers*
     using A = decltype(a);
     using Four = typename TimeLayout<A>::Four;
     for (int which : {ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF}) {
-      KLEAP_TRY_CTX(rs.Call(A::kKind, A::kGetitimer, uint64_t(which), mem.at().addr()),
+      KLEAP_TRY_CTX(rs.Call(A::kKind, A::kGetitimer, uint64_t(which), mem.at()),
                     "task " << pid << ": getitimer " << which);
-      Four v = KLEAP_TRY(ReadRemoteValue<Four>(pid, mem.at()));
+      Four v = KLEAP_TRY(ReadRemoteValue(pid, mem.at<Four>()));
       // struct itimerval: it_interval, then it_value; microseconds.
       uint64_t interval = TimeLayout<A>::Ns(v.v[0], v.v[1], 1000);
       uint64_t value = TimeLayout<A>::Ns(v.v[2], v.v[3], 1000);
@@ -220,9 +220,9 @@ Result<void> DumpTimers(DumpContext& ctx, const TaskInfo& task, img::TaskTimers*
       p->set_signo(t.signo);
       p->set_notify_tid(t.notify & kSigevThreadId ? t.notify_pid : 0);
       p->set_sigev_value(t.sigev_value);
-      KLEAP_TRY_CTX(rs.Call(A::kKind, A::kTimerGettime, uint64_t(t.id), mem.at().addr()),
+      KLEAP_TRY_CTX(rs.Call(A::kKind, A::kTimerGettime, uint64_t(t.id), mem.at()),
                     "task " << pid << ": timer_gettime of timer " << t.id);
-      Four v = KLEAP_TRY(ReadRemoteValue<Four>(pid, mem.at()));
+      Four v = KLEAP_TRY(ReadRemoteValue(pid, mem.at<Four>()));
       // struct itimerspec: it_interval, then it_value; nanoseconds.
       p->set_interval_ns(TimeLayout<A>::Ns(v.v[0], v.v[1], 1));
       p->set_value_ns(TimeLayout<A>::Ns(v.v[2], v.v[3], 1));
@@ -255,14 +255,16 @@ Result<void> ValidateTimers(pid_t pid, const img::TaskTimers& t) {
   return Ok();
 }
 
-Result<void> RestoreTimers(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreTimers(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                            const img::TaskTimers& t, bool same_boot) {
   constexpr ArchKind k64 = ArchKind::kX86_64;
   KLEAP_TRY(ValidateTimers(pid, t));
   std::vector<img::PosixTimer> posix(t.posix().begin(), t.posix().end());
   std::sort(posix.begin(), posix.end(), [](auto& a, auto& b) { return a.id() < b.id(); });
   // scratch: [0] the timer id in and out, [64] the sigevent, [128] the itimerspec.
-  const uint64_t id_at = scratch, ev_at = scratch + 64, its_at = scratch + 128;
+  const RemotePtr<int32_t> id_at = scratch.Cast<int32_t>();
+  const RemotePtr<Sigevent64> ev_at = (scratch + 64).Cast<Sigevent64>();
+  const RemotePtr<Four64> its_at = (scratch + 128).Cast<Four64>();
   bool explicit_ids = rs.Call(k64, X64Arch::kPrctl, kPrTimerCreateRestoreIds, 1).has_value();
   auto create = [&](const img::PosixTimer& p, int want) -> Result<int> {
     Sigevent64 ev{};
@@ -270,13 +272,12 @@ Result<void> RestoreTimers(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
     ev.signo = p.signo();
     ev.notify = int32_t(p.notify());
     ev.tid = p.notify_tid();
-    KLEAP_TRY(WriteRemote(pid, RemotePtr(ev_at), &ev, sizeof ev));
-    int32_t id = want;
-    KLEAP_TRY(WriteRemote(pid, RemotePtr(id_at), &id, sizeof id));
+    KLEAP_TRY(WriteRemoteValue(pid, ev_at, ev));
+    KLEAP_TRY(WriteRemoteValue(pid, id_at, int32_t(want)));
     KLEAP_TRY_CTX(
         rs.Call(k64, X64Arch::kTimerCreate, uint64_t(p.clockid()), ev_at, id_at),
         "task " << pid << ": timer_create for timer " << p.id() << " on clock " << p.clockid());
-    return KLEAP_TRY(ReadRemoteValue<int32_t>(pid, RemotePtr(id_at)));
+    return KLEAP_TRY(ReadRemoteValue(pid, id_at));
   };
   Result<void> made = [&]() -> Result<void> {
     for (auto& p : posix) {
@@ -298,7 +299,7 @@ Result<void> RestoreTimers(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
   for (auto& p : posix) {
     if (!p.value_ns()) continue;
     Four64 its = Split(p.interval_ns(), Left(p.value_ns(), Elapsed(p.clockid(), t, same_boot)), 1);
-    KLEAP_TRY(WriteRemote(pid, RemotePtr(its_at), &its, sizeof its));
+    KLEAP_TRY(WriteRemoteValue(pid, its_at, its));
     KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kTimerSettime, uint64_t(p.id()), 0, its_at, 0),
                   "task " << pid << ": arm timer " << p.id());
   }
@@ -307,7 +308,7 @@ Result<void> RestoreTimers(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
     // setitimer counts in microseconds: 1 ns left would disarm it.
     uint64_t left = std::max<uint64_t>(Left(it.value_ns(), Elapsed(clk, t, same_boot)), 1000);
     Four64 v = Split(it.interval_ns(), left, 1000);
-    KLEAP_TRY(WriteRemote(pid, RemotePtr(its_at), &v, sizeof v));
+    KLEAP_TRY(WriteRemoteValue(pid, its_at, v));
     KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kSetitimer, it.which(), its_at, 0),
                   "task " << pid << ": setitimer " << it.which());
   }

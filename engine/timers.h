@@ -27,7 +27,7 @@ Result<void> DumpTimers(DumpContext& ctx, const TaskInfo& task, img::TaskTimers*
 Result<void> ValidateTimers(pid_t pid, const img::TaskTimers& t);
 // Re-creates the timers with their ids and arms them, the downtime counted. Runs in
 // the task through 64-bit syscalls from its scratch page.
-Result<void> RestoreTimers(RemoteSyscalls& rs, pid_t pid, uint64_t scratch,
+Result<void> RestoreTimers(RemoteSyscalls& rs, pid_t pid, RemotePtr<> scratch,
                            const img::TaskTimers& t, bool same_boot);
 
 }  // namespace kleap

@@ -126,10 +126,11 @@ Result<Block> LiveBlock(pid_t pid) {
 
 // A free range of `size` bytes in the dumped layout, searched downward from the top of
 // the arch's address space.
-Result<uint64_t> FreeRange(const img::MmImage& mm, uint64_t size, uint64_t scratch, ArchKind arch) {
+Result<uint64_t> FreeRange(const img::MmImage& mm, uint64_t size, const ScratchPage& scratch,
+                           ArchKind arch) {
   uint64_t top = arch == ArchKind::kX86 ? 0xf7000000ull : 0x7ff000000000ull;
   for (uint64_t a = (top - size) & ~uint64_t(0xfffff); a > 0x1000000; a -= 0x100000) {
-    bool busy = a < scratch + kScratchSize && a + size > scratch;
+    bool busy = a < scratch.base.addr() + ScratchPage::kSize && a + size > scratch.base.addr();
     for (auto& v : mm.vmas())
       if (a < v.end() && a + size > v.start()) busy = true;
     if (!busy) return a;
@@ -168,7 +169,7 @@ Result<void> PutTrampolines(MmRestore& r, const Block& old, const Block& now,
   auto& rs = *r.rs;
   uint64_t got = KLEAP_TRY(rs.Call(ArchKind::kX86_64, X64Arch::kMmap, old.vdso_start, len,
                                    PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                                   ~uint64_t(0), 0));
+                                   RemoteFd(-1), 0));
   if (got != old.vdso_start) return Err(EFAULT) << "vdso trampolines mapped at " << Hex(got);
   KLEAP_TRY(WriteRemote(r.pid, RemotePtr(old.vdso_start), page.data(), page.size()));
   KLEAP_TRY(

@@ -47,6 +47,7 @@ struct X64Arch {
 
   enum : int {
     kRead = 0,
+    kWrite = 1,
     kClose = 3,
     kMmap = 9,
     kMprotect = 10,

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 
 namespace kleap {
 namespace {
@@ -64,21 +65,25 @@ RemoteSyscalls::~RemoteSyscalls() {
   }
 }
 
-Result<uint64_t> RemoteSyscalls::Call(ArchKind arch, long nr, uint64_t a1, uint64_t a2, uint64_t a3,
-                                      uint64_t a4, uint64_t a5, uint64_t a6) {
-  return Run(arch, nr, {a1, a2, a3, a4, a5, a6}, /*exec=*/false);
+Result<uint64_t> RemoteSyscalls::Call(ArchKind arch, long nr, SyscallArg a1, SyscallArg a2,
+                                      SyscallArg a3, SyscallArg a4, SyscallArg a5, SyscallArg a6) {
+  return Run(arch, nr, {a1.value(), a2.value(), a3.value(), a4.value(), a5.value(), a6.value()},
+             /*exec=*/false);
 }
 
-Result<void> RemoteSyscalls::Execve(uint64_t path, uint64_t argv, uint64_t envp) {
-  KLEAP_TRY(Run(ArchKind::kX86_64, X64Arch::kExecve, {path, argv, envp, 0, 0, 0}, /*exec=*/true));
+Result<void> RemoteSyscalls::Execve(RemotePtr<const char> path, RemotePtr<const uint64_t> argv,
+                                    RemotePtr<const uint64_t> envp) {
+  KLEAP_TRY(Run(ArchKind::kX86_64, X64Arch::kExecve,
+                {path.addr(), argv.addr(), envp.addr(), 0, 0, 0},
+                /*exec=*/true));
   return Ok();
 }
 
 Result<uint64_t> RemoteSyscalls::Run(ArchKind arch, long nr, const std::array<uint64_t, 6>& a,
                                      bool exec) {
   auto [a1, a2, a3, a4, a5, a6] = a;
-  RemotePtr gadget = gadget_[size_t(arch)];
-  if (gadget.addr() == 0)
+  RemotePtr<> gadget = gadget_[size_t(arch)];
+  if (gadget.null())
     return Err(EINVAL) << "thread " << tid_ << ": no " << ArchName(arch)
                        << " syscall instruction to run syscall " << nr;
   if (!mask_blocked_) {
@@ -162,14 +167,14 @@ Regs NormalizeInterruptedSyscall(const Regs& regs, ArchKind arch, bool same_task
   return r;
 }
 
-Result<RemotePtr> FindGadget(pid_t pid, uint64_t start, uint64_t end, ArchKind arch) {
-  std::vector<uint8_t> buf(end - start);
-  KLEAP_TRY(ReadRemote(pid, RemotePtr(start), buf.data(), buf.size()));
+Result<RemotePtr<>> FindGadget(pid_t pid, RemotePtr<> start, RemotePtr<> end, ArchKind arch) {
+  std::vector<uint8_t> buf(end.addr() - start.addr());
+  KLEAP_TRY(ReadRemote(pid, start, buf.data(), buf.size()));
   const uint8_t* insn = arch == ArchKind::kX86_64 ? X64Arch::kSyscallInsn : X86Arch::kSyscallInsn;
   for (size_t i = 0; i + 1 < buf.size(); ++i)
-    if (buf[i] == insn[0] && buf[i + 1] == insn[1]) return RemotePtr(start + i);
-  return Err(ENOENT) << "pid " << pid << ": no " << ArchName(arch) << " syscall instruction in 0x"
-                     << std::hex << start << "-0x" << end;
+    if (buf[i] == insn[0] && buf[i + 1] == insn[1]) return start + i;
+  return Err(ENOENT) << "pid " << pid << ": no " << ArchName(arch) << " syscall instruction in "
+                     << Hex(start.addr()) << "-" << Hex(end.addr());
 }
 
 }  // namespace kleap

@@ -13,12 +13,29 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 #include "engine/base/arch.h"
 #include "engine/base/result.h"
 #include "engine/ptrace/tracee.h"
 
 namespace kleap {
+
+// One argument of an injected syscall: a number, an address in the tracee or one of the
+// tracee's fds. (A local pointer is none of these, so it can't be passed by mistake.)
+class SyscallArg {
+ public:
+  template <class I>
+  requires(std::is_integral_v<I> || std::is_enum_v<I>) constexpr SyscallArg(I v)
+      : v_(uint64_t(v)) {}  // NOLINT: as the ABI widens it
+  template <class T>
+  constexpr SyscallArg(RemotePtr<T> p) : v_(p.addr()) {}                  // NOLINT
+  constexpr SyscallArg(RemoteFd fd) : v_(uint64_t(int64_t(fd.get()))) {}  // NOLINT
+  constexpr uint64_t value() const { return v_; }
+
+ private:
+  uint64_t v_;
+};
 
 class RemoteSyscalls {
  public:
@@ -33,16 +50,17 @@ class RemoteSyscalls {
   uint64_t saved_sigmask() const { return saved_mask_; }
 
   // Where the syscall instruction for each mode lives in the tracee.
-  void SetGadget(ArchKind arch, RemotePtr insn) { gadget_[size_t(arch)] = insn; }
-  bool HasGadget(ArchKind arch) const { return gadget_[size_t(arch)].addr() != 0; }
+  void SetGadget(ArchKind arch, RemotePtr<> insn) { gadget_[size_t(arch)] = insn; }
+  bool HasGadget(ArchKind arch) const { return !gadget_[size_t(arch)].null(); }
 
   // Runs one syscall in the given mode. A -errno return becomes an Error.
-  Result<uint64_t> Call(ArchKind arch, long nr, uint64_t a1 = 0, uint64_t a2 = 0, uint64_t a3 = 0,
-                        uint64_t a4 = 0, uint64_t a5 = 0, uint64_t a6 = 0);
+  Result<uint64_t> Call(ArchKind arch, long nr, SyscallArg a1 = 0, SyscallArg a2 = 0,
+                        SyscallArg a3 = 0, SyscallArg a4 = 0, SyscallArg a5 = 0, SyscallArg a6 = 0);
 
   // execve(2) in the thread (64-bit). On success the thread runs the new program from
   // its entry point and nothing is written back on destruction.
-  Result<void> Execve(uint64_t path, uint64_t argv, uint64_t envp);
+  Result<void> Execve(RemotePtr<const char> path, RemotePtr<const uint64_t> argv,
+                      RemotePtr<const uint64_t> envp);
 
   // On destruction, write these registers and this mask instead of the saved ones.
   void SetFinalState(const Regs& regs, uint64_t sigmask) {
@@ -60,7 +78,7 @@ class RemoteSyscalls {
   pid_t tid_;
   Regs saved_;
   uint64_t saved_mask_;
-  std::array<RemotePtr, 2> gadget_{};
+  std::array<RemotePtr<>, 2> gadget_{};
   std::optional<Regs> final_regs_;
   uint64_t final_mask_ = 0;
   bool armed_ = true;
@@ -74,6 +92,6 @@ class RemoteSyscalls {
 Regs NormalizeInterruptedSyscall(const Regs& regs, ArchKind arch, bool same_task);
 
 // Finds a syscall instruction of the given mode in [start, end) of a task's memory.
-Result<RemotePtr> FindGadget(pid_t pid, uint64_t start, uint64_t end, ArchKind arch);
+Result<RemotePtr<>> FindGadget(pid_t pid, RemotePtr<> start, RemotePtr<> end, ArchKind arch);
 
 }  // namespace kleap

@@ -228,7 +228,7 @@ Result<void> SetThreadArea(pid_t tid, const UserDesc& desc) {
 
 }  // namespace pt
 
-Result<void> ReadRemote(pid_t pid, RemotePtr addr, void* buf, size_t len) {
+Result<void> ReadRemote(pid_t pid, RemotePtr<> addr, void* buf, size_t len) {
   while (len) {
     iovec local{buf, len};
     iovec remote{reinterpret_cast<void*>(addr.addr()), len};
@@ -243,7 +243,7 @@ Result<void> ReadRemote(pid_t pid, RemotePtr addr, void* buf, size_t len) {
   return Ok();
 }
 
-Result<void> WriteRemote(pid_t pid, RemotePtr addr, const void* buf, size_t len) {
+Result<void> WriteRemote(pid_t pid, RemotePtr<> addr, const void* buf, size_t len) {
   while (len) {
     iovec local{const_cast<void*>(buf), len};
     iovec remote{reinterpret_cast<void*>(addr.addr()), len};
@@ -259,7 +259,7 @@ Result<void> WriteRemote(pid_t pid, RemotePtr addr, const void* buf, size_t len)
 }
 
 namespace {
-Result<void> MemRw(pid_t pid, RemotePtr addr, void* buf, size_t len, bool write) {
+Result<void> MemRw(pid_t pid, RemotePtr<> addr, void* buf, size_t len, bool write) {
   std::string path = ProcPath(pid, "mem");
   UniqueFd fd(open(path.c_str(), (write ? O_RDWR : O_RDONLY) | O_CLOEXEC));
   if (!fd) return ErrnoError() << "open " << path;
@@ -277,11 +277,11 @@ Result<void> MemRw(pid_t pid, RemotePtr addr, void* buf, size_t len, bool write)
 }
 }  // namespace
 
-Result<void> ReadRemoteForce(pid_t pid, RemotePtr addr, void* buf, size_t len) {
+Result<void> ReadRemoteForce(pid_t pid, RemotePtr<> addr, void* buf, size_t len) {
   return MemRw(pid, addr, buf, len, false);
 }
 
-Result<void> WriteRemoteForce(pid_t pid, RemotePtr addr, const void* buf, size_t len) {
+Result<void> WriteRemoteForce(pid_t pid, RemotePtr<> addr, const void* buf, size_t len) {
   return MemRw(pid, addr, const_cast<void*>(buf), len, true);
 }
 

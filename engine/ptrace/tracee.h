@@ -1,5 +1,5 @@
 // Thin, checked wrappers over ptrace and remote memory access. A tracee's addresses are
-// RemotePtr, never local pointers.
+// RemotePtr<T> and its fds RemoteFd, never local pointers or fds.
 #pragma once
 
 #include <signal.h>
@@ -9,22 +9,54 @@
 #include <cstdint>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engine/base/result.h"
 
 namespace kleap {
 
+// An address in a tracee's memory. T is what lives there: RemotePtr<T> + n steps by
+// elements, RemotePtr<> (of void) is a plain address that steps by bytes. A typed pointer
+// becomes a plain one implicitly; the other way is a Cast, said where it happens.
+template <class T = void>
 class RemotePtr {
  public:
   constexpr RemotePtr() = default;
   constexpr explicit RemotePtr(uint64_t addr) : addr_(addr) {}
+  template <class U>
+  requires(std::is_void_v<T> && !std::is_void_v<U>) constexpr RemotePtr(RemotePtr<U> p)
+      : addr_(p.addr()) {}  // NOLINT: a typed address is one
+
   constexpr uint64_t addr() const { return addr_; }
-  constexpr RemotePtr operator+(uint64_t off) const { return RemotePtr(addr_ + off); }
+  constexpr bool null() const { return addr_ == 0; }
+  constexpr RemotePtr operator+(uint64_t n) const { return RemotePtr(addr_ + n * kStride); }
+  template <class U>
+  constexpr RemotePtr<U> Cast() const {
+    return RemotePtr<U>(addr_);
+  }
   constexpr bool operator==(const RemotePtr&) const = default;
 
  private:
+  static constexpr uint64_t kStride = [] {
+    if constexpr (std::is_void_v<T>)
+      return uint64_t(1);
+    else
+      return uint64_t(sizeof(T));
+  }();
   uint64_t addr_ = 0;
+};
+RemotePtr(uint64_t)->RemotePtr<>;
+
+// An fd number in a tracee's fd table, not in ours: it can't be passed to read(2) here.
+class RemoteFd {
+ public:
+  constexpr explicit RemoteFd(int fd) : fd_(fd) {}
+  constexpr int get() const { return fd_; }
+  constexpr bool operator==(const RemoteFd&) const = default;
+
+ private:
+  int fd_;
 };
 
 using Regs = user_regs_struct;
@@ -78,9 +110,21 @@ Result<void> SetThreadArea(pid_t tid, const UserDesc& desc);
 
 // Remote memory of a process, through process_vm_{read,write}v, or /proc/PID/mem for
 // pages the task itself can't access (PROT_NONE, read-only).
-Result<void> ReadRemote(pid_t pid, RemotePtr addr, void* buf, size_t len);
-Result<void> WriteRemote(pid_t pid, RemotePtr addr, const void* buf, size_t len);
-Result<void> ReadRemoteForce(pid_t pid, RemotePtr addr, void* buf, size_t len);
-Result<void> WriteRemoteForce(pid_t pid, RemotePtr addr, const void* buf, size_t len);
+Result<void> ReadRemote(pid_t pid, RemotePtr<> addr, void* buf, size_t len);
+Result<void> WriteRemote(pid_t pid, RemotePtr<> addr, const void* buf, size_t len);
+Result<void> ReadRemoteForce(pid_t pid, RemotePtr<> addr, void* buf, size_t len);
+Result<void> WriteRemoteForce(pid_t pid, RemotePtr<> addr, const void* buf, size_t len);
+
+// One value of type T, read from or written to where `at` points.
+template <class T>
+Result<T> ReadRemoteValue(pid_t pid, RemotePtr<T> at) {
+  T v{};
+  KLEAP_TRY(ReadRemote(pid, at, &v, sizeof v));
+  return v;
+}
+template <class T>
+Result<void> WriteRemoteValue(pid_t pid, RemotePtr<T> at, const T& v) {
+  return WriteRemote(pid, at, &v, sizeof v);
+}
 
 }  // namespace kleap

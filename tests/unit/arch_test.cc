@@ -198,6 +198,7 @@ TEST(ArchTables, X64SyscallNumbersMatchTheKernel) {
   EXPECT_EQ(X64Arch::kRtSigaction, SYS_rt_sigaction);
   EXPECT_EQ(X64Arch::kRtSigprocmask, SYS_rt_sigprocmask);
   EXPECT_EQ(X64Arch::kMadvise, SYS_madvise);
+  EXPECT_EQ(X64Arch::kWrite, SYS_write);
   EXPECT_EQ(X64Arch::kGetpid, SYS_getpid);
   EXPECT_EQ(X64Arch::kUmask, SYS_umask);
   EXPECT_EQ(X64Arch::kSetgroups, SYS_setgroups);

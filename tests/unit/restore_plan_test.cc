@@ -1,9 +1,15 @@
 // Restore planning (engine/restore_plan.cc, engine/leaders.cc): what pstree.img and the
-// task images say is untrusted input, checked before anything is created.
+// task images say is untrusted input, checked before anything is created; then which
+// tasks create which, and what they share (PlanTasks); and the dump side's plan of the
+// helpers for gone leaders (PlanLeaders).
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <string>
 
 #include "engine/context.h"
 #include "engine/leaders.h"
+#include "engine/restore_plan.h"
 #include "engine/share.h"
 
 namespace kleap {
@@ -156,16 +162,22 @@ TEST(ValidatePlan, FdsPointAtKnownFiles) {
       << Message(ValidatePlan(plan));
 }
 
-// Gone leaders: a helper stands in for each, and TaskCreators says who creates whom.
-TEST(TaskCreators, SessionHelpersHandTheirSessionDown) {
+// ThreeTasks, but 101 is in session 90, whose leader is gone: a session helper made by
+// 100, a subreaper, creates it.
+RestorePlan WithSessionHelper() {
   RestorePlan plan = ThreeTasks();
   plan.cores[100].set_child_subreaper(true);
-  // 101 is in session 90, whose leader is gone: a session helper made by 100 creates it.
   plan.pstree.mutable_tasks(1)->set_sid(90);
   img::PsHelper* h = plan.pstree.add_helpers();
   h->set_pid(90);
   h->set_parent(100);
   h->set_session(true);
+  return plan;
+}
+
+// Gone leaders: a helper stands in for each, and TaskCreators says who creates whom.
+TEST(TaskCreators, SessionHelpersHandTheirSessionDown) {
+  RestorePlan plan = WithSessionHelper();
   auto creators = TaskCreators(plan.pstree);
   ASSERT_TRUE(creators) << creators.error().ToString();
   EXPECT_EQ((*creators)[101], 90);
@@ -194,6 +206,236 @@ TEST(TaskCreators, BadHelpers) {
   EXPECT_NE(r.error().ToString().find("task 101 is in session 91, which neither its parent nor"),
             std::string::npos)
       << r.error().ToString();
+}
+
+// ---- PlanTasks ----
+
+// Gives `pid` fds 0..n-1 on file 1 (a plan's files aren't looked at by PlanTasks).
+void GiveFds(RestorePlan& plan, int pid, int n) {
+  for (int fd = 0; fd < n; ++fd) {
+    img::FdEntry* e = plan.fdtables[pid].add_fds();
+    e->set_fd(fd);
+    e->set_file_id(1);
+  }
+}
+
+ForkPlan MustPlan(const RestorePlan& plan) {
+  auto r = PlanTasks(plan);
+  EXPECT_TRUE(r) << (r ? "" : r.error().ToString());
+  return r ? std::move(*r) : ForkPlan{};
+}
+
+TEST(PlanTasks, EachTaskItsOwnTableFsAndAddressSpace) {
+  RestorePlan plan = ThreeTasks();
+  GiveFds(plan, 100, 3);
+  plan.mms[100].add_vmas()->set_kind(img::Vma::FILE_PRIVATE);  // a helper fd for the mapping
+  ForkPlan f = MustPlan(plan);
+  ASSERT_EQ(f.tasks.size(), 3u);
+  const TaskPlan &root = f.tasks[0], &child = f.tasks[1], &zombie = f.tasks[2];
+  EXPECT_EQ(root.children, (std::vector<size_t>{1, 2}));
+  for (const TaskPlan* t : {&root, &child}) {
+    EXPECT_FALSE(t->files_shared() || t->fs_shared() || t->vm_shared()) << t->ps->pid();
+    EXPECT_TRUE(t->table_last()) << t->ps->pid();
+    EXPECT_TRUE(t->unmaps_scratch()) << t->ps->pid();
+  }
+  EXPECT_NE(root.table, child.table);
+  // Helpers sit just above the task's own fds: the mapping's, then the exe.
+  EXPECT_EQ(root.keep_from, 3);
+  EXPECT_EQ(root.helpers.vma_fd.at(0), 3);
+  EXPECT_EQ(root.helpers.exe_fd, 4);
+  EXPECT_EQ(root.helper_end, 5);
+  EXPECT_EQ(child.keep_from, 0);
+  EXPECT_EQ(child.helpers.exe_fd, 0);
+  // The zombie shares nothing and has nothing to share.
+  EXPECT_FALSE(zombie.table || zombie.fs || zombie.mm || zombie.core);
+  EXPECT_FALSE(zombie.files_shared() || zombie.vm_shared() || zombie.table_last());
+}
+
+// 100 -> 101 -> 102, each made with CLONE_FILES and CLONE_FS from its parent: one table
+// and one fs for the three. The holder installs the table; each then places its helpers
+// above the one before it, and the last closes them all.
+TEST(PlanTasks, OneFdTableAndFsSharedDownAChain) {
+  RestorePlan plan;
+  plan.pstree.set_root_pid(100);
+  AddTask(plan, 100, 0, 100, 100);
+  AddTask(plan, 101, 100, 100, 100)->set_files_share_with(100);
+  AddTask(plan, 102, 101, 100, 100)->set_files_share_with(101);
+  plan.pstree.mutable_tasks(1)->set_fs_share_with(100);
+  plan.pstree.mutable_tasks(2)->set_fs_share_with(101);
+  for (int pid : {100, 101, 102}) GiveFds(plan, pid, 2);
+  plan.mms[101].add_vmas()->set_kind(img::Vma::ANON_SHARED);
+  ForkPlan f = MustPlan(plan);
+  ASSERT_EQ(f.tasks.size(), 3u);
+  auto& t = f.tasks;
+  EXPECT_EQ(t[0].table, t[1].table);
+  EXPECT_EQ(t[1].table, t[2].table);
+  EXPECT_EQ(t[0].table->holder, 0u);
+  EXPECT_EQ(t[0].table->placers, (std::vector<size_t>{0, 1, 2}));
+  EXPECT_FALSE(t[0].files_shared());
+  EXPECT_TRUE(t[1].files_shared() && t[2].files_shared());
+  EXPECT_EQ(t[1].table_prev(), 0u);
+  EXPECT_EQ(t[2].table_prev(), 1u);
+  EXPECT_FALSE(t[0].table_last() || t[1].table_last());
+  EXPECT_TRUE(t[2].table_last());
+  // Disjoint helper ranges, one after the other, above the table's own fds.
+  EXPECT_EQ(t[0].helper_from, 2);
+  EXPECT_EQ(t[0].helper_end, 3);  // the exe
+  EXPECT_EQ(t[1].helper_from, 3);
+  EXPECT_EQ(t[1].helpers.vma_fd.at(0), 3);
+  EXPECT_EQ(t[1].helpers.exe_fd, 4);
+  EXPECT_EQ(t[2].helper_from, 5);
+  EXPECT_EQ(t[2].helper_end, 6);
+  // The fs: the root holds it, both others open their helpers before it moves.
+  EXPECT_EQ(t[0].fs, t[2].fs);
+  EXPECT_EQ(t[0].fs->members, (std::vector<size_t>{1, 2}));
+  EXPECT_TRUE(t[1].fs_shared() && !t[0].fs_shared());
+  // Each has its own address space all the same.
+  EXPECT_NE(t[0].mm, t[1].mm);
+}
+
+// A child made with CLONE_VM (and CLONE_FILES): it runs none of the restorer's code, so
+// it takes its parent's scratch page, places no helpers, and the scratch page goes with
+// it, the last of the address space.
+TEST(PlanTasks, AClonedVmMember) {
+  RestorePlan plan;
+  plan.pstree.set_root_pid(100);
+  AddTask(plan, 100, 0, 100, 100);
+  img::PsTask* m = AddTask(plan, 101, 100, 100, 100);
+  m->set_vm_share_with(100);
+  m->set_files_share_with(100);
+  plan.mms.erase(101);  // LoadPlan reads no mm image for it
+  plan.pagemaps.erase(101);
+  for (int pid : {100, 101}) GiveFds(plan, pid, 3);
+  ForkPlan f = MustPlan(plan);
+  ASSERT_EQ(f.tasks.size(), 2u);
+  auto& t = f.tasks;
+  EXPECT_EQ(t[0].mm, t[1].mm);
+  EXPECT_EQ(t[0].mm->owner, 0u);
+  EXPECT_TRUE(t[1].vm_shared() && !t[0].vm_shared());
+  EXPECT_EQ(t[1].mm->image, &plan.mms[100]);
+  EXPECT_FALSE(t[0].unmaps_scratch());
+  EXPECT_TRUE(t[1].unmaps_scratch());
+  EXPECT_EQ(t[1].helper_from, t[1].helper_end);
+  // In its parent's table, but not one of its placers: the parent closes the helpers.
+  EXPECT_TRUE(t[1].files_shared());
+  EXPECT_EQ(t[0].table->placers, (std::vector<size_t>{0}));
+  EXPECT_TRUE(t[0].table_last());
+  EXPECT_FALSE(t[1].table_last());
+  // Without CLONE_FILES it has a table of its own, which it closes itself.
+  plan.pstree.mutable_tasks(1)->set_files_share_with(0);
+  ForkPlan g = MustPlan(plan);
+  ASSERT_EQ(g.tasks.size(), 2u);
+  EXPECT_FALSE(g.tasks[1].files_shared());
+  EXPECT_TRUE(g.tasks[1].table_last());
+  EXPECT_TRUE(g.tasks[0].table_last());
+}
+
+// A task in a session whose leader is gone is created by the session's helper; the
+// helper is created by the subreaper it was reparented to.
+TEST(PlanTasks, GoneLeadersCreateTheirMembers) {
+  RestorePlan plan = WithSessionHelper();
+  ForkPlan f = MustPlan(plan);
+  ASSERT_EQ(f.leaders.size(), 1u);
+  EXPECT_EQ(f.leaders[0].pid, 90);
+  EXPECT_TRUE(f.leaders[0].session);
+  EXPECT_EQ(f.leaders[0].children, (std::vector<size_t>{1}));
+  EXPECT_TRUE(f.tasks[1].by_helper);
+  EXPECT_EQ(f.tasks[0].children, (std::vector<size_t>{2}));  // the zombie only
+  EXPECT_EQ(f.tasks[0].leader_helpers, (std::vector<size_t>{0}));
+}
+
+// A parent makes the children of its own time namespace first, then unshares.
+TEST(PlanTasks, ChildrenInTheParentsTimeNamespaceComeFirst) {
+  RestorePlan plan;
+  plan.pstree.set_root_pid(100);
+  AddTask(plan, 100, 0, 100, 100);
+  AddTask(plan, 101, 100, 100, 100)->mutable_time_ns()->set_id(7);
+  AddTask(plan, 102, 100, 100, 100);
+  ForkPlan f = MustPlan(plan);
+  EXPECT_EQ(f.tasks[0].children, (std::vector<size_t>{2, 1}));
+}
+
+TEST(PlanTasks, BadPlans) {
+  // The root can't share with a parent that isn't there.
+  RestorePlan plan;
+  plan.pstree.set_root_pid(100);
+  AddTask(plan, 100, 0, 100, 100)->set_files_share_with(55);
+  auto r = PlanTasks(plan);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().ToString().find("task 100 shares with a parent outside the tree"),
+            std::string::npos)
+      << r.error().ToString();
+  // A CLONE_VM member must be created by its parent, not by a session helper.
+  RestorePlan vm = WithSessionHelper();
+  vm.pstree.mutable_tasks(1)->set_vm_share_with(100);
+  r = PlanTasks(vm);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().ToString().find("task 101 shares the address space of 100, which does not "
+                                      "create it"),
+            std::string::npos)
+      << r.error().ToString();
+}
+
+// ---- PlanLeaders (dump side) ----
+
+// A pid no task on this machine has.
+pid_t FreePid() {
+  for (pid_t p = 4194000;; --p)
+    if (access(("/proc/" + std::to_string(p)).c_str(), F_OK) != 0) return p;
+}
+
+TaskInfo Info(pid_t pid, pid_t ppid, pid_t sid, pid_t pgid) {
+  TaskInfo t;
+  t.pid = pid;
+  t.ppid = ppid;
+  t.sid = sid;
+  t.pgid = pgid;
+  t.tids = {pid};
+  return t;
+}
+
+TEST(PlanLeaders, ATreeWithItsLeadersNeedsNoHelper) {
+  auto p =
+      PlanLeaders({Info(100, 1, 100, 100), Info(101, 100, 100, 101), Info(102, 101, 100, 101)});
+  EXPECT_TRUE(p.helpers.empty());
+  EXPECT_TRUE(p.problems.empty());
+}
+
+TEST(PlanLeaders, GoneLeadersGetHelpers) {
+  pid_t gone_session = FreePid(), gone_group = gone_session - 1;
+  ASSERT_NE(access(("/proc/" + std::to_string(gone_group)).c_str(), F_OK), 0);
+  // 101's session leader exited (a daemon's grandchild); 102 is in a group whose leader
+  // exited, in 101's session.
+  auto p = PlanLeaders({Info(100, 1, 100, 100), Info(101, 100, gone_session, gone_session),
+                        Info(102, 101, gone_session, gone_group)});
+  ASSERT_TRUE(p.problems.empty()) << p.problems[0].reason;
+  ASSERT_EQ(p.helpers.size(), 2u);
+  EXPECT_EQ(p.helpers[0].pid(), gone_session);
+  EXPECT_TRUE(p.helpers[0].session());
+  EXPECT_EQ(p.helpers[0].parent(), 100);
+  EXPECT_EQ(p.helpers[1].pid(), gone_group);
+  EXPECT_FALSE(p.helpers[1].session());
+  EXPECT_EQ(p.helpers[1].parent(), 101);  // made by 102's creator, in the session
+}
+
+TEST(PlanLeaders, ShapesThatCantBeMade) {
+  auto reason = [](const LeaderPlan& p) {
+    return p.problems.empty() ? std::string() : p.problems[0].what + ": " + p.problems[0].reason;
+  };
+  // The root's session leader is alive outside the tree (this test's own session).
+  pid_t outside = getsid(0);
+  auto p = PlanLeaders({Info(100, 1, outside, 100)});
+  EXPECT_NE(reason(p).find("the session leader is outside the tree"), std::string::npos)
+      << reason(p);
+  // A task in another session than its parent, whose leader is alive in the tree.
+  p = PlanLeaders({Info(100, 1, 100, 100), Info(101, 100, 101, 101), Info(102, 100, 101, 101)});
+  EXPECT_NE(reason(p).find("nothing can hand the session down to it again"), std::string::npos)
+      << reason(p);
+  // Members of one gone session with different parents: no one helper can make them all.
+  pid_t gone = FreePid();
+  p = PlanLeaders({Info(100, 1, 100, 100), Info(101, 100, 101, 101), Info(102, 100, gone, gone),
+                   Info(103, 101, gone, gone)});
+  EXPECT_NE(reason(p).find("its members have different parents"), std::string::npos) << reason(p);
 }
 
 }  // namespace
