@@ -2,10 +2,13 @@
 // lines of fdinfo; nested instances are files like any other.
 //
 // The kernel keys a registration by (file, fd number), and the task later names it by
-// that number (EPOLL_CTL_MOD/DEL). So a registration is carried only when the fd number
-// it was made under still holds that file in the task (kcmp KCMP_EPOLL_TFD), and it is
-// remade under the same number: after every file object is open, a helper process puts
-// each target at its number and registers it (RegisterEpollTargets).
+// that number (EPOLL_CTL_MOD/DEL). The number may have been closed since, and even
+// reused for another file, while the registered file stays open under another number:
+// the registration stays. So each registration's file is found among the task's fds
+// (kcmp KCMP_EPOLL_TFD; several files under one number are told apart by their order),
+// and it is remade under its own number: after every file object is open, a helper
+// process puts each target at its number and registers it (RegisterEpollTargets). A
+// registration whose file no fd of the task holds is refused.
 #include <fcntl.h>
 #include <linux/kcmp.h>
 #include <sys/epoll.h>
@@ -16,6 +19,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <set>
 
 #include "engine/files.h"
@@ -46,32 +50,51 @@ Result<std::vector<TfdLine>> ParseTfds(const FdInfo& info) {
   return out;
 }
 
+// The fd of task d.pid that holds the file registered in epoll d.fd as the toff-th under
+// tfd: tfd itself when it still does, else another. -1 when none does.
+int HolderFd(const FdDesc& d, int tfd, uint32_t toff, const std::vector<int>& fds) {
+  kcmp_epoll_slot slot{uint32_t(d.fd), uint32_t(tfd), toff};
+  auto holds = [&](int fd) {
+    return syscall(SYS_kcmp, d.pid, d.pid, KCMP_EPOLL_TFD, fd, &slot) == 0;
+  };
+  if (holds(tfd)) return tfd;
+  for (int fd : fds)
+    if (fd != tfd && fd != d.fd && holds(fd)) return fd;
+  return -1;
+}
+
+// Every registration with the fd that holds its file.
+Result<std::vector<std::pair<TfdLine, int>>> Targets(const FdDesc& d) {
+  auto tfds = KLEAP_TRY(ParseTfds(d.info));
+  auto fds = KLEAP_TRY(ListFds(d.pid));
+  std::map<int, uint32_t> toff;  // fdinfo lists a number's files in the kernel's order
+  std::vector<std::pair<TfdLine, int>> out;
+  for (auto& t : tfds) {
+    int holder = HolderFd(d, t.tfd, toff[t.tfd]++, fds);
+    if (holder < 0)
+      return Err(ENOTSUP) << "it watches a file registered as fd " << t.tfd
+                          << ", which the task holds under no fd any more";
+    out.push_back({t, holder});
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string RefuseEpoll(const FdDesc& d) {
-  auto tfds = ParseTfds(d.info);
-  if (!tfds) return tfds.error().ToString();
-  std::set<int> seen;
-  for (auto& t : *tfds) {
-    if (!seen.insert(t.tfd).second)
-      return "two files are registered under fd " + std::to_string(t.tfd) +
-             "; the first was closed and can't be named";
-    kcmp_epoll_slot slot{uint32_t(d.fd), uint32_t(t.tfd), 0};
-    if (syscall(SYS_kcmp, d.pid, d.pid, KCMP_EPOLL_TFD, t.tfd, &slot) != 0)
-      return "it watches a file registered as fd " + std::to_string(t.tfd) +
-             ", which no longer holds that file";
-  }
-  return "";
+  auto t = Targets(d);
+  return t ? "" : t.error().ToString();
 }
 
 Result<void> DumpEpoll(DumpContext&, const FdDesc& d, img::FileObject* fo) {
   img::Epoll* e = fo->mutable_epoll();
   e->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));
-  for (auto& t : KLEAP_TRY(ParseTfds(d.info))) {
+  for (auto& [t, holder] : KLEAP_TRY(Targets(d))) {
     img::EpollTarget* et = e->add_targets();
     et->set_tfd(t.tfd);
     et->set_events(t.events);
     et->set_data(t.data);
+    et->set_held_fd(holder);
   }
   return Ok();
 }
@@ -80,18 +103,24 @@ Result<void> DumpEpoll(DumpContext&, const FdDesc& d, img::FileObject* fo) {
 Result<void> ResolveEpoll(img::FileObject* fo, const img::FdTable& table) {
   for (auto& t : *fo->mutable_epoll()->mutable_targets()) {
     auto e = std::find_if(table.fds().begin(), table.fds().end(),
-                          [&](auto& e) { return e.fd() == t.tfd(); });
+                          [&](auto& e) { return e.fd() == t.held_fd(); });
     if (e == table.fds().end())
-      return Err(ENOENT) << "epoll watches fd " << t.tfd() << ", which is not open";
+      return Err(ENOENT) << "epoll watches fd " << t.tfd() << ", held as fd " << t.held_fd()
+                         << ", which is not open";
     t.set_file_id(e->file_id());
   }
   return Ok();
 }
 
 Result<void> ValidateEpoll(const img::FileObject& fo) {
-  for (auto& t : fo.epoll().targets())
+  std::set<std::pair<int, uint64_t>> keys;  // the kernel's: one registration each
+  for (auto& t : fo.epoll().targets()) {
     if (t.tfd() < 0 || t.tfd() > kMaxTfd)
       return Err(EINVAL) << "files.img: epoll " << fo.id() << ": bad target fd " << t.tfd();
+    if (!keys.insert({t.tfd(), t.file_id()}).second)
+      return Err(EINVAL) << "files.img: epoll " << fo.id() << ": file " << t.file_id()
+                         << " registered twice as fd " << t.tfd();
+  }
   return ValidateAnonFlags(fo, "epoll", fo.epoll().flags(), O_RDWR);
 }
 

@@ -37,15 +37,16 @@ Result<std::vector<WatchLine>> ParseWatches(const FdInfo& info) {
   for (auto it = lo; it != hi; ++it) {
     WatchLine w;
     unsigned long ino = 0;
-    unsigned ignored = 0, bytes = 0;
+    unsigned wd = 0, ignored = 0, bytes = 0;
     int type = 0;
     char hex[2 * 128 + 1] = "";
     if (sscanf(it->second.c_str(),
-               "%d ino:%lx sdev:%x mask:%x ignored_mask:%x fhandle-bytes:%x fhandle-type:%x "
+               "%x ino:%lx sdev:%x mask:%x ignored_mask:%x fhandle-bytes:%x fhandle-type:%x "
                "f_handle:%256s",
-               &w.wd, &ino, &w.sdev, &w.mask, &ignored, &bytes, &type, hex) != 8 ||
-        bytes > 128 || strlen(hex) != 2 * bytes || w.wd <= 0 || w.wd > kMaxWd)
+               &wd, &ino, &w.sdev, &w.mask, &ignored, &bytes, &type, hex) != 8 ||
+        bytes > 128 || strlen(hex) != 2 * bytes || wd == 0 || wd > kMaxWd)
       return Err(EINVAL) << "fdinfo: bad inotify line '" << it->second << "'";
+    w.wd = int(wd);  // the kernel prints it in hex
     w.ino = ino;
     std::string h(sizeof(file_handle) + bytes, '\0');
     auto* fh = reinterpret_cast<file_handle*>(h.data());

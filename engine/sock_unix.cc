@@ -56,6 +56,7 @@ struct Diag {
   bool vfs = false;
   uint32_t vfs_ino = 0, vfs_dev = 0;  // the kernel's dev encoding (major << 20 | minor)
   uint32_t peer = 0;
+  bool has_peer = false;  // UNIX_DIAG_PEER came: it has a peer, 0 when that has closed
   std::vector<uint32_t> icons;
   uint32_t rqueue = 0, wqueue = 0;
   uint32_t shutdown = 0;
@@ -125,6 +126,7 @@ Result<std::vector<Diag>> QueryDiag(uint32_t ino) {
           break;
         case UNIX_DIAG_PEER:
           if (plen >= 4) memcpy(&d.peer, p, 4);
+          d.has_peer = plen >= 4;
           break;
         case UNIX_DIAG_ICONS:
           for (size_t i = 0; i + 4 <= plen; i += 4) {
@@ -350,8 +352,6 @@ std::vector<Problem> CheckUnixPeers(const std::vector<TaskInfo>& tasks) {
         p.reason = "it waits in the backlog of " + other(l->second->ino) + ", outside the tree";
       else if (d.wqueue)
         p.reason = "it sent data on a connection not accepted yet; that data can't be read back";
-    } else if (!d.peer && d.type == SOCK_DGRAM && d.state == kConnected) {
-      p.reason = "it is connected to a socket that has closed";
     }
     if (!p.reason.empty()) out.push_back(std::move(p));
   }
@@ -370,6 +370,8 @@ Result<void> DumpUnixSock(DumpContext&, const FdDesc& d, img::FileObject* fo) {
   s->set_ino(diag.ino);
   s->set_name(diag.name);
   s->set_peer_ino(diag.peer);
+  s->set_peer_gone(diag.type == SOCK_DGRAM && diag.state == kConnected && diag.has_peer &&
+                   !diag.peer);
   for (uint32_t c : diag.icons) s->add_icons(c);
   if (diag.state == kListening) s->set_backlog(diag.wqueue);
   s->set_shutdown(diag.shutdown);
@@ -438,6 +440,11 @@ Result<void> ValidateUnixSock(const img::FileObject& fo) {
   }
   if (total > kMaxQueueBytes) return bad() << "a queue of " << total << " bytes";
   if (s.queue_size() && s.state() == kListening) return bad() << "a listener's queue";
+  if (s.peer_gone() && (s.type() != SOCK_DGRAM || s.state() != kConnected || s.peer_ino()))
+    return bad() << "a closed peer on a socket that is not a connected datagram socket";
+  if (s.type() == SOCK_DGRAM && s.state() == kConnected && !s.peer_ino() && !s.peer_gone() &&
+      s.name().empty())
+    return bad() << "an unnamed datagram socket that others connected to";
   return ValidateAnonFlags(fo, "unix socket", s.flags(), O_RDWR);
 }
 
@@ -485,6 +492,10 @@ class UnixRestore {
   Result<void> MakePair(Sock& a, Sock* b);
   Result<void> Refill(Sock& k);
   Result<void> Finish(Sock& k);
+  // A datagram socket of our own connects to `name` and closes.
+  Result<void> ConnectAndClose(const std::string& name, const std::string& what);
+  // k connects to a datagram socket of our own, which closes.
+  Result<void> ConnectToGone(Sock& k);
 
   OpenFiles* open_;
   std::vector<Sock> socks_;
@@ -583,6 +594,28 @@ Result<void> UnixRestore::MakePair(Sock& a, Sock* b) {
     return ErrnoError() << What(*server) << ": connect to its listener";
   server_fd->reset(accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
   if (!*server_fd) return ErrnoError() << What(*server) << ": accept";
+  return Ok();
+}
+
+Result<void> UnixRestore::ConnectAndClose(const std::string& name, const std::string& what) {
+  UniqueFd c = KLEAP_TRY(NewSocket(SOCK_DGRAM));
+  Addr to = MakeAddr(name);
+  if (connect(c.get(), reinterpret_cast<sockaddr*>(&to.sun), to.len) < 0)
+    return ErrnoError() << what << ": connect a socket of ours to it";
+  return Ok();
+}
+
+Result<void> UnixRestore::ConnectToGone(Sock& k) {
+  UniqueFd gone = KLEAP_TRY(NewSocket(SOCK_DGRAM));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  socklen_t len = sizeof a;
+  // An abstract name of the kernel's choosing (autobind), for k to connect to.
+  if (bind(gone.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sa_family_t)) < 0 ||
+      getsockname(gone.get(), reinterpret_cast<sockaddr*>(&a), &len) < 0)
+    return ErrnoError() << What(k) << ": bind a peer to close";
+  if (connect(k.fd.get(), reinterpret_cast<sockaddr*>(&a), len) < 0)
+    return ErrnoError() << What(k) << ": connect to a peer that closes";
   return Ok();
 }
 
@@ -739,6 +772,15 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
   // Datagram sockets connect to their peers' names.
   for (auto& k : socks_) {
     if (k.s->type() != SOCK_DGRAM || k.s->state() != kConnected) continue;
+    if (!k.s->peer_ino()) {
+      // Its peer has closed: it connects to one that closes, after its queue is full
+      // again (a socket with a peer takes messages from that peer only).
+      if (k.s->peer_gone()) continue;
+      // No peer of its own, marked connected because others connected to it: so it is
+      // again.
+      KLEAP_TRY(ConnectAndClose(k.s->name(), What(k)));
+      continue;
+    }
     if (k.peer < 0) return Err(ENOTSUP) << What(k) << ": its peer is not in the set";
     const Sock& p = socks_[size_t(k.peer)];
     if (p.s->name().empty()) continue;  // the socketpair above
@@ -769,6 +811,8 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
     }
   }
   for (auto& k : socks_) KLEAP_TRY(Refill(k));
+  for (auto& k : socks_)
+    if (k.s->peer_gone()) KLEAP_TRY(ConnectToGone(k));
   for (auto& k : socks_) {
     // A connection whose peer had closed: its end goes now, as the peer's did.
     k.temp_peer.reset();

@@ -2,14 +2,17 @@
  *   ep watches: an eventfd with a count (EPOLLIN), the same eventfd again as fd 50
  *   (dup; a second registration), a pipe's read end with data (EPOLLIN|EPOLLET), its
  *   write end (EPOLLOUT), an empty eventfd (EPOLLIN|EPOLLONESHOT) and a nested epoll
- *   (EPOLLIN), each with data from the pid; ep is O_NONBLOCK.
+ *   (EPOLLIN), each with data from the pid; an eventfd with a count registered as fd 60,
+ *   a dup, whose number was then taken by another eventfd (dup2): the registration stays
+ *   under 60 with the first file; ep is O_NONBLOCK.
  *   inner (EPOLL_CLOEXEC) watches an eventfd with a count.
  * Nobody waits on them before the dump. After the restore: F_GETFL, F_GETFD and the
  * fdinfo registrations (fd, events, data) of both are what they were; epoll_wait on ep
  * returns exactly the ready registrations with their events and data; a second wait
  * no longer has the edge-triggered one; a write to the empty eventfd reports the
  * one-shot one once; fd 50's registration can be modified by its number and e1's
- * deleted; inner returns its eventfd. */
+ * deleted; fd 60's can't be deleted by its number (ENOENT: the number holds another
+ * file), as before; inner returns its eventfd. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -79,8 +82,10 @@ int main(int argc, char** argv) {
   wl_init(argc, argv);
   uint64_t base = (uint64_t)getpid() << 32;
   int e1 = eventfd(3, 0), e2 = eventfd(0, EFD_NONBLOCK), e3 = eventfd(1, 0), p[2];
-  if (e1 < 0 || e2 < 0 || e3 < 0 || pipe(p) != 0) wl_die("main", "setup: %s", strerror(errno));
-  if (write(p[1], "abc", 3) != 3 || dup2(e1, 50) != 50)
+  int e4 = eventfd(2, 0), e5 = eventfd(0, 0);
+  if (e1 < 0 || e2 < 0 || e3 < 0 || e4 < 0 || e5 < 0 || pipe(p) != 0)
+    wl_die("main", "setup: %s", strerror(errno));
+  if (write(p[1], "abc", 3) != 3 || dup2(e1, 50) != 50 || dup2(e4, 60) != 60)
     wl_die("main", "setup: %s", strerror(errno));
   struct epfd ep = {"ep", epoll_create1(0), 0, 0, ""};
   struct epfd inner = {"inner", epoll_create1(EPOLL_CLOEXEC), 0, 0, ""};
@@ -93,11 +98,13 @@ int main(int argc, char** argv) {
       {"pipe write end", p[1], EPOLLOUT, base | 4, 1},
       {"e2 (empty, ONESHOT)", e2, EPOLLIN | EPOLLONESHOT, base | 5, 0},
       {"inner epoll", inner.fd, EPOLLIN, base | 6, 1},
+      {"e4 as fd 60, reused since", 60, EPOLLIN, base | 8, 1},
   };
   int nr = sizeof regs / sizeof *regs;
   struct reg in_reg = {"e3", e3, EPOLLIN, base | 7, 1};
   add(inner.fd, &in_reg);
   for (int i = 0; i < nr; i++) add(ep.fd, &regs[i]);
+  if (dup2(e5, 60) != 60) wl_die("main", "dup2 60: %s", strerror(errno));
   describe(&ep);
   describe(&inner);
   wl_log("ep fd %d: %s", ep.fd, ep.tfds);
@@ -128,6 +135,9 @@ int main(int argc, char** argv) {
   struct epoll_event ev = {.events = EPOLLOUT, .data.u64 = regs[1].data};
   wl_check(&c, epoll_ctl(ep.fd, EPOLL_CTL_MOD, 50, &ev) == 0, "MOD fd 50: %s", strerror(errno));
   wl_check(&c, epoll_ctl(ep.fd, EPOLL_CTL_DEL, e1, NULL) == 0, "DEL e1: %s", strerror(errno));
+  errno = 0;
+  wl_check(&c, epoll_ctl(ep.fd, EPOLL_CTL_DEL, 60, NULL) == -1 && errno == ENOENT,
+           "DEL fd 60 (another file now): %s, want ENOENT", strerror(errno));
   struct reg inner_regs[] = {in_reg};
   int inner_want[] = {1};
   expect_wait(&c, "inner", inner.fd, inner_regs, 1, inner_want);

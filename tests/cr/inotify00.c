@@ -2,12 +2,15 @@
  *   in (IN_NONBLOCK): STATEDIR/dir (IN_CREATE|IN_DELETE), STATEDIR/f1 (IN_MODIFY), a
  *      watch on STATEDIR/gone taken back (its wd is a gap), STATEDIR/f2
  *      (IN_OPEN|IN_ONESHOT);
- *   in2 (IN_CLOEXEC, blocking): STATEDIR/w (IN_CLOSE_WRITE|IN_EXCL_UNLINK).
+ *   in2 (IN_CLOEXEC, blocking): STATEDIR/w (IN_CLOSE_WRITE|IN_EXCL_UNLINK);
+ *   in3 (IN_NONBLOCK): 26 files STATEDIR/m00..m25 (IN_ATTRIB), m05's watch taken back:
+ *      wds up to 26, which fdinfo shows in hex (0x1a).
  * With the argument `queued`, an event is left queued on in: the dump must refuse it.
  * After the restore: F_GETFL, F_GETFD and every fdinfo watch line (wd, inode, device,
  * mask, file handle) are what they were; a file created in dir, a write to f1 and an
  * open of f2 are read from in with their wds (f2's once, then IN_IGNORED); a file
- * written in w is read from in2; a new watch gets the wd after the highest. */
+ * written in w is read from in2; a chmod of m25 is read from in3 with wd 26; a new watch
+ * gets the wd after the highest. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -91,7 +94,23 @@ int main(int argc, char** argv) {
   touch("gone", NULL);
   struct ifd in = {"in", inotify_init1(IN_NONBLOCK), 0, 0, ""};
   struct ifd in2 = {"in2", inotify_init1(IN_CLOEXEC), 0, 0, ""};
-  if (in.fd < 0 || in2.fd < 0) wl_die("main", "inotify_init1: %s", strerror(errno));
+  struct ifd in3 = {"in3", inotify_init1(IN_NONBLOCK), 0, 0, ""};
+  if (in.fd < 0 || in2.fd < 0 || in3.fd < 0) wl_die("main", "inotify_init1: %s", strerror(errno));
+  int wd_m25 = -1;
+  for (int i = 0; i < 26; i++) {
+    char name[8];
+    snprintf(name, sizeof name, "m%02d", i);
+    touch(name, NULL);
+    wd_m25 = watch(in3.fd, name, IN_ATTRIB);
+    if (i != 5) continue;
+    int w3;
+    uint32_t m3;
+    char n3[64];
+    if (inotify_rm_watch(in3.fd, wd_m25) != 0 || next_event(in3.fd, &w3, &m3, n3, sizeof n3) != 0 ||
+        !(m3 & IN_IGNORED))
+      wl_die("main", "rm_watch m05: no IN_IGNORED (%s)", strerror(errno));
+  }
+  if (wd_m25 != 26) wl_die("main", "m25 got wd %d, want 26", wd_m25);
   int wd_dir = watch(in.fd, "dir", IN_CREATE | IN_DELETE);
   int wd_f1 = watch(in.fd, "f1", IN_MODIFY);
   int wd_gone = watch(in.fd, "gone", IN_ATTRIB);
@@ -106,13 +125,14 @@ int main(int argc, char** argv) {
   if (queued) touch("dir/queued", NULL);
   describe(&in);
   describe(&in2);
+  describe(&in3);
   wl_log("in fd %d: %s", in.fd, in.watches);
   wl_log("in2 fd %d: %s", in2.fd, in2.watches);
   wl_ready("main");
   struct wl_check c;
   if (wl_await("main", &c) != 0) return 1;
-  struct ifd* all[] = {&in, &in2};
-  for (int i = 0; i < 2; i++) {
+  struct ifd* all[] = {&in, &in2, &in3};
+  for (int i = 0; i < 3; i++) {
     struct ifd n = *all[i];
     describe(&n);
     wl_check(&c, n.fl == all[i]->fl, "%s: F_GETFL 0%o, was 0%o", n.what, n.fl, all[i]->fl);
@@ -133,6 +153,8 @@ int main(int argc, char** argv) {
   expect(&c, in.fd, "f2 (one-shot)", wd_f2, IN_IGNORED, "");
   touch("w/y", "y");
   expect(&c, in2.fd, "w", wd_w, IN_CLOSE_WRITE, "y");
+  wl_check(&c, fchmodat(wl_dirfd, "m25", 0600, 0) == 0, "chmod m25: %s", strerror(errno));
+  expect(&c, in3.fd, "m25", wd_m25, IN_ATTRIB, "");
   int wd_new = watch(in.fd, "gone", IN_ATTRIB);
   wl_check(&c, wd_new == wd_f2 + 1, "a new watch got wd %d, want %d", wd_new, wd_f2 + 1);
   return wl_check_result("main", &c);

@@ -12,11 +12,17 @@
  *   ad: a datagram socket on an abstract name, unconnected, holding a message from an
  *       unnamed sender (closed since) and one from a named datagram socket
  *       (STATEDIR/dsender.sock) that is still open;
+ *   lg: a datagram socket on STATEDIR/log.sock that others connect(2) to, as syslog's
+ *       clients do to /dev/log (since Linux 5.15 that marks it connected, with no peer
+ *       of its own): lc, unnamed, connected to it with 33 bytes sent, and another client
+ *       that connected and closed;
+ *   gn: a datagram socket connected to STATEDIR/gone.sock, which closed since;
  *   sh: a stream pair, sh[0] shut down for writing after 100 bytes;
  *   pc: a stream pair whose other end was closed after sending 50 bytes.
  * After the restore: types, names, peer names, options, FIONREAD, every queued byte and
  * message boundary, the backlog accepted in its order, the shutdown states, and data
- * flowing both ways on every connection. */
+ * flowing both ways on every connection; lg gets lc's message and a new one; gn's next
+ * send fails with ECONNREFUSED, and the one after with ENOTCONN. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -40,8 +46,8 @@
 #define ACC_LEN 400
 
 static int sp[2], dp[2], qp[2], ls = -1, acc = -1, c1 = -1, c2 = -1, c3 = -1, ad = -1, ds = -1,
-                                sh[2], pc[2];
-static char ls_path[200], ds_path[200];
+                                sh[2], pc[2], lg = -1, lc = -1, gn = -1;
+static char ls_path[200], ds_path[200], lg_path[200], gone_path[200];
 static char c1_name[64], c2_name[64], c3_name[64], ad_name[64];
 static unsigned char buf[1 << 16];
 
@@ -244,6 +250,21 @@ int main(int argc, char** argv) {
   if (sendto(ds, buf, 88, 0, (struct sockaddr*)&a, al) != 88)
     wl_die("root", "sendto ad: %s", strerror(errno));
 
+  snprintf(lg_path, sizeof lg_path, "%s/log.sock", wl_statedir);
+  snprintf(gone_path, sizeof gone_path, "%s/gone.sock", wl_statedir);
+  lg = make(SOCK_DGRAM, lg_path, 0);
+  lc = make(SOCK_DGRAM, NULL, 0);
+  do_connect(lc, lg_path, 0);
+  send_pattern(lc, 33, 71, "lc");
+  int lx = make(SOCK_DGRAM, NULL, 0);
+  do_connect(lx, lg_path, 0);
+  close(lx);
+  int gone = make(SOCK_DGRAM, gone_path, 0);
+  gn = make(SOCK_DGRAM, NULL, 0);
+  do_connect(gn, gone_path, 0);
+  close(gone);
+  unlink(gone_path);
+
   send_pattern(sh[0], 100, 51, "sh");
   if (shutdown(sh[0], SHUT_WR) != 0) wl_die("root", "shutdown: %s", strerror(errno));
   send_pattern(pc[1], 50, 61, "pc");
@@ -348,6 +369,23 @@ int main(int argc, char** argv) {
            fl > offsetof(struct sockaddr_un, sun_path) ? from.sun_path : "", ds_path);
   check_empty(&c, "ad", ad);
   check_name(&c, "ds", ds, 0, ds_path);
+
+  check_name(&c, "lg", lg, 0, lg_path);
+  r = recv(lg, buf, sizeof buf, MSG_DONTWAIT);
+  wl_check(&c, r == 33 && wl_pattern_diff(buf, 33, 71) < 0,
+           "lg: queued message of %zd bytes, want 33", r);
+  send_pattern(lc, 44, 72, "lc after the restore");
+  r = recv(lg, buf, sizeof buf, MSG_DONTWAIT);
+  wl_check(&c, r == 44 && wl_pattern_diff(buf, 44, 72) < 0, "lg: new message of %zd bytes, want 44",
+           r);
+  errno = 0;
+  r = send(gn, "x", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  wl_check(&c, r < 0 && errno == ECONNREFUSED, "gn: 1st send gave %zd (%s), want ECONNREFUSED", r,
+           strerror(errno));
+  errno = 0;
+  r = send(gn, "x", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  wl_check(&c, r < 0 && errno == ENOTCONN, "gn: 2nd send gave %zd (%s), want ENOTCONN", r,
+           strerror(errno));
 
   check_stream(&c, "sh", sh[1], 100, 51);
   r = recv(sh[1], buf, 1, MSG_DONTWAIT);
