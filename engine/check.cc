@@ -4,6 +4,7 @@
 #include <set>
 
 #include "engine/context.h"
+#include "engine/fown.h"
 #include "engine/ipc.h"
 #include "engine/leaders.h"
 #include "engine/locks.h"
@@ -62,6 +63,7 @@ std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
   auto ttys = CheckCttys(tasks);
   out.insert(out.end(), ttys.begin(), ttys.end());
   for (auto&& p : CheckIpc(tasks)) out.push_back(std::move(p));
+  for (auto&& p : CheckFileOwners(tasks)) out.push_back(std::move(p));
   for (auto& t : tasks)
     if (!t.zombie)
       for (auto&& part : {CheckTaskState(t.pid), CheckFds(t.pid), CheckMappings(t.pid)})

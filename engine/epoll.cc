@@ -22,6 +22,7 @@
 #include <map>
 #include <set>
 
+#include "engine/base/run_child.h"
 #include "engine/files.h"
 
 namespace kleap {
@@ -164,16 +165,9 @@ Result<void> RegisterEpollTargets(const img::FileTable& files, const OpenFiles& 
     }
   }
   if (ops.empty()) return Ok();
-  int msg[2];
-  if (pipe2(msg, O_CLOEXEC) < 0) return ErrnoError() << "pipe";
-  UniqueFd rd(msg[0]), wr(msg[1]);
-  pid_t pid = fork();
-  if (pid < 0) return ErrnoError() << "fork the epoll helper";
-  if (pid == 0) {
+  return RunInChild("register the epoll targets", [&]() -> Result<void> {
     // A table of our own: move every fd involved above the target numbers first.
-    char buf[256];
     for (int& fd : fds) fd = fcntl(fd, F_DUPFD_CLOEXEC, top);
-    int w = fcntl(wr.get(), F_DUPFD_CLOEXEC, top);
     for (auto& op : ops) {
       const char* what = nullptr;
       if (fds[op.ep] < 0 || fds[op.target] < 0)
@@ -182,27 +176,13 @@ Result<void> RegisterEpollTargets(const img::FileTable& files, const OpenFiles& 
         what = "place";
       else if (epoll_ctl(fds[op.ep], EPOLL_CTL_ADD, op.tfd, &op.ev) < 0)
         what = "register";
-      if (what) {
-        int n = snprintf(buf, sizeof buf, "epoll %llu: %s file %llu as fd %d: %s",
-                         (unsigned long long)op.ep_id, what, (unsigned long long)op.target_id,
-                         op.tfd, strerror(errno));
-        (void)!write(w, buf, size_t(n));
-        _exit(1);
-      }
+      if (what)
+        return ErrnoError() << "epoll " << op.ep_id << ": " << what << " file " << op.target_id
+                            << " as fd " << op.tfd;
       close(op.tfd);
     }
-    _exit(0);
-  }
-  wr.reset();
-  std::string err(256, '\0');
-  ssize_t n = read(rd.get(), err.data(), err.size());
-  int st = 0;
-  while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
-  }
-  if (n > 0) return Err(EINVAL) << err.substr(0, size_t(n));
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-    return Err(EIO) << "the epoll helper died (status " << st << ")";
-  return Ok();
+    return Ok();
+  });
 }
 
 }  // namespace kleap

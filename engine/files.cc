@@ -21,6 +21,7 @@
 
 #include "engine/base/log.h"
 #include "engine/files.h"
+#include "engine/fown.h"
 #include "engine/sock_unix.h"
 #include "engine/tty.h"
 
@@ -385,7 +386,12 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
     ctx.seen_files.push_back({pid, fd, id, d.st.st_dev, d.st.st_ino});
     img::FileObject* fo = ctx.files.add_files();
     fo->set_id(id);
+    // O_ASYNC is every kind's, with the owner (fown.h): the kind's flags go without it.
+    bool async = d.info.flags & O_ASYNC;
+    d.info.flags &= ~uint32_t(O_ASYNC);
     KLEAP_TRY_CTX(KindOf(d.type)->dump(ctx, d, fo), "task " << pid << " fd " << fd);
+    UniqueFd copy = KLEAP_TRY_CTX(GrabFd(pid, fd), "task " << pid << " fd " << fd);
+    KLEAP_TRY_CTX(DumpFileOwner(copy.get(), async, fo), "task " << pid << " fd " << fd);
   }
   for (int i = first_new; i < ctx.files.files_size(); ++i) {
     img::FileObject* fo = ctx.files.mutable_files(i);

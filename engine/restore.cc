@@ -43,6 +43,7 @@
 #include "engine/context.h"
 #include "engine/core.h"
 #include "engine/creds.h"
+#include "engine/fown.h"
 #include "engine/ipc.h"
 #include "engine/leaders.h"
 #include "engine/locks.h"
@@ -456,6 +457,8 @@ Result<RestoreResult> RestoreSession::Run() {
   if (opts_.as_init) KLEAP_TRY(FinishTask(tasks_[0]));
   KLEAP_TRY(FinishSockets(plan_.files, files_));
   if (ipc_) KLEAP_TRY(ipc_->Finish());
+  // Last, so that nothing the restore does sends their signals.
+  KLEAP_TRY(SetFileOwners(plan_, files_));
   KLEAP_TRY(lock_.Remove());
   // Resume everything at once: the destructors write the final registers and masks.
   threads_.clear();

@@ -13,6 +13,7 @@
 #include "engine/base/log.h"
 #include "engine/base/lookup.h"
 #include "engine/base/page.h"
+#include "engine/fown.h"
 #include "engine/ipc.h"
 #include "engine/leaders.h"
 #include "engine/locks.h"
@@ -131,6 +132,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
         return Err(EINVAL) << FdTableImage(pid) << ": fd " << e.fd() << " points at unknown file "
                            << e.file_id();
     }
+  KLEAP_TRY(ValidateFileOwners(plan));
   return Ok();
 }
 
