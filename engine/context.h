@@ -25,6 +25,20 @@ namespace kleap {
 
 // ---- dump ----
 
+// A set's images, keyed by pid: as the restore reads them (LoadPlan), and as the dump
+// writes them (DumpContext::written), for the same checks (CheckPlan).
+struct RestorePlan {
+  img::PsTree pstree;
+  std::map<pid_t, img::TaskCore> cores;
+  std::map<pid_t, img::MmImage> mms;
+  std::map<pid_t, img::Pagemap> pagemaps;
+  std::map<pid_t, img::FdTable> fdtables;
+  img::FileTable files;
+  img::ShmemTable shmem;
+  img::IpcNamespace ipc;  // when the tree had an IPC namespace of its own (ipc.img)
+  bool has_ipc = false;
+};
+
 struct DumpContext {
   ImageWriter* images = nullptr;
   SeizedTree* tree = nullptr;
@@ -53,6 +67,8 @@ struct DumpContext {
     return it->second;
   }
   uint64_t page_bytes = 0;
+  // Every image written so far, for CheckPlan before the commit.
+  RestorePlan written;
   // Declared last, so a failed dump takes the sockets out of repair mode first.
   SockRepairSet repaired_socks;
 };
@@ -79,19 +95,6 @@ std::vector<Problem> CheckTreeShape(const std::vector<TaskInfo>& tasks);
 std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks);
 
 // ---- restore ----
-
-// Everything read from a set, validated, keyed by pid.
-struct RestorePlan {
-  img::PsTree pstree;
-  std::map<pid_t, img::TaskCore> cores;
-  std::map<pid_t, img::MmImage> mms;
-  std::map<pid_t, img::Pagemap> pagemaps;
-  std::map<pid_t, img::FdTable> fdtables;
-  img::FileTable files;
-  img::ShmemTable shmem;
-  img::IpcNamespace ipc;  // when the tree had an IPC namespace of its own (ipc.img)
-  bool has_ipc = false;
-};
 
 // Files the restore controller opens once, before any task exists. Tasks inherit
 // them by fork and dup them into place.

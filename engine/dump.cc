@@ -15,6 +15,7 @@
 #include "engine/ipc.h"
 #include "engine/leaders.h"
 #include "engine/mm.h"
+#include "engine/restore_plan.h"
 #include "engine/share.h"
 #include "engine/signal.h"
 #include "engine/timens.h"
@@ -139,6 +140,9 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
     KLEAP_TRY(images.WriteMessage(CoreImage(t.pid), core));
     if (own_mm) KLEAP_TRY(images.WriteMessage(MmImage(t.pid), mm));
     KLEAP_TRY(images.WriteMessage(FdTableImage(t.pid), fds));
+    ctx.written.cores[t.pid] = std::move(core);
+    if (own_mm) ctx.written.mms[t.pid] = std::move(mm);
+    ctx.written.fdtables[t.pid] = std::move(fds);
     stats.tasks++;
     stats.threads += t.tids.size();
   }
@@ -150,6 +154,15 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
   if (!opts.mounts.empty()) KLEAP_TRY(DumpMounts(images, opts.mounts));
   if (opts.before_commit) KLEAP_TRY(opts.before_commit(images));
   KLEAP_TRY(images.WriteMessage(kPsTreeImage, pstree));
+  // A set the restore would refuse is never made: the tree runs on instead.
+  ctx.written.pstree = std::move(pstree);
+  ctx.written.files = ctx.files;
+  ctx.written.shmem = ctx.shmem;
+  if (FaultWanted("dump-bad-set")) {  // the test of this check: a repeated pid
+    *ctx.written.pstree.add_tasks() = ctx.written.pstree.tasks(0);
+    KLOG(kWarning) << "KLEAP_FAULT=dump-bad-set: task " << opts.root << " listed twice";
+  }
+  KLEAP_TRY_CTX(CheckPlan(ctx.written), "the set would be refused at restore");
 
   img::Inventory inv = NewInventory();
   inv.set_root_pid(opts.root);

@@ -18,8 +18,10 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <set>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/files.h"
 #include "engine/fown.h"
 #include "engine/sock_unix.h"
@@ -122,11 +124,12 @@ struct FdKind {
 };
 
 constexpr FdKind kFdKinds[] = {
-    {FdType::kRegular, img::FileObject::kReg, nullptr, DumpRegFile, nullptr, OpenRegFile},
-    {FdType::kDirectory, img::FileObject::kReg, nullptr, DumpRegFile, nullptr, OpenRegFile},
-    {FdType::kCharDevice, img::FileObject::kReg, nullptr, DumpRegFile, nullptr, OpenRegFile},
-    {FdType::kPipe, img::FileObject::kPipe, nullptr, DumpPipeEnd, nullptr, OpenPipeEnd},
-    {FdType::kFifo, img::FileObject::kPipe, nullptr, DumpPipeEnd, nullptr, OpenPipeEnd},
+    {FdType::kRegular, img::FileObject::kReg, nullptr, DumpRegFile, ValidateRegFile, OpenRegFile},
+    {FdType::kDirectory, img::FileObject::kReg, nullptr, DumpRegFile, ValidateRegFile, OpenRegFile},
+    {FdType::kCharDevice, img::FileObject::kReg, nullptr, DumpRegFile, ValidateRegFile,
+     OpenRegFile},
+    {FdType::kPipe, img::FileObject::kPipe, nullptr, DumpPipeEnd, ValidatePipeEnd, OpenPipeEnd},
+    {FdType::kFifo, img::FileObject::kPipe, nullptr, DumpPipeEnd, ValidatePipeEnd, OpenPipeEnd},
     {FdType::kEventfd, img::FileObject::kEventfd, nullptr, DumpEventfd, ValidateEventfd,
      OpenEventfd},
     {FdType::kTimerfd, img::FileObject::kTimerfd, nullptr, DumpTimerfd, ValidateTimerfd,
@@ -417,6 +420,31 @@ UniqueFd OpenLikeTask(const std::string& path, int flags, mode_t mode) {
   return UniqueFd(int(ret));
 }
 
+// The open flags a file description keeps (fdinfo's `flags`: f_flags, less what open()
+// drops), O_ASYNC aside (fown.h).
+constexpr uint32_t kKeptOpenFlags = O_ACCMODE | O_APPEND | O_NONBLOCK | O_DSYNC | O_DIRECT |
+                                    kKernelOLargefile | O_DIRECTORY | O_NOFOLLOW | O_NOATIME |
+                                    O_SYNC | O_PATH | O_TMPFILE;
+
+Result<void> ValidateRegFile(const img::FileObject& fo) {
+  const img::RegFile& reg = fo.reg();
+  auto bad = [&]() {
+    Error e(EINVAL);
+    e << "files.img: file " << fo.id() << " (" << reg.path() << "): ";
+    return e;
+  };
+  if (reg.path().empty() || reg.path()[0] != '/' || reg.path().find('\0') != std::string::npos)
+    return bad() << "path is not absolute";
+  if ((reg.flags() & ~kKeptOpenFlags) || (reg.flags() & O_ACCMODE) == O_ACCMODE)
+    return bad() << "bad flags " << Oct(reg.flags());
+  if (!S_ISREG(reg.mode()) && !S_ISDIR(reg.mode()) && !S_ISCHR(reg.mode()))
+    return bad() << "mode " << Oct(reg.mode()) << " is no regular file, directory or device";
+  if (reg.deleted() && (!S_ISREG(reg.mode()) || reg.ghost_blob().empty()))
+    return bad() << "deleted, but no regular file with its content";
+  if (reg.pos() > uint64_t(INT64_MAX)) return bad() << "offset " << reg.pos();
+  return Ok();
+}
+
 Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, OpenFiles&) {
   const img::RegFile& reg = fo.reg();
   int flags = int(reg.flags()) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC);
@@ -473,10 +501,17 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
 }
 
 Result<void> ValidateFileObjects(const img::FileTable& files) {
+  std::set<uint64_t> ids, pipes;
+  for (auto& p : files.pipes()) pipes.insert(p.id());
   for (auto& fo : files.files()) {
+    if (!ids.insert(fo.id()).second)
+      return Err(EINVAL) << "files.img: two files with id " << fo.id();
     const FdKind* k = KindOf(fo.kind_case());
     if (!k) return Err(EINVAL) << "files.img: file " << fo.id() << " has no known kind";
     if (k->validate) KLEAP_TRY(k->validate(fo));
+    if (fo.has_pipe() && !pipes.count(fo.pipe().pipe_id()))
+      return Err(EINVAL) << "files.img: file " << fo.id() << ": pipe end of unknown pipe "
+                         << fo.pipe().pipe_id();
   }
   return Ok();
 }

@@ -61,6 +61,9 @@ Result<UniqueFd> GrabFd(pid_t pid, int fd);
 
 Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
+Result<void> ValidateRegFile(const img::FileObject& fo);
+// Pipe and FIFO ends (pipe.cc).
+Result<void> ValidatePipeEnd(const img::FileObject& fo);
 
 Result<void> DumpPipeEnd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<UniqueFd> OpenPipeEnd(const img::FileObject& fo, ImageReader& images, OpenFiles& files);

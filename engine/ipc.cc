@@ -461,6 +461,8 @@ Result<IpcDump> DumpIpc(DumpContext& ctx) {
                           << " is attached in the tree but is not in its IPC namespace";
   }
   KLEAP_TRY(ctx.images->WriteMessage(kIpcImage, ns));
+  ctx.written.ipc = ns;
+  ctx.written.has_ipc = true;
   out.carried = true;
   return out;
 }

@@ -347,7 +347,9 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
     else
       KLEAP_TRY_CTX(DumpShmem(ctx, pid, t.m, t.id), t.where);
   }
-  return ctx.images->WriteMessage(PagemapImage(pid), pm);
+  KLEAP_TRY(ctx.images->WriteMessage(PagemapImage(pid), pm));
+  ctx.written.pagemaps[pid] = std::move(pm);
+  return Ok();
 }
 
 // ---- restore ----

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "engine/base/log.h"
+#include "engine/base/page.h"
 #include "engine/files.h"
 
 namespace kleap {
@@ -90,6 +91,18 @@ Result<void> DumpPipeEnd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo)
   pe->set_fifo(fifo);
   if (fifo) pe->set_fifo_path(d.link);
   return DumpPipeData(ctx, d.pid, d.fd, pipe_id, fifo, d.link);
+}
+
+Result<void> ValidatePipeEnd(const img::FileObject& fo) {
+  const img::PipeEnd& end = fo.pipe();
+  uint32_t mode = end.flags() & O_ACCMODE;
+  // A FIFO may be open for both; a pipe's end is one or the other.
+  if ((mode != O_RDONLY && mode != O_WRONLY && !(end.fifo() && mode == O_RDWR)) ||
+      (end.flags() & ~uint32_t(O_ACCMODE | O_NONBLOCK | O_DIRECT | kKernelOLargefile)))
+    return Err(EINVAL) << "files.img: pipe end " << fo.id() << ": bad flags " << Oct(end.flags());
+  if (end.fifo() && (end.fifo_path().empty() || end.fifo_path()[0] != '/'))
+    return Err(EINVAL) << "files.img: FIFO end " << fo.id() << ": path is not absolute";
+  return Ok();
 }
 
 Result<UniqueFd> OpenPipeEnd(const img::FileObject& fo, ImageReader&, OpenFiles& files) {

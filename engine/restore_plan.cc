@@ -136,10 +136,23 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
   return Ok();
 }
 
+Result<void> CheckPlan(const RestorePlan& plan) {
+  if (plan.pstree.tasks_size() == 0) return Err(EINVAL) << "pstree.img: no tasks";
+  KLEAP_TRY(ValidatePlan(plan));
+  // Who creates whom; a session helper's orphans come back to a subreaper.
+  KLEAP_TRY(TaskCreators(plan.pstree));
+  // (PID 1 reaps every orphan: a whole system's init needs no subreaper flag.)
+  for (auto& h : plan.pstree.helpers())
+    if (h.session() && h.parent() != 1 && !Lookup(plan.cores, h.parent()).child_subreaper())
+      return Err(EINVAL) << "pstree.img: helper " << h.pid() << ": its parent " << h.parent()
+                         << " is not a subreaper, so its children would not come back to it";
+  KLEAP_TRY(ValidateSharing(plan));
+  return ValidateIpc(plan);
+}
+
 Result<RestorePlan> LoadPlan(ImageReader& images) {
   RestorePlan plan;
   KLEAP_TRY(images.ReadMessage(kPsTreeImage, &plan.pstree));
-  if (plan.pstree.tasks_size() == 0) return Err(EINVAL) << "pstree.img: no tasks";
   for (auto& t : plan.pstree.tasks()) {
     pid_t pid = t.pid();
     if (t.zombie()) continue;  // no images: only its place and its wait status
@@ -156,16 +169,7 @@ Result<RestorePlan> LoadPlan(ImageReader& images) {
     KLEAP_TRY(images.ReadMessage(kIpcImage, &plan.ipc));
     plan.has_ipc = true;
   }
-  KLEAP_TRY(ValidatePlan(plan));
-  // Who creates whom; a session helper's orphans come back to a subreaper.
-  KLEAP_TRY(TaskCreators(plan.pstree));
-  // (PID 1 reaps every orphan: a whole system's init needs no subreaper flag.)
-  for (auto& h : plan.pstree.helpers())
-    if (h.session() && h.parent() != 1 && !Lookup(plan.cores, h.parent()).child_subreaper())
-      return Err(EINVAL) << "pstree.img: helper " << h.pid() << ": its parent " << h.parent()
-                         << " is not a subreaper, so its children would not come back to it";
-  KLEAP_TRY(ValidateSharing(plan));
-  KLEAP_TRY(ValidateIpc(plan));
+  KLEAP_TRY(CheckPlan(plan));
   return plan;
 }
 

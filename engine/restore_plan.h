@@ -21,7 +21,14 @@ namespace kleap {
 
 // ---- collect ----
 
+// Reads every image of the set and checks them (CheckPlan).
 Result<RestorePlan> LoadPlan(ImageReader& images);
+// Everything the restore side asks of a set's images before it creates anything, with
+// no system call and nothing of the target system (free pids, file identities): the
+// plan's structure (ValidatePlan), who creates whom, sharing and IPC. The dump runs it
+// on the set it wrote before it commits, so that a set the restore would refuse is
+// never made.
+Result<void> CheckPlan(const RestorePlan& plan);
 // The plan's structure, with no system call: pids and tids, the tree's order, sessions and
 // groups, threads, zombies, mappings and page runs, and every kind's own fields. LoadPlan
 // runs it; the images are untrusted.

@@ -184,7 +184,7 @@ Result<void> DumpNetlinkSock(DumpContext&, const FdDesc& d, img::FileObject* fo)
 
 Result<void> ValidateNetlinkSock(const img::FileObject& fo) {
   const img::NetlinkSock& s = fo.netlink_sock();
-  std::string what = Describe(fo);
+  std::string what = "files.img: " + Describe(fo);
   KLEAP_TRY(ValidateAnonFlags(fo, "netlink socket", s.flags(), O_RDWR));
   if (s.type() != SOCK_RAW && s.type() != SOCK_DGRAM)
     return Err(EINVAL) << what << ": type " << s.type() << " is not SOCK_RAW or SOCK_DGRAM";

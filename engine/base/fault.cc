@@ -5,10 +5,13 @@
 
 namespace kleap {
 
-Result<void> FaultPoint(const char* name) {
+bool FaultWanted(const char* name) {
   const char* want = getenv("KLEAP_FAULT");
-  if (want && strcmp(want, name) == 0)
-    return Err(EIO) << "injected fault at " << name << " (KLEAP_FAULT)";
+  return want && strcmp(want, name) == 0;
+}
+
+Result<void> FaultPoint(const char* name) {
+  if (FaultWanted(name)) return Err(EIO) << "injected fault at " << name << " (KLEAP_FAULT)";
   return Ok();
 }
 

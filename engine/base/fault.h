@@ -8,5 +8,7 @@ namespace kleap {
 
 // Fails with "injected fault at NAME (KLEAP_FAULT)" when KLEAP_FAULT=NAME.
 Result<void> FaultPoint(const char* name);
+// Whether KLEAP_FAULT=NAME: for a fault that is not a failure (a damaged image...).
+bool FaultWanted(const char* name);
 
 }  // namespace kleap

@@ -21,4 +21,11 @@ inline std::string Hex(uint64_t v) {
   return os.str();
 }
 
+// "0755": modes and open flags in messages.
+inline std::string Oct(uint64_t v) {
+  std::ostringstream os;
+  os << "0" << std::oct << v;
+  return os.str();
+}
+
 }  // namespace kleap

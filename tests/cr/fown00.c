@@ -4,9 +4,10 @@
  *       SIGRTMIN+2 (F_SETSIG: the siginfo names the fd);
  *   p:  a pipe; p[0] O_ASYNC, owned by the root's process group, signal SIGIO;
  *   f:  STATEDIR/owned, opened for reading, owned by the child, no O_ASYNC;
- *   sc: a datagram socketpair in the child (in a process group of its own); sc[0] O_ASYNC, owned by the child's thread
- *       (F_OWNER_TID), set while the child had uid and euid 65534 (F_GETOWNER_UIDS): the
- *       kernel then never sends it the signal, as the child runs as root again.
+ *   sc: a datagram socketpair in the child (in a process group of its own); sc[0]
+ *       O_ASYNC, owned by the child's thread (F_OWNER_TID), set while the child had uid
+ *       and euid 65534 (F_GETOWNER_UIDS): the kernel then never sends it the signal, as
+ *       the child runs as root again.
  * With the argument `outside`, f is owned by the root's parent, outside the tree: check
  * and dump must refuse it, naming the fd, and the tree runs on.
  * After the restore: O_ASYNC, the owners (type and pid), the signals and the owners'

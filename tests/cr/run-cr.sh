@@ -2,7 +2,7 @@
 # run-cr.sh: the harness of the kleap `cr` test tier.
 #
 #   run-cr.sh --kleap PATH --prog PATH [--prog-arg X]... [--restore-arg X]...
-#             [--mode MODE] [--expect STR]...
+#             [--mode MODE] [--expect STR]... [--fault NAME]
 #
 # MODE:
 #   restore        (default) check, dump (kills the tree), wait until its pids are
@@ -16,8 +16,9 @@
 #                  original tree must still PASS.
 #   change-file    dump, overwrite STATEDIR/lib.so with another ELF, restore must
 #                  fail naming STATEDIR/lib.so and leave no process behind.
-#   fault-dump     dump with KLEAP_FAULT=dump-write must fail, write no inventory,
-#                  and the tree must still be alive and PASS.
+#   fault-dump     dump with KLEAP_FAULT=dump-write (or --fault NAME) must fail,
+#                  naming the fault (or every --expect STR), write no inventory, and
+#                  the tree must still be alive and PASS.
 #   fault-restore  restore with KLEAP_FAULT=restore-rebuild (tasks exist, one has its
 #                  memory rebuilt) must fail and leave no process behind; a second
 #                  restore without the fault must then succeed and PASS.
@@ -37,12 +38,13 @@ PROG=""
 PROG_ARGS=()
 RESTORE_ARGS=()
 EXPECTS=()
+FAULT=dump-write
 MODE=restore
 
 usage() {
   echo "usage: $0 --kleap PATH --prog PATH [--prog-arg X]... [--restore-arg X]..." \
     "[--mode restore|leave-running|refuse|corrupt-image|pid-taken|change-file|fault-dump|fault-restore|plain]" \
-    "[--expect STR]..." >&2
+    "[--expect STR]... [--fault NAME]" >&2
   exit 2
 }
 
@@ -54,6 +56,7 @@ while [ $# -gt 0 ]; do
     --restore-arg) RESTORE_ARGS+=("${2-}"); shift 2 || usage ;;
     --expect) EXPECTS+=("${2-}"); shift 2 || usage ;;
     --mode) MODE="${2-}"; shift 2 || usage ;;
+    --fault) FAULT="${2-}"; shift 2 || usage ;;
     -h|--help) usage ;;
     *) echo "unknown argument: $1" >&2; usage ;;
   esac
@@ -564,10 +567,13 @@ case "$MODE" in
     ;;
 
   fault-dump)
-    KLEAP_FAULT=dump-write dump_tree
-    [ $KRC != 0 ] || fail "kleap dump succeeded through an injected fault"
-    kleap_output dump | grep -qF "injected fault at dump-write" ||
-      fail "kleap dump failed without naming the injected fault"
+    KLEAP_FAULT=$FAULT dump_tree
+    [ $KRC != 0 ] || fail "kleap dump succeeded through an injected fault ($FAULT)"
+    [ ${#EXPECTS[@]} -gt 0 ] || EXPECTS=("injected fault at $FAULT")
+    for e in "${EXPECTS[@]}"; do
+      kleap_output dump | grep -qF -- "$e" ||
+        fail "kleap dump failed without saying: $e"
+    done
     [ ! -e "$IMG/inventory.img" ] || fail "a failed dump committed an inventory"
     check_not_stopped "after the failed dump"
     compare_tree "after the failed dump"
