@@ -185,7 +185,18 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
   if (stat(path.c_str(), &d.st) < 0) return ErrnoError() << "stat " << path;
   d.info = KLEAP_TRY(ReadFdInfo(pid, fd));
   d.what = d.link;
-  if (d.link.rfind("socket:", 0) == 0 && IsUnixSocket(pid, fd)) {
+  if (d.info.flags & O_PATH) {
+    // A place in the tree of files, not an open file: reopened by its path, whatever
+    // the inode (a symlink with O_NOFOLLOW, a FIFO, a device, a socket file).
+    if (d.link.empty() || d.link[0] != '/')
+      d.reason = "an O_PATH fd on something without a path";
+    else if (OnProcfs(path))
+      d.reason = kProcfsReason;
+    else if (EndsWith(d.link, kDeletedSuffix))
+      d.reason = "an O_PATH fd on a deleted file";
+    else
+      d.type = FdType::kRegular;
+  } else if (d.link.rfind("socket:", 0) == 0 && IsUnixSocket(pid, fd)) {
     d.what = SocketWhat(pid, fd, d.link);
     d.type = FdType::kUnixSocket;
   } else if (d.link.rfind("socket:", 0) == 0) {
@@ -393,8 +404,11 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
     bool async = d.info.flags & O_ASYNC;
     d.info.flags &= ~uint32_t(O_ASYNC);
     KLEAP_TRY_CTX(KindOf(d.type)->dump(ctx, d, fo), "task " << pid << " fd " << fd);
-    UniqueFd copy = KLEAP_TRY_CTX(GrabFd(pid, fd), "task " << pid << " fd " << fd);
-    KLEAP_TRY_CTX(DumpFileOwner(copy.get(), async, fo), "task " << pid << " fd " << fd);
+    // (An O_PATH file has no owner: fcntl refuses it.)
+    if (!(d.info.flags & O_PATH)) {
+      UniqueFd copy = KLEAP_TRY_CTX(GrabFd(pid, fd), "task " << pid << " fd " << fd);
+      KLEAP_TRY_CTX(DumpFileOwner(copy.get(), async, fo), "task " << pid << " fd " << fd);
+    }
   }
   for (int i = first_new; i < ctx.files.files_size(); ++i) {
     img::FileObject* fo = ctx.files.mutable_files(i);
@@ -408,11 +422,13 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
 // open through the compat entry (int $0x80, even from 64-bit code) leaves it out.
 UniqueFd OpenLikeTask(const std::string& path, int flags, mode_t mode) {
   char* low = LowPage();
-  if ((flags & kKernelOLargefile) || path.size() >= 4096 || !low)
+  // (Opening with O_PATH drops O_LARGEFILE whatever the width.)
+  if ((flags & (kKernelOLargefile | O_PATH)) || path.size() >= 4096 || !low)
     return UniqueFd(open(path.c_str(), flags, mode));
   memcpy(low, path.c_str(), path.size() + 1);
   long ret = LocalCompatSyscall(X86Arch::kOpenat, uint32_t(AT_FDCWD), uint32_t(uintptr_t(low)),
                                 uint32_t(flags), mode);
+  if (ret == -ENOSYS) return UniqueFd(open(path.c_str(), flags, mode));  // no ia32 task here
   if (ret < 0) {
     errno = int(-ret);
     return UniqueFd();
@@ -437,7 +453,8 @@ Result<void> ValidateRegFile(const img::FileObject& fo) {
     return bad() << "path is not absolute";
   if ((reg.flags() & ~kKeptOpenFlags) || (reg.flags() & O_ACCMODE) == O_ACCMODE)
     return bad() << "bad flags " << Oct(reg.flags());
-  if (!S_ISREG(reg.mode()) && !S_ISDIR(reg.mode()) && !S_ISCHR(reg.mode()))
+  if (!S_ISREG(reg.mode()) && !S_ISDIR(reg.mode()) && !S_ISCHR(reg.mode()) &&
+      !(reg.flags() & O_PATH))
     return bad() << "mode " << Oct(reg.mode()) << " is no regular file, directory or device";
   if (reg.deleted() && (!S_ISREG(reg.mode()) || reg.ghost_blob().empty()))
     return bad() << "deleted, but no regular file with its content";
@@ -495,7 +512,9 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
                          << ", or its modification time)";
     }
   }
-  if (!S_ISCHR(reg.mode()) && lseek(fd.get(), off_t(reg.pos()), SEEK_SET) < 0 && errno != ESPIPE)
+  // (An O_PATH fd has no offset: lseek refuses it.)
+  if (!S_ISCHR(reg.mode()) && !(reg.flags() & O_PATH) &&
+      lseek(fd.get(), off_t(reg.pos()), SEEK_SET) < 0 && errno != ESPIPE)
     return ErrnoError() << "seek " << reg.path() << " to " << reg.pos();
   return fd;
 }

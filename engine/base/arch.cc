@@ -3,7 +3,10 @@
 #include <elf.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include "engine/base/unique_fd.h"
 
@@ -19,13 +22,37 @@ std::string_view ArchName(ArchKind a) {
   return "unknown";
 }
 
-long LocalCompatSyscall(long nr, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4) {
+namespace {
+
+long RawCompatSyscall(long nr, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4) {
   long ret;
   asm volatile("int $0x80"
                : "=a"(ret)
                : "a"(nr), "b"(a1), "c"(a2), "d"(a3), "S"(a4)
                : "memory", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15");
   return ret;
+}
+
+// A kernel without IA-32 emulation (CONFIG_IA32_EMULATION=n, ia32_emulation=0) answers
+// int $0x80 with SIGSEGV: a child tries it first.
+bool CompatEntryWorks() {
+  static const bool works = [] {
+    pid_t pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) _exit(RawCompatSyscall(X86Arch::kGetpid, 0, 0, 0, 0) > 0 ? 0 : 1);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  }();
+  return works;
+}
+
+}  // namespace
+
+long LocalCompatSyscall(long nr, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t a4) {
+  if (!CompatEntryWorks()) return -ENOSYS;
+  return RawCompatSyscall(nr, a1, a2, a3, a4);
 }
 
 char* LowPage() {

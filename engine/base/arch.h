@@ -185,7 +185,8 @@ decltype(auto) WithArch(ArchKind a, F&& f) {
 
 // Runs a syscall of this process through the ia32 entry (int $0x80 works from 64-bit
 // code too): the compat flavour of a syscall, for an ia32 task's state. Pointer
-// arguments must be below 4 GiB: see LowPage().
+// arguments must be below 4 GiB: see LowPage(). -ENOSYS on a kernel without IA-32
+// emulation, where int $0x80 would kill the caller (probed once, in a child).
 long LocalCompatSyscall(long nr, uint32_t a1 = 0, uint32_t a2 = 0, uint32_t a3 = 0,
                         uint32_t a4 = 0);
 // A page of this process below 4 GiB (MAP_32BIT), for compat syscall arguments.

@@ -4,7 +4,9 @@
  *   100 (the two share one file description, hence one offset);
  *   gone.txt opened O_RDWR at offset 777, then unlinked: its content must
  *   survive; a directory fd on STATEDIR;
- *   /dev/null (O_WRONLY), /dev/zero, /dev/random (O_NONBLOCK), /dev/urandom.
+ *   /dev/null (O_WRONLY), /dev/zero, /dev/random (O_NONBLOCK), /dev/urandom;
+ *   O_PATH fds on ro.txt, STATEDIR (O_DIRECTORY), a symlink STATEDIR/link (O_NOFOLLOW:
+ *   the link itself), a FIFO STATEDIR/fifo and /dev/null.
  * After the restore, for each fd: F_GETFL, F_GETFD, the offset, the target of
  * /proc/self/fd/N, the file type, device and inode (not for the unlinked file,
  * whose inode cannot survive), then its content; the set of open fd numbers
@@ -138,6 +140,14 @@ int main(int argc, char** argv) {
   track("/dev/random O_NONBLOCK", open("/dev/random", O_RDONLY | O_NONBLOCK), 0);
   int ufd = open("/dev/urandom", O_RDONLY);
   track("/dev/urandom", ufd, 0);
+
+  if (symlinkat("ro.txt", wl_dirfd, "link") != 0 || mkfifoat(wl_dirfd, "fifo", 0600) != 0)
+    wl_die("main", "symlink, mkfifo: %s", strerror(errno));
+  track("ro.txt O_PATH", openat(wl_dirfd, "ro.txt", O_PATH), 0);
+  track("STATEDIR O_PATH|O_DIRECTORY", open(wl_statedir, O_PATH | O_DIRECTORY), 0);
+  track("link O_PATH|O_NOFOLLOW", openat(wl_dirfd, "link", O_PATH | O_NOFOLLOW), 0);
+  track("fifo O_PATH", openat(wl_dirfd, "fifo", O_PATH), 0);
+  track("/dev/null O_PATH", open("/dev/null", O_PATH), 0);
 
   if (argc > 2 && strcmp(argv[2], "procfs") == 0) {
     int sfd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
