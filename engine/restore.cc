@@ -462,6 +462,11 @@ Result<RestoreResult> RestoreSession::Run() {
   KLEAP_TRY(lock_.Remove());
   // Resume everything at once: the destructors write the final registers and masks.
   threads_.clear();
+  // A task that was stopped gets SIGSTOP while it is still held: it stops again on the
+  // way out of the ptrace stop, before it runs any code of its own.
+  for (auto& t : tasks_)
+    if (t.ps->stopped() && !t.ps->zombie() && kill(t.ps->pid(), SIGSTOP) < 0)
+      return ErrnoError() << "task " << t.ps->pid() << ": stop it again";
   for (pid_t tid : seized_) {
     auto r = pt::Detach(tid);
     if (!r) return std::move(r).error().Context("resume");

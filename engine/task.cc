@@ -44,6 +44,7 @@ Result<TaskInfo> ReadTaskInfo(pid_t pid) {
     t.tids = {pid};
     return t;
   }
+  t.stopped = st.state == 'T';
   t.tids = KLEAP_TRY_CTX(ListThreads(pid), "task " << pid);
   // Leader first.
   std::stable_partition(t.tids.begin(), t.tids.end(), [&](pid_t x) { return x == pid; });

@@ -28,6 +28,7 @@ struct TaskInfo {
   // place in the tree and its wait status.
   bool zombie = false;
   int exit_status = 0;
+  bool stopped = false;  // in a group stop (state T) before kleap seized it
 };
 
 // Lists the tree through /proc without stopping anything: parents before children.

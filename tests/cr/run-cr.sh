@@ -80,6 +80,7 @@ declare -a TREE_TIDS=() # every tid of the tree, "pid/tid"
 declare -A KNOWN=()     # every pid this harness may have to kill
 declare -A COMM=()      # pid -> its comm when the tree was recorded
 declare -A WAS_ZOMBIE=()  # pid/tid -> 1 when it was a zombie when the tree was recorded
+declare -A WAS_STOPPED=() # pid/tid -> 1 when it was in a group stop (T) then
 
 STEP_TIMEOUT=${KLEAP_CR_STEP_TIMEOUT:-60}
 TIMED_OUT=""
@@ -357,8 +358,12 @@ record_tree() {
         ;;
       T)
         TREE_TIDS+=("$id")
-        # Zombies of the program (zombie00) stay zombies; any other is a failure.
-        [ "$(proc_state "${id%/*}/task/${id#*/}")" = Z ] && WAS_ZOMBIE[$id]=1
+        # Zombies of the program (zombie00) stay zombies, and stopped tasks (stop00)
+        # stopped; any other is a failure.
+        case "$(proc_state "${id%/*}/task/${id#*/}")" in
+          Z) WAS_ZOMBIE[$id]=1 ;;
+          T) WAS_STOPPED[$id]=1 ;;
+        esac
         ;;
     esac
   done <<<"$TREE_LIST"
@@ -382,7 +387,8 @@ check_not_stopped() {
   for pt in "${TREE_TIDS[@]}"; do
     st=$(proc_state "${pt%/*}/task/${pt#*/}") || fail "$1: thread $pt is gone"
     case "$st" in
-      T|t) fail "$1: thread $pt (pid/tid) is left stopped (state $st)" ;;
+      T) [ -n "${WAS_STOPPED[$pt]:-}" ] || fail "$1: thread $pt (pid/tid) is left stopped (state T)" ;;
+      t) fail "$1: thread $pt (pid/tid) is left stopped (state t)" ;;
       Z) [ -n "${WAS_ZOMBIE[$pt]:-}" ] || fail "$1: thread $pt (pid/tid) is a zombie" ;;
       X) fail "$1: thread $pt (pid/tid) is dead" ;;
     esac
