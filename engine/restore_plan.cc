@@ -51,8 +51,8 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     if (t.zombie()) {
       int st = t.exit_status();
       bool exited = (st & 0x7f) == 0, signaled = (st & 0x7f) > 0 && (st & 0x7f) < 0x7f;
-      if (t.ppid() == 0 || t.tids_size() != 1 || (!exited && !signaled) || st < 0 ||
-          st > 0xffff || t.stopped())
+      if (t.ppid() == 0 || t.tids_size() != 1 || (!exited && !signaled) || st < 0 || st > 0xffff ||
+          t.stopped())
         return Err(EINVAL) << "pstree.img: zombie " << t.pid() << ": bad place or wait status "
                            << Hex(uint64_t(uint32_t(st)));
       continue;
