@@ -1,5 +1,6 @@
 #include "engine/sock.h"
 
+#include <linux/filter.h>
 #include <linux/sock_diag.h>
 #include <unistd.h>
 
@@ -8,6 +9,30 @@
 #include "engine/base/unique_fd.h"
 
 namespace kleap {
+
+Result<std::string> ReadFilter(int fd) {
+  socklen_t n = 0;
+  if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &n) < 0)
+    return ErrnoError() << "getsockopt SO_GET_FILTER (an eBPF program can't be read back)";
+  if (n == 0) return std::string();
+  std::string out(size_t(n) * sizeof(sock_filter), '\0');
+  if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, out.data(), &n) < 0)
+    return ErrnoError() << "getsockopt SO_GET_FILTER";
+  out.resize(size_t(n) * sizeof(sock_filter));
+  return out;
+}
+
+Result<void> AttachFilter(int fd, const std::string& insns) {
+  if (insns.empty()) return Ok();
+  if (insns.size() % sizeof(sock_filter) || insns.size() / sizeof(sock_filter) > BPF_MAXINSNS)
+    return Err(EINVAL) << "a filter of " << insns.size() << " bytes";
+  sock_fprog prog{};
+  prog.len = static_cast<unsigned short>(insns.size() / sizeof(sock_filter));
+  prog.filter = reinterpret_cast<sock_filter*>(const_cast<char*>(insns.data()));
+  if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0)
+    return ErrnoError() << "attach its filter (" << prog.len << " instructions)";
+  return Ok();
+}
 
 Result<void> SockDiag(void* req, size_t len, bool dump, const std::string& what,
                       const std::function<void(const nlmsghdr&)>& each) {

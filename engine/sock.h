@@ -1,5 +1,5 @@
-// What every socket kind (inet, unix, netlink) shares: integer options, and sock_diag
-// queries, which read a socket's kernel state without touching it.
+// What every socket kind (inet, unix, netlink) shares: integer options, classic BPF
+// filters, and sock_diag queries, which read a socket's kernel state without touching it.
 #pragma once
 
 #include <linux/netlink.h>
@@ -23,6 +23,12 @@ inline Result<void> SetInt(int fd, int level, int name, int v, const char* what)
     return ErrnoError() << "setsockopt " << what << " " << v;
   return Ok();
 }
+
+// A classic BPF filter attached with SO_ATTACH_FILTER, as its instructions; empty when
+// there is none. An eBPF program can't be read back: an error.
+Result<std::string> ReadFilter(int fd);
+// Attaches one (the instructions ReadFilter gave).
+Result<void> AttachFilter(int fd, const std::string& insns);
 
 // Sends one SOCK_DIAG_BY_FAMILY request (req: an nlmsghdr and the family's request,
 // header filled in here) and calls `each` with every answer until the kernel is done.

@@ -13,10 +13,12 @@
 // (FinishSockets), and only then does the lock go.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
 #include <linux/sock_diag.h>
 #include <linux/sockios.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
@@ -70,8 +72,16 @@ constexpr int kMaxWscale = 14;
 struct OptName {
   int level, name;
 };
+#ifndef SO_BUF_LOCK
+#define SO_BUF_LOCK 72
+#define SOCK_SNDBUF_LOCK 1
+#define SOCK_RCVBUF_LOCK 2
+#endif
+
 constexpr OptName kSockOpts[] = {
     {SOL_SOCKET, SO_REUSEADDR},
+    {SOL_SOCKET, SO_DONTROUTE},
+    {SOL_SOCKET, SO_BUF_LOCK},
     {SOL_SOCKET, SO_REUSEPORT},
     {SOL_SOCKET, SO_KEEPALIVE},
     {SOL_SOCKET, SO_BROADCAST},
@@ -502,6 +512,21 @@ Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo
     so->set_name(o.name);
     so->set_value(*v);
   }
+  linger l{};
+  socklen_t llen = sizeof l;
+  if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &l, &llen) < 0) return ErrnoError() << "SO_LINGER";
+  s->set_linger(l.l_onoff != 0);
+  s->set_linger_s(l.l_linger);
+  char dev[IFNAMSIZ + 1] = "";
+  socklen_t dlen = IFNAMSIZ;
+  if (getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, &dlen) < 0)
+    return ErrnoError() << "SO_BINDTODEVICE";
+  s->set_bind_device(std::string(dev, strnlen(dev, dlen)));
+  s->set_filter(KLEAP_TRY(ReadFilter(fd)));
+  // Sizes the task set itself stay put (SO_BUF_LOCK shows which): carried as set.
+  int lock = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_BUF_LOCK, "SO_BUF_LOCK"));
+  if (lock & SOCK_SNDBUF_LOCK) s->set_sndbuf_set(s->sndbuf());
+  if (lock & SOCK_RCVBUF_LOCK) s->set_rcvbuf_set(s->rcvbuf());
   if (Repaired(*s)) {
     int reuse = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_REUSEADDR, "SO_REUSEADDR"));
     KLEAP_TRY_CTX(SetInt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, "TCP_REPAIR"),
@@ -548,6 +573,13 @@ Result<void> ValidateInetSock(const img::FileObject& fo) {
   if (s.backlog() > (1u << 20)) return bad() << "backlog " << s.backlog();
   for (auto& o : s.opts())
     if (!Known(o.level(), o.name())) return bad() << "option " << o.level() << "/" << o.name();
+  if (s.linger_s() < 0) return bad() << "SO_LINGER " << s.linger_s();
+  if (s.bind_device().size() >= IFNAMSIZ || s.bind_device().find('\0') != std::string::npos)
+    return bad() << "SO_BINDTODEVICE '" << s.bind_device() << "'";
+  if (s.filter().size() % sizeof(sock_filter) ||
+      s.filter().size() / sizeof(sock_filter) > BPF_MAXINSNS)
+    return bad() << "a filter of " << s.filter().size() << " bytes";
+  if (s.sndbuf_set() > (1u << 30) || s.rcvbuf_set() > (1u << 30)) return bad() << "buffer sizes";
   const img::TcpConn& c = s.tcp();
   if (c.send_queue().size() > kMaxQueue || c.recv_queue().size() > kMaxQueue ||
       c.unsent() > c.send_queue().size())
@@ -570,6 +602,13 @@ Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles
     KLEAP_TRY_CTX(SetInt(fd.get(), o.level(), o.name(), o.value(), "option"),
                   what << ": option " << o.level() << "/" << o.name());
   }
+  linger l{s.linger() ? 1 : 0, s.linger_s()};
+  if (setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l) < 0)
+    return ErrnoError() << what << ": SO_LINGER";
+  if (!s.bind_device().empty() && setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE,
+                                             s.bind_device().data(), s.bind_device().size()) < 0)
+    return ErrnoError() << what << ": SO_BINDTODEVICE " << s.bind_device();
+  KLEAP_TRY_CTX(AttachFilter(fd.get(), s.filter()), what);
   // Repair mode lets the connection share its port with the listener (and the options
   // above must not undo that); FinishSockets puts SO_REUSEADDR back.
   if (Repaired(s))
@@ -607,6 +646,13 @@ Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles
     if (connect(fd.get(), reinterpret_cast<sockaddr*>(&peer.ss), peer.len) < 0)
       return ErrnoError() << what << ": connect";
   }
+  // Sizes the task set, once the queues are in (the kernel doubles what is set).
+  if (s.sndbuf_set())
+    KLEAP_TRY_CTX(
+        SetInt(fd.get(), SOL_SOCKET, SO_SNDBUFFORCE, int(s.sndbuf_set() / 2), "SO_SNDBUF"), what);
+  if (s.rcvbuf_set())
+    KLEAP_TRY_CTX(
+        SetInt(fd.get(), SOL_SOCKET, SO_RCVBUFFORCE, int(s.rcvbuf_set() / 2), "SO_RCVBUF"), what);
   if ((s.flags() & O_NONBLOCK) && fcntl(fd.get(), F_SETFL, O_NONBLOCK) < 0)
     return ErrnoError() << what << ": set O_NONBLOCK";
   return fd;

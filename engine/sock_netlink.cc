@@ -88,20 +88,6 @@ Result<bool> DumpRunning(ino_t inode) {
   return false;
 }
 
-// A classic BPF filter attached with SO_ATTACH_FILTER, as its instructions; empty when
-// there is none.
-Result<std::string> ReadFilter(int fd) {
-  socklen_t n = 0;
-  if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, nullptr, &n) < 0)
-    return ErrnoError() << "getsockopt SO_GET_FILTER (an eBPF program can't be read back)";
-  if (n == 0) return std::string();
-  std::string out(size_t(n) * sizeof(sock_filter), '\0');
-  if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, out.data(), &n) < 0)
-    return ErrnoError() << "getsockopt SO_GET_FILTER";
-  out.resize(size_t(n) * sizeof(sock_filter));
-  return out;
-}
-
 }  // namespace
 
 std::string RefuseNetlinkSock(const FdDesc& d) {
@@ -209,13 +195,7 @@ Result<UniqueFd> OpenNetlinkSock(const img::FileObject& fo, ImageReader&, OpenFi
   if (!fd) return ErrnoError() << what << ": socket";
   for (auto& o : s.opts())
     KLEAP_TRY_CTX(SetInt(fd.get(), o.level(), o.name(), o.value(), "option"), what);
-  if (!s.filter().empty()) {
-    sock_fprog prog{};
-    prog.len = static_cast<unsigned short>(s.filter().size() / sizeof(sock_filter));
-    prog.filter = reinterpret_cast<sock_filter*>(const_cast<char*>(s.filter().data()));
-    if (setsockopt(fd.get(), SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) < 0)
-      return ErrnoError() << what << ": attach its filter";
-  }
+  KLEAP_TRY_CTX(AttachFilter(fd.get(), s.filter()), what);
   if (s.portid()) {
     sockaddr_nl a{};
     a.nl_family = AF_NETLINK;

@@ -1,0 +1,135 @@
+/* inet00: options of TCP and UDP sockets on the host's loopback, not connected.
+ *   t: TCP bound to 127.0.0.1 (state CLOSE): SO_DONTROUTE, SO_LINGER on for 7 s,
+ *      SO_BINDTODEVICE lo, SO_SNDBUF set (the kernel locks it), a classic BPF filter of
+ *      one instruction;
+ *   u: UDP bound to 127.0.0.1: SO_BUF_LOCK on its receive size alone, SO_LINGER on for
+ *      0 s, a filter of two instructions that keeps 5 bytes of each datagram (13 with
+ *      the UDP header, which a UDP filter counts);
+ *   l: TCP listening on 127.0.0.1: SO_KEEPALIVE, SO_LINGER off with 3 s kept.
+ * After the restore every option reads back the same (getsockopt; the filters by their
+ * length, SO_GET_FILTER), the addresses are the same, and a datagram of 10 bytes to u
+ * arrives cut to 5 by its filter. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "workload.h"
+
+#ifndef SO_BUF_LOCK
+#define SO_BUF_LOCK 72
+#endif
+
+struct opts {
+  int dontroute, keepalive, buflock, sndbuf, rcvbuf, filter_len;
+  struct linger linger;
+  char dev[IFNAMSIZ];
+  struct sockaddr_in addr;
+};
+
+static void read_opts(int fd, struct opts* o) {
+  memset(o, 0, sizeof *o);
+  socklen_t l = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_DONTROUTE, &o->dontroute, &l);
+  l = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &o->keepalive, &l);
+  l = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_BUF_LOCK, &o->buflock, &l) != 0) o->buflock = -1;
+  l = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &o->sndbuf, &l);
+  l = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &o->rcvbuf, &l);
+  l = 0;
+  o->filter_len = getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, NULL, &l) == 0 ? (int)l : -1;
+  l = sizeof o->linger;
+  getsockopt(fd, SOL_SOCKET, SO_LINGER, &o->linger, &l);
+  l = sizeof o->dev;
+  getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, o->dev, &l);
+  l = sizeof o->addr;
+  getsockname(fd, (struct sockaddr*)&o->addr, &l);
+}
+
+static void check_same(struct wl_check* c, const char* what, int fd, const struct opts* was) {
+  struct opts now;
+  read_opts(fd, &now);
+  wl_check(c, now.dontroute == was->dontroute && now.keepalive == was->keepalive,
+           "%s: SO_DONTROUTE %d SO_KEEPALIVE %d, were %d %d", what, now.dontroute, now.keepalive,
+           was->dontroute, was->keepalive);
+  wl_check(c, now.buflock == was->buflock && now.sndbuf == was->sndbuf && now.rcvbuf == was->rcvbuf,
+           "%s: SO_BUF_LOCK %d SO_SNDBUF %d SO_RCVBUF %d, were %d %d %d", what, now.buflock,
+           now.sndbuf, now.rcvbuf, was->buflock, was->sndbuf, was->rcvbuf);
+  wl_check(c, now.filter_len == was->filter_len, "%s: a filter of %d instructions, was %d", what,
+           now.filter_len, was->filter_len);
+  wl_check(c,
+           now.linger.l_onoff == was->linger.l_onoff && now.linger.l_linger == was->linger.l_linger,
+           "%s: SO_LINGER %d/%d, was %d/%d", what, now.linger.l_onoff, now.linger.l_linger,
+           was->linger.l_onoff, was->linger.l_linger);
+  wl_check(c, strcmp(now.dev, was->dev) == 0, "%s: SO_BINDTODEVICE '%s', was '%s'", what, now.dev,
+           was->dev);
+  wl_check(c, memcmp(&now.addr, &was->addr, sizeof now.addr) == 0, "%s: another address", what);
+}
+
+static int bound(int type) {
+  int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (fd < 0 || bind(fd, (struct sockaddr*)&a, sizeof a) != 0)
+    wl_die("main", "socket: %s", strerror(errno));
+  return fd;
+}
+
+static void set(int fd, int name, const void* v, socklen_t len, const char* what) {
+  if (setsockopt(fd, SOL_SOCKET, name, v, len) != 0)
+    wl_die("main", "setsockopt %s: %s", what, strerror(errno));
+}
+
+int main(int argc, char** argv) {
+  wl_init(argc, argv);
+  int one = 1, size = 65536, lock = 2 /* SOCK_RCVBUF_LOCK */;
+  int t = bound(SOCK_STREAM), u = bound(SOCK_DGRAM), l = bound(SOCK_STREAM);
+  struct linger l7 = {1, 7}, l0 = {1, 0}, off3 = {0, 3};
+  struct sock_filter all[] = {BPF_STMT(BPF_RET | BPF_K, 0xffff)};
+  struct sock_filter cut[] = {BPF_STMT(BPF_LD | BPF_W | BPF_LEN, 0),
+                              BPF_STMT(BPF_RET | BPF_K, 8 + 5)};
+  struct sock_fprog fall = {1, all}, fcut = {2, cut};
+  set(t, SO_DONTROUTE, &one, sizeof one, "SO_DONTROUTE");
+  set(t, SO_LINGER, &l7, sizeof l7, "SO_LINGER");
+  set(t, SO_BINDTODEVICE, "lo", 2, "SO_BINDTODEVICE");
+  set(t, SO_SNDBUF, &size, sizeof size, "SO_SNDBUF");
+  set(t, SO_ATTACH_FILTER, &fall, sizeof fall, "SO_ATTACH_FILTER");
+  if (setsockopt(u, SOL_SOCKET, SO_BUF_LOCK, &lock, sizeof lock) != 0)
+    wl_skip("SO_BUF_LOCK: %s (Linux 5.14 and later)", strerror(errno));
+  set(u, SO_LINGER, &l0, sizeof l0, "SO_LINGER");
+  set(u, SO_ATTACH_FILTER, &fcut, sizeof fcut, "SO_ATTACH_FILTER");
+  set(l, SO_KEEPALIVE, &one, sizeof one, "SO_KEEPALIVE");
+  set(l, SO_LINGER, &off3, sizeof off3, "SO_LINGER");
+  if (listen(l, 5) != 0) wl_die("main", "listen: %s", strerror(errno));
+  struct opts ot, ou, ol;
+  read_opts(t, &ot);
+  read_opts(u, &ou);
+  read_opts(l, &ol);
+  wl_log("t: filter %d, linger %d/%d, dev '%s', sndbuf %d lock %d", ot.filter_len,
+         ot.linger.l_onoff, ot.linger.l_linger, ot.dev, ot.sndbuf, ot.buflock);
+  wl_ready("main");
+  struct wl_check c;
+  if (wl_await("main", &c) != 0) return 1;
+  check_same(&c, "t", t, &ot);
+  check_same(&c, "u", u, &ou);
+  check_same(&c, "l", l, &ol);
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  char buf[32];
+  ssize_t n = -1;
+  if (s >= 0 && sendto(s, "0123456789", 10, 0, (struct sockaddr*)&ou.addr, sizeof ou.addr) == 10)
+    for (int i = 0; i < 100 && n < 0; i++) {
+      n = recv(u, buf, sizeof buf, MSG_DONTWAIT);
+      if (n < 0) wl_sleep_ms(10);
+    }
+  wl_check(&c, n == 5 && memcmp(buf, "01234", 5) == 0,
+           "u: got %zd bytes through its filter, want 5", n);
+  return wl_check_result("main", &c);
+}
