@@ -25,6 +25,7 @@ namespace {
 constexpr uint64_t kPmPresent = 1ull << 63, kPmSwapped = 1ull << 62, kPmFileOrShared = 1ull << 61;
 constexpr size_t kCopyChunk = 1u << 20;
 constexpr size_t kRestoreWindow = 8u << 20;  // mapped blob window: bounds kleap's RSS
+constexpr int kMembarrierGetRegistrations = 1 << 9;  // Linux 6.3
 
 bool EndsWith(const std::string& s, const char* suf) {
   size_t n = strlen(suf);
@@ -233,6 +234,22 @@ Result<void> DumpMmLayout(DumpContext& ctx, const TaskInfo& task, img::MmImage* 
   if (stat(ProcPath(pid, "exe").c_str(), &est) < 0)
     return ErrnoError() << "stat exe of task " << pid;
   *mm->mutable_exe() = KLEAP_TRY(IdentifyFile(ProcPath(pid, "exe"), est));
+  // Address-space flags that only the task can be asked about.
+  mm->set_thp_disabled(KLEAP_TRY_CTX(WithArch(task.arch,
+                                              [&](auto a) {
+                                                return rs.Call(a.kKind, decltype(a)::kPrctl,
+                                                               PR_GET_THP_DISABLE, 0, 0, 0, 0);
+                                              }),
+                                     "task " << pid << ": PR_GET_THP_DISABLE") != 0);
+  auto regs = WithArch(task.arch, [&](auto a) {
+    return rs.Call(a.kKind, decltype(a)::kMembarrier, kMembarrierGetRegistrations, 0, 0);
+  });
+  if (regs) {
+    mm->set_membarrier_known(true);
+    mm->set_membarrier(uint32_t(*regs));
+  } else if (regs.error().code() != EINVAL) {
+    return std::move(regs).error().Context("task " + std::to_string(pid) + ": membarrier");
+  }
   return Ok();
 }
 
@@ -381,6 +398,19 @@ struct PrctlMmMap {
 };
 static_assert(sizeof(PrctlMmMap) == 104);
 
+// membarrier(2) registrations of an address space, made again in the task.
+Result<void> RestoreMmFlags(RemoteSyscalls& rs, const img::MmImage& mm, const std::string& who) {
+  constexpr ArchKind k64 = ArchKind::kX86_64;
+  if (mm.thp_disabled())
+    KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kPrctl, PR_SET_THP_DISABLE, 1, 0, 0, 0),
+                  who << ": PR_SET_THP_DISABLE");
+  for (uint32_t bit = 1; bit && bit <= mm.membarrier(); bit <<= 1)
+    if (mm.membarrier() & bit)
+      KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMembarrier, bit, 0, 0),
+                    who << ": membarrier register " << Hex(bit));
+  return Ok();
+}
+
 void ApplyMadvise(RemoteSyscalls& rs, const img::Vma& v) {
   struct {
     const char* flag;
@@ -504,6 +534,7 @@ Result<void> RestoreMm(MmRestore& r) {
     return Err(EINVAL) << who << ": " << r.pagemap->blob() << " holds " << blob->size()
                        << " bytes, the runs " << blob_off;
 
+  KLEAP_TRY(RestoreMmFlags(rs, mm, who));
   // The mm fields: code/data/brk/stack/args/env, auxv and /proc/PID/exe.
   PrctlMmMap map{};
   map.start_code = mm.start_code();

@@ -47,6 +47,10 @@ Result<void> RestoreMm(MmRestore& r);
 // so that both syscall instructions can run from it.
 Result<ScratchPage> PickScratch(const img::MmImage& mm);
 
+// The membarrier(2) commands an address space can have made (REGISTER_GLOBAL_EXPEDITED,
+// REGISTER_PRIVATE_EXPEDITED, ..._SYNC_CORE, ..._RSEQ).
+inline constexpr uint32_t kMembarrierRegisterMask = (1u << 2) | (1u << 4) | (1u << 6) | (1u << 8);
+
 // The vDSO block of a dump: [vvar...][vdso].
 Result<void> RestoreVdso(MmRestore& r);
 

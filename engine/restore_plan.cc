@@ -118,6 +118,9 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
                            << Hex(v.end());
       prev_end = v.end();
     }
+    if (mm.membarrier() & ~kMembarrierRegisterMask)
+      return Err(EINVAL) << MmImage(t.pid()) << ": membarrier registrations "
+                         << Hex(mm.membarrier());
     KLEAP_TRY(ValidateAio(t.pid(), mm));
   }
   KLEAP_TRY(ValidateTimeNamespaces(plan.pstree));

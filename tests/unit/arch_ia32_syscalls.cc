@@ -43,6 +43,7 @@ extern const SyscallPair kIa32Syscalls[] = {
     KLEAP_PAIR(set_robust_list, kSetRobustList),
     KLEAP_PAIR(rt_tgsigqueueinfo, kRtTgsigqueueinfo),
     KLEAP_PAIR(rseq, kRseq),
+    KLEAP_PAIR(membarrier, kMembarrier),
     KLEAP_PAIR(get_robust_list, kGetRobustList),
     KLEAP_PAIR(getitimer, kGetitimer),
     KLEAP_PAIR(setitimer, kSetitimer),

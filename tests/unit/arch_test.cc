@@ -216,6 +216,7 @@ TEST(ArchTables, X64SyscallNumbersMatchTheKernel) {
   EXPECT_EQ(X64Arch::kSetRobustList, SYS_set_robust_list);
   EXPECT_EQ(X64Arch::kRtTgsigqueueinfo, SYS_rt_tgsigqueueinfo);
   EXPECT_EQ(X64Arch::kRseq, SYS_rseq);
+  EXPECT_EQ(X64Arch::kMembarrier, SYS_membarrier);
   EXPECT_EQ(X64Arch::kChdir, SYS_chdir);
   EXPECT_EQ(X64Arch::kGetRobustList, SYS_get_robust_list);
   EXPECT_EQ(X64Arch::kGetitimer, SYS_getitimer);
