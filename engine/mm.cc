@@ -24,7 +24,7 @@ namespace {
 
 constexpr uint64_t kPmPresent = 1ull << 63, kPmSwapped = 1ull << 62, kPmFileOrShared = 1ull << 61;
 constexpr size_t kCopyChunk = 1u << 20;
-constexpr size_t kRestoreWindow = 8u << 20;  // mapped blob window: bounds kleap's RSS
+constexpr size_t kRestoreWindow = 8u << 20;          // mapped blob window: bounds kleap's RSS
 constexpr int kMembarrierGetRegistrations = 1 << 9;  // Linux 6.3
 
 bool EndsWith(const std::string& s, const char* suf) {
