@@ -266,6 +266,22 @@ std::string RefuseDiag(const Diag& d) {
   if (!d.name.empty() && d.name[0] != '\0' && d.name[0] != '/')
     return "it is bound to the relative path '" + d.name +
            "', which can't be bound again from another directory";
+  if (!d.name.empty() && d.name[0] == '/' && d.vfs) {
+    // The restore binds the name again: the path must be its own socket file, or free
+    // in a directory that still exists.
+    struct stat st;
+    if (lstat(d.name.c_str(), &st) == 0) {
+      if (!S_ISSOCK(st.st_mode) || st.st_ino != d.vfs_ino || st.st_dev != UserDev(d.vfs_dev))
+        return "its bound path " + d.name +
+               " names another file now (its own was unlinked): the name can't be bound again "
+               "while that file is there";
+    } else {
+      std::string dir = d.name.substr(0, d.name.rfind('/'));
+      if (!dir.empty() && stat(dir.c_str(), &st) != 0)
+        return "the directory of its bound path " + d.name +
+               " is gone: the name can't be bound again";
+    }
+  }
   return "";
 }
 

@@ -3,7 +3,10 @@
  *             not received yet;
  *   outside:  a stream socketpair whose other end belongs to a process outside the tree
  *             (a grandchild that left it, named unix01-peer);
- *   oob:      a stream socketpair with an out-of-band byte (MSG_OOB) pending.
+ *   oob:      a stream socketpair with an out-of-band byte (MSG_OOB) pending;
+ *   path-taken: a datagram socket bound to STATEDIR/s, whose socket file was unlinked
+ *             and a FIFO made at its path;
+ *   dir-gone: a datagram socket bound to STATEDIR/d/s, its file and directory removed.
  * `kleap check` must name the socket with the reason and `kleap dump` must fail; the
  * tree keeps running. On SIGUSR1: the fd in flight is received whole, or the outside peer
  * still answers. */
@@ -17,6 +20,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -85,7 +89,20 @@ int main(int argc, char** argv) {
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     wl_die("main", "socketpair: %s", strerror(errno));
   int outside = strcmp(mode, "outside") == 0, oob = strcmp(mode, "oob") == 0;
-  if (oob) {
+  int taken = strcmp(mode, "path-taken") == 0, dir_gone = strcmp(mode, "dir-gone") == 0;
+  if (taken || dir_gone) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/%s", wl_statedir, taken ? "s" : "d/s");
+    if (dir_gone && mkdirat(wl_dirfd, "d", 0755) != 0) wl_die("main", "mkdir: %s", strerror(errno));
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof a.sun_path) wl_skip("STATEDIR is too long for a socket path");
+    memcpy(a.sun_path, path, strlen(path) + 1);
+    int d = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (d < 0 || bind(d, (struct sockaddr*)&a, sizeof a) != 0 || unlink(path) != 0)
+      wl_die("main", "bind %s: %s", path, strerror(errno));
+    if (taken ? mkfifo(path, 0600) != 0 : unlinkat(wl_dirfd, "d", AT_REMOVEDIR) != 0)
+      wl_die("main", "%s: %s", taken ? "mkfifo" : "rmdir", strerror(errno));
+  } else if (oob) {
     if (send(sv[0], "o", 1, MSG_OOB) != 1) wl_skip("send MSG_OOB: %s", strerror(errno));
   } else if (outside) {
     pid_t mid = fork();
@@ -104,7 +121,9 @@ int main(int argc, char** argv) {
   wl_ready("main");
   struct wl_check c;
   if (wl_await("main", &c) != 0) return 1;
-  if (oob) {
+  if (taken || dir_gone) {
+    /* nothing to see: the tree ran on */
+  } else if (oob) {
     char b = 0;
     wl_check(&c, recv(sv[1], &b, 1, MSG_OOB | MSG_DONTWAIT) == 1 && b == 'o',
              "the out-of-band byte is gone");
