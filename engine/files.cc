@@ -60,6 +60,27 @@ namespace {
 
 constexpr const char* kDeletedSuffix = " (deleted)";
 
+// The data an unlinked file may hold to be carried in the set (its holes are free).
+constexpr uint64_t kGhostLimit = 1 << 20;
+
+// The data runs of a file [offset, length), holes left out (SEEK_DATA/SEEK_HOLE; a
+// file system without them is one run).
+Result<std::vector<std::pair<uint64_t, uint64_t>>> DataRuns(int fd, uint64_t size) {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  for (uint64_t at = 0; at < size;) {
+    off_t data = lseek(fd, off_t(at), SEEK_DATA);
+    if (data < 0 && errno == ENXIO) break;  // only a hole is left
+    if (data < 0 && errno == EINVAL) return std::vector<std::pair<uint64_t, uint64_t>>{{0, size}};
+    if (data < 0) return ErrnoError() << "SEEK_DATA";
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) return ErrnoError() << "SEEK_HOLE";
+    uint64_t end = std::min<uint64_t>(uint64_t(hole), size);
+    if (end > uint64_t(data)) out.push_back({uint64_t(data), end - uint64_t(data)});
+    at = uint64_t(hole);
+  }
+  return out;
+}
+
 bool EndsWith(const std::string& s, const std::string& suf) {
   return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
 }
@@ -222,6 +243,19 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd) {
     d.type = FdType::kRegular;
     d.deleted = d.st.st_nlink == 0 && EndsWith(d.link, kDeletedSuffix);
     if (d.st.st_nlink == 0 && !d.deleted) d.reason = "an unlinked file without a path";
+    if (d.deleted) {
+      UniqueFd in(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      auto runs = in ? DataRuns(in.get(), uint64_t(d.st.st_size))
+                     : Result<std::vector<std::pair<uint64_t, uint64_t>>>(ErrnoError() << "open");
+      uint64_t data = 0;
+      if (runs)
+        for (auto& r : *runs) data += r.second;
+      if (!runs)
+        d.reason = "an unlinked file that can't be read: " + runs.error().ToString();
+      else if (data > kGhostLimit)
+        d.reason = "an unlinked file with " + std::to_string(data) + " bytes of data, above the " +
+                   std::to_string(kGhostLimit) + " that the set carries of one";
+    }
   } else if (S_ISDIR(d.st.st_mode)) {
     d.type = FdType::kDirectory;
     if (EndsWith(d.link, kDeletedSuffix)) {
@@ -340,20 +374,32 @@ uint64_t FindShared(DumpContext& ctx, pid_t pid, int fd, const struct stat& st) 
   return 0;
 }
 
-Result<void> DumpGhostContent(DumpContext& ctx, pid_t pid, int fd, uint64_t id, img::RegFile* reg) {
-  std::string path = ProcPath(pid, "fd/" + std::to_string(fd));
-  UniqueFd in(open(path.c_str(), O_RDONLY | O_CLOEXEC));
+Result<void> DumpGhostContent(DumpContext& ctx, const FdDesc& d, uint64_t id, img::RegFile* reg) {
+  UniqueFd in(open(ProcPath(d.pid, "fd/" + std::to_string(d.fd)).c_str(), O_RDONLY | O_CLOEXEC));
   if (!in) return ErrnoError() << "open deleted file " << reg->path();
+  uint64_t size = uint64_t(d.st.st_size);
+  auto runs = KLEAP_TRY_CTX(DataRuns(in.get(), size), "deleted file " << reg->path());
   auto blob = KLEAP_TRY(ctx.images->CreateBlob(GhostImage(id)));
   std::vector<char> buf(1 << 20);
-  for (;;) {
-    ssize_t n = read(in.get(), buf.data(), buf.size());
-    if (n < 0) return ErrnoError() << "read deleted file " << reg->path();
-    if (n == 0) break;
-    KLEAP_TRY(blob->Write(buf.data(), size_t(n)));
+  for (auto [off, len] : runs) {
+    img::DataRun* r = reg->add_ghost_runs();
+    r->set_offset(off);
+    r->set_length(len);
+    for (uint64_t done = 0; done < len;) {
+      size_t want = size_t(std::min<uint64_t>(buf.size(), len - done));
+      ssize_t n = pread(in.get(), buf.data(), want, off_t(off + done));
+      if (n <= 0)
+        return ErrnoError() << "read deleted file " << reg->path() << " at " << off + done;
+      KLEAP_TRY(blob->Write(buf.data(), size_t(n)));
+      done += uint64_t(n);
+    }
   }
   KLEAP_TRY(blob->Close());
   reg->set_ghost_blob(GhostImage(id));
+  reg->set_ghost_size(size);
+  reg->set_uid(d.st.st_uid);
+  reg->set_gid(d.st.st_gid);
+  reg->set_atime_ns(int64_t(d.st.st_atim.tv_sec) * 1000000000 + d.st.st_atim.tv_nsec);
   return Ok();
 }
 
@@ -374,7 +420,7 @@ Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo)
   *reg->mutable_identity() = ident;
   if (d.deleted) {
     reg->set_deleted(true);
-    KLEAP_TRY(DumpGhostContent(ctx, d.pid, d.fd, fo->id(), reg));
+    KLEAP_TRY(DumpGhostContent(ctx, d, fo->id(), reg));
   }
   return Ok();
 }
@@ -458,6 +504,17 @@ Result<void> ValidateRegFile(const img::FileObject& fo) {
     return bad() << "mode " << Oct(reg.mode()) << " is no regular file, directory or device";
   if (reg.deleted() && (!S_ISREG(reg.mode()) || reg.ghost_blob().empty()))
     return bad() << "deleted, but no regular file with its content";
+  uint64_t end = 0, data = 0;
+  for (auto& r : reg.ghost_runs()) {
+    if (r.offset() < end || r.length() == 0 || r.offset() + r.length() < r.offset() ||
+        r.offset() + r.length() > reg.ghost_size())
+      return bad() << "a data run at " << r.offset() << " out of order or of the file";
+    end = r.offset() + r.length();
+    data += r.length();
+  }
+  if (data > kGhostLimit) return bad() << data << " bytes of data, above the limit";
+  if (reg.ghost_size() > (uint64_t(1) << 50) || reg.atime_ns() < 0 || reg.identity().mtime_ns() < 0)
+    return bad() << "size or times";
   if (reg.pos() > uint64_t(INT64_MAX)) return bad() << "offset " << reg.pos();
   return Ok();
 }
@@ -469,20 +526,42 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
   if (reg.deleted()) {
     std::string dir = reg.path().substr(0, reg.path().rfind('/'));
     if (dir.empty()) dir = "/";
-    UniqueFd tmp(open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, reg.mode() & 07777));
+    // A file made by open(O_TMPFILE) is made so again, with its own flags; any other is
+    // reopened below.
+    bool tmpfile = (reg.flags() & O_TMPFILE) == O_TMPFILE;
+    UniqueFd tmp =
+        tmpfile ? OpenLikeTask(dir, flags | O_CLOEXEC, reg.mode() & 07777)
+                : UniqueFd(open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, reg.mode() & 07777));
     if (!tmp) return ErrnoError() << "recreate deleted file " << reg.path() << " in " << dir;
     auto blob = KLEAP_TRY(images.OpenBlob(reg.ghost_blob()));
     KLEAP_TRY(images.VerifyImage(reg.ghost_blob()));
     std::vector<char> buf(1 << 20);
-    for (uint64_t off = 0; off < blob->size(); off += buf.size()) {
-      size_t n = size_t(std::min<uint64_t>(buf.size(), blob->size() - off));
-      KLEAP_TRY(blob->ReadAt(off, buf.data(), n));
-      if (pwrite(tmp.get(), buf.data(), n, off_t(off)) != ssize_t(n))
-        return ErrnoError() << "write deleted file " << reg.path();
-    }
+    uint64_t from = 0;  // in the blob
+    for (auto& r : reg.ghost_runs())
+      for (uint64_t done = 0; done < r.length();) {
+        size_t n = size_t(std::min<uint64_t>(buf.size(), r.length() - done));
+        if (from + n > blob->size())
+          return Err(EINVAL) << reg.ghost_blob() << ": shorter than the runs of " << reg.path();
+        KLEAP_TRY(blob->ReadAt(from, buf.data(), n));
+        if (pwrite(tmp.get(), buf.data(), n, off_t(r.offset() + done)) != ssize_t(n))
+          return ErrnoError() << "write deleted file " << reg.path();
+        from += n;
+        done += n;
+      }
+    // Its holes, owner, mode and times, the times last.
+    timespec times[2] = {{time_t(reg.atime_ns() / 1000000000), long(reg.atime_ns() % 1000000000)},
+                         {time_t(reg.identity().mtime_ns() / 1000000000),
+                          long(reg.identity().mtime_ns() % 1000000000)}};
+    if (ftruncate(tmp.get(), off_t(reg.ghost_size())) < 0 ||
+        fchown(tmp.get(), reg.uid(), reg.gid()) < 0 || fchmod(tmp.get(), reg.mode() & 07777) < 0 ||
+        futimens(tmp.get(), times) < 0)
+      return ErrnoError() << "set the size, owner, mode and times of deleted file " << reg.path();
     // Give it its old name for a moment, so the reopened fd reads "PATH (deleted)".
     std::string link = "/proc/self/fd/" + std::to_string(tmp.get());
-    if (linkat(AT_FDCWD, link.c_str(), AT_FDCWD, reg.path().c_str(), AT_SYMLINK_FOLLOW) == 0) {
+    if (tmpfile) {
+      fd = std::move(tmp);
+    } else if (linkat(AT_FDCWD, link.c_str(), AT_FDCWD, reg.path().c_str(), AT_SYMLINK_FOLLOW) ==
+               0) {
       fd = OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0);
       int saved = errno;
       unlink(reg.path().c_str());
@@ -532,7 +611,7 @@ Result<void> ValidateFileObjects(const img::FileTable& files) {
       return Err(EINVAL) << "files.img: file " << fo.id() << ": pipe end of unknown pipe "
                          << fo.pipe().pipe_id();
   }
-  return Ok();
+  return ValidateUnixQueues(files);
 }
 
 Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenFiles* out) {

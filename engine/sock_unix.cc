@@ -464,6 +464,34 @@ Result<void> ValidateUnixSock(const img::FileObject& fo) {
   return ValidateAnonFlags(fo, "unix socket", s.flags(), O_RDWR);
 }
 
+Result<void> ValidateUnixQueues(const img::FileTable& files) {
+  std::map<uint32_t, const img::UnixSock*> by_ino;
+  std::set<std::string> dgram_names;
+  for (auto& fo : files.files())
+    if (fo.has_unix_sock()) {
+      by_ino[fo.unix_sock().ino()] = &fo.unix_sock();
+      if (fo.unix_sock().type() == SOCK_DGRAM && !fo.unix_sock().name().empty())
+        dgram_names.insert(fo.unix_sock().name());
+    }
+  for (auto& fo : files.files()) {
+    if (!fo.has_unix_sock() || fo.unix_sock().type() != SOCK_DGRAM) continue;
+    const img::UnixSock& k = fo.unix_sock();
+    auto peer = by_ino.find(k.peer_ino());
+    std::string peer_name = k.peer_ino() && peer != by_ino.end() ? peer->second->name() : "";
+    for (auto& m : k.queue()) {
+      if (m.sender().empty() || (k.peer_ino() && m.sender() == peer_name)) continue;
+      std::string what = "files.img: unix socket " + std::to_string(fo.id()) + ": a message from " +
+                         ShowName(m.sender());
+      // Sent again at restore by that socket, to this one's name.
+      if (k.peer_gone()) return Err(ENOTSUP) << what << " to a socket whose peer closed";
+      if (!dgram_names.count(m.sender()))
+        return Err(ENOTSUP) << what << ", which is not a socket of the set";
+      if (k.name().empty()) return Err(ENOTSUP) << what << " to an unnamed socket, not its peer";
+    }
+  }
+  return Ok();
+}
+
 namespace {
 
 struct Addr {
@@ -510,8 +538,6 @@ class UnixRestore {
   Result<void> Finish(Sock& k);
   // A datagram socket of our own connects to `name` and closes.
   Result<void> ConnectAndClose(const std::string& name, const std::string& what);
-  // k connects to a datagram socket of our own, which closes.
-  Result<void> ConnectToGone(Sock& k);
 
   OpenFiles* open_;
   std::vector<Sock> socks_;
@@ -621,20 +647,6 @@ Result<void> UnixRestore::ConnectAndClose(const std::string& name, const std::st
   return Ok();
 }
 
-Result<void> UnixRestore::ConnectToGone(Sock& k) {
-  UniqueFd gone = KLEAP_TRY(NewSocket(SOCK_DGRAM));
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  socklen_t len = sizeof a;
-  // An abstract name of the kernel's choosing (autobind), for k to connect to.
-  if (bind(gone.get(), reinterpret_cast<sockaddr*>(&a), sizeof(sa_family_t)) < 0 ||
-      getsockname(gone.get(), reinterpret_cast<sockaddr*>(&a), &len) < 0)
-    return ErrnoError() << What(k) << ": bind a peer to close";
-  if (connect(k.fd.get(), reinterpret_cast<sockaddr*>(&a), len) < 0)
-    return ErrnoError() << What(k) << ": connect to a peer that closes";
-  return Ok();
-}
-
 // Sends a socket's queue again, from its peer or its senders.
 Result<void> UnixRestore::Refill(Sock& k) {
   if (k.s->queue_size() == 0) return Ok();
@@ -656,6 +668,8 @@ Result<void> UnixRestore::Refill(Sock& k) {
   }
   Addr to;
   if (!k.s->name().empty()) to = MakeAddr(k.s->name());
+  uint64_t queue_room = 1 << 16;
+  for (auto& m : k.s->queue()) queue_room += m.data().size() + 2048;
   for (auto& m : k.s->queue()) {
     int sender = from;
     UniqueFd anon;
@@ -663,7 +677,12 @@ Result<void> UnixRestore::Refill(Sock& k) {
       // The message's sender: the peer it is connected to, a socket of the set with that
       // name, or (unnamed) a socket of our own.
       const std::string& peer_name = k.peer >= 0 ? socks_[size_t(k.peer)].s->name() : "";
-      if (k.peer < 0 || m.sender() != peer_name) {
+      if (k.s->peer_gone()) {
+        // From the peer that closed (the dump took nothing else): the pair's other end.
+        if (!m.sender().empty())
+          return Err(ENOTSUP) << what << ": a message from " << ShowName(m.sender())
+                              << " to a socket whose peer closed";
+      } else if (k.peer < 0 || m.sender() != peer_name) {
         sender = -1;
         if (!m.sender().empty()) {
           for (auto& o : socks_)
@@ -682,11 +701,12 @@ Result<void> UnixRestore::Refill(Sock& k) {
       }
     }
     if (sender < 0) return Err(EINVAL) << what << ": queued messages without a peer";
+    // Room for the whole queue in the sender's buffer (each message costs its skb too).
     KLEAP_TRY(SetInt(sender, SOL_SOCKET, SO_SNDBUFFORCE,
-                     int(std::max<size_t>(1 << 20, 2 * m.data().size() + (1 << 16))),
+                     int(std::min<uint64_t>(std::max<uint64_t>(1 << 20, 2 * queue_room), 1 << 30)),
                      "SO_SNDBUFFORCE"));
     // A datagram goes to the socket's name, unless the sender is its connected pair.
-    bool named_to = k.s->type() == SOCK_DGRAM &&
+    bool named_to = k.s->type() == SOCK_DGRAM && !k.s->peer_gone() &&
                     (sender != from || socks_[size_t(k.peer)].peer != int(&k - socks_.data()));
     if (named_to && k.s->name().empty())
       return Err(ENOTSUP) << what << ": a message to an unnamed socket from one not its pair";
@@ -756,7 +776,9 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
     if (k.s->peer_ino()) {
       auto it = by_ino_.find(k.s->peer_ino());
       if (it != by_ino_.end()) {
-        if (socks_[it->second].s->type() != k.s->type() || it->second == i)
+        // (A datagram socket may be connected to its own name.)
+        if (socks_[it->second].s->type() != k.s->type() ||
+            (it->second == i && (k.s->type() != SOCK_DGRAM || k.s->name().empty())))
           return Err(EINVAL) << "files.img: " << What(k) << ": bad peer " << k.s->peer_ino();
         k.peer = int(it->second);
       }
@@ -780,7 +802,17 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
       o.fd.reset(sv[1]);
       continue;
     }
-    k.fd = KLEAP_TRY(NewSocket(k.s->type()));
+    if (k.s->peer_gone()) {
+      // Connected to a socket that closed: one end of a pair, whose other end sends the
+      // queue (messages from the peer) and then closes, as the peer did.
+      int sv[2];
+      if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+        return ErrnoError() << What(k) << ": socketpair";
+      k.fd.reset(sv[0]);
+      k.temp_peer.reset(sv[1]);
+    } else {
+      k.fd = KLEAP_TRY(NewSocket(k.s->type()));
+    }
     if (!k.s->name().empty()) KLEAP_TRY(Bind(k.fd.get(), *k.s, What(k)));
     if (k.s->state() == kListening && listen(k.fd.get(), int(k.s->backlog())) < 0)
       return ErrnoError() << What(k) << ": listen";
@@ -789,8 +821,8 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
   for (auto& k : socks_) {
     if (k.s->type() != SOCK_DGRAM || k.s->state() != kConnected) continue;
     if (!k.s->peer_ino()) {
-      // Its peer has closed: it connects to one that closes, after its queue is full
-      // again (a socket with a peer takes messages from that peer only).
+      // Its peer has closed: it was made as one end of a pair whose other end sends its
+      // queue and closes (temp_peer).
       if (k.s->peer_gone()) continue;
       // No peer of its own, marked connected because others connected to it: so it is
       // again.
@@ -827,8 +859,6 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
     }
   }
   for (auto& k : socks_) KLEAP_TRY(Refill(k));
-  for (auto& k : socks_)
-    if (k.s->peer_gone()) KLEAP_TRY(ConnectToGone(k));
   for (auto& k : socks_) {
     // A connection whose peer had closed: its end goes now, as the peer's did.
     k.temp_peer.reset();

@@ -16,6 +16,9 @@ bool IsUnixSocket(pid_t pid, int fd);
 std::string RefuseUnixSock(const FdDesc& d);
 Result<void> DumpUnixSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo);
 Result<void> ValidateUnixSock(const img::FileObject& fo);
+// Across the set: every queued datagram can be sent again by a socket of the set (its
+// peer, a named socket of the set, or one of ours to a named receiver).
+Result<void> ValidateUnixQueues(const img::FileTable& files);
 Result<UniqueFd> OpenUnixSock(const img::FileObject& fo, ImageReader& images, OpenFiles& files);
 
 // What only the whole tree tells (UNIX_DIAG over every unix socket its tasks hold): a

@@ -10,7 +10,7 @@
  *   idle:      CLOCK_MONOTONIC, disarmed, with a period set (it stays in fdinfo).
  * Every deadline is recorded on its own clock when it is armed. After the restore,
  * for each: F_GETFL, F_GETFD, fdinfo clockid and settime flags, and the period are
- * what they were; the time left is the recorded deadline minus now (20 ms leeway);
+ * what they were; the time left is the recorded deadline minus now (50 ms leeway);
  * the expirations read are as many as the deadlines that passed (one of leeway at
  * each end); then a periodic timer fires once more at its next deadline. fired reads
  * 1 and is disarmed; idle reads EAGAIN. */
@@ -26,7 +26,7 @@
 #include "workload.h"
 
 #define MS 1000000LL
-#define LEEWAY (20 * MS)
+#define LEEWAY (50 * MS) /* a loaded 2-core machine: 20 ms failed one plain run in ~300 */
 
 struct tfd {
   const char* what;

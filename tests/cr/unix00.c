@@ -17,12 +17,17 @@
  *       of its own): lc, unnamed, connected to it with 33 bytes sent, and another client
  *       that connected and closed;
  *   gn: a datagram socket connected to STATEDIR/gone.sock, which closed since;
+ *   dq: a datagram socketpair whose one end sent 2 messages to dq[0] and closed;
+ *   me: a datagram socket on STATEDIR/me.sock connected to itself, a message to itself
+ *       queued;
  *   sh: a stream pair, sh[0] shut down for writing after 100 bytes;
  *   pc: a stream pair whose other end was closed after sending 50 bytes.
  * After the restore: types, names, peer names, options, FIONREAD, every queued byte and
  * message boundary, the backlog accepted in its order, the shutdown states, and data
  * flowing both ways on every connection; lg gets lc's message and a new one; gn's next
- * send fails with ECONNREFUSED, and the one after with ENOTCONN. */
+ * send fails with ECONNREFUSED, and the one after with ENOTCONN; dq[0] reads its 2
+ * messages, then its send fails with ECONNREFUSED; me reads its message, its peer is its
+ * own name, and it still talks to itself. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -46,8 +51,8 @@
 #define ACC_LEN 400
 
 static int sp[2], dp[2], qp[2], ls = -1, acc = -1, c1 = -1, c2 = -1, c3 = -1, ad = -1, ds = -1,
-                                sh[2], pc[2], lg = -1, lc = -1, gn = -1;
-static char ls_path[200], ds_path[200], lg_path[200], gone_path[200];
+                                sh[2], pc[2], lg = -1, lc = -1, gn = -1, dq[2], self_sk = -1;
+static char ls_path[200], ds_path[200], lg_path[200], gone_path[200], me_path[200];
 static char c1_name[64], c2_name[64], c3_name[64], ad_name[64];
 static unsigned char buf[1 << 16];
 
@@ -264,6 +269,15 @@ int main(int argc, char** argv) {
   do_connect(gn, gone_path, 0);
   close(gone);
   unlink(gone_path);
+  if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dq) != 0)
+    wl_die("root", "socketpair dq: %s", strerror(errno));
+  send_pattern(dq[1], 21, 81, "dq 1");
+  send_pattern(dq[1], 22, 82, "dq 2");
+  close(dq[1]);
+  snprintf(me_path, sizeof me_path, "%s/me.sock", wl_statedir);
+  self_sk = make(SOCK_DGRAM, me_path, 0);
+  do_connect(self_sk, me_path, 0);
+  send_pattern(self_sk, 31, 91, "me");
 
   send_pattern(sh[0], 100, 51, "sh");
   if (shutdown(sh[0], SHUT_WR) != 0) wl_die("root", "shutdown: %s", strerror(errno));
@@ -386,6 +400,23 @@ int main(int argc, char** argv) {
   r = send(gn, "x", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
   wl_check(&c, r < 0 && errno == ENOTCONN, "gn: 2nd send gave %zd (%s), want ENOTCONN", r,
            strerror(errno));
+
+  r = recv(dq[0], buf, sizeof buf, MSG_DONTWAIT);
+  wl_check(&c, r == 21 && wl_pattern_diff(buf, 21, 81) < 0, "dq[0]: 1st message %zd bytes", r);
+  r = recv(dq[0], buf, sizeof buf, MSG_DONTWAIT);
+  wl_check(&c, r == 22 && wl_pattern_diff(buf, 22, 82) < 0, "dq[0]: 2nd message %zd bytes", r);
+  errno = 0;
+  r = send(dq[0], "x", 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+  wl_check(&c, r < 0 && errno == ECONNREFUSED, "dq[0]: send gave %zd (%s), want ECONNREFUSED", r,
+           strerror(errno));
+
+  check_name(&c, "me", self_sk, 0, me_path);
+  check_name(&c, "me's peer", self_sk, 1, me_path);
+  r = recv(self_sk, buf, sizeof buf, MSG_DONTWAIT);
+  wl_check(&c, r == 31 && wl_pattern_diff(buf, 31, 91) < 0, "me: queued message %zd bytes", r);
+  send_pattern(self_sk, 32, 92, "me after the restore");
+  r = recv(self_sk, buf, sizeof buf, MSG_DONTWAIT);
+  wl_check(&c, r == 32 && wl_pattern_diff(buf, 32, 92) < 0, "me: new message %zd bytes", r);
 
   check_stream(&c, "sh", sh[1], 100, 51);
   r = recv(sh[1], buf, 1, MSG_DONTWAIT);
