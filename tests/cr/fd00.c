@@ -3,7 +3,9 @@
  *   ro.txt opened O_RDONLY at offset 123, with FD_CLOEXEC, and dup2()ed to fd
  *   100 (the two share one file description, hence one offset);
  *   gone.txt opened O_RDWR at offset 777, then unlinked: its content must
- *   survive; a directory fd on STATEDIR;
+ *   survive; sparse.txt, 4 KiB of data at 0 and at 1 MiB in 3 MiB, owner 1:1 and
+ *   modification time 1234567890, then unlinked: its holes, size, blocks, owner and
+ *   times must survive too; a directory fd on STATEDIR;
  *   /dev/null (O_WRONLY), /dev/zero, /dev/random (O_NONBLOCK), /dev/urandom;
  *   O_PATH fds on ro.txt, STATEDIR (O_DIRECTORY), a symlink STATEDIR/link (O_NOFOLLOW:
  *   the link itself), a FIFO STATEDIR/fifo and /dev/null.
@@ -13,7 +15,9 @@
  * must be exactly the one before the dump. Then appends still append, a read
  * through fd 100 moves the offset of the ro.txt fd, /dev/zero reads zeros.
  * With the argument "procfs" it also holds /proc/self/status and the directory
- * /proc/self/task open, which kleap must refuse (cr.refuse.fd00.procfs). */
+ * /proc/self/task open, which kleap must refuse (cr.refuse.fd00.procfs); with
+ * "big-ghost" an unlinked file with 2 MiB of data, above what the set carries
+ * (cr.refuse.fd00.big-ghost). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -133,6 +137,27 @@ int main(int argc, char** argv) {
   if (unlink(path) != 0) wl_die("main", "unlink gone.txt: %s", strerror(errno));
   track("gone.txt (unlinked) at 777", gfd, 1);
 
+  snprintf(path, sizeof path, "%s/sparse.txt", wl_statedir);
+  int sfd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0640);
+  static char page[4096];
+  wl_pattern(page, sizeof page, 13);
+  struct timespec times[2] = {{1000000000, 0}, {1234567890, 123}};
+  if (sfd < 0 || pwrite(sfd, page, sizeof page, 0) != sizeof page ||
+      pwrite(sfd, page, sizeof page, 1 << 20) != sizeof page || ftruncate(sfd, 3 << 20) != 0 ||
+      fchown(sfd, 1, 1) != 0 || futimens(sfd, times) != 0 || unlink(path) != 0)
+    wl_die("main", "sparse.txt: %s", strerror(errno));
+  track("sparse.txt (unlinked)", sfd, 1);
+  struct stat sparse_st;
+  fstat(sfd, &sparse_st);
+  if (argc > 2 && strcmp(argv[2], "big-ghost") == 0) {
+    snprintf(path, sizeof path, "%s/big.txt", wl_statedir);
+    int bfd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    static char mib[1 << 20];
+    if (bfd < 0 || write(bfd, mib, sizeof mib) != sizeof mib ||
+        write(bfd, mib, sizeof mib) != sizeof mib || unlink(path) != 0)
+      wl_die("main", "big.txt: %s", strerror(errno));
+  }
+
   track("STATEDIR directory", open(wl_statedir, O_RDONLY | O_DIRECTORY), 0);
   track("/dev/null O_WRONLY", open("/dev/null", O_WRONLY), 0);
   int zfd = open("/dev/zero", O_RDONLY);
@@ -193,6 +218,26 @@ int main(int argc, char** argv) {
                "fd %d (%s): nlink %lu size %lld, want 0 and %lld", b->fd, w,
                (unsigned long)n.st.st_nlink, (long long)n.st.st_size, (long long)b->st.st_size);
   }
+
+  struct stat sst;
+  wl_check(&c,
+           fstat(sfd, &sst) == 0 && sst.st_size == sparse_st.st_size &&
+               sst.st_blocks == sparse_st.st_blocks && sst.st_uid == 1 && sst.st_gid == 1 &&
+               sst.st_mtim.tv_sec == 1234567890 && sst.st_mtim.tv_nsec == 123 &&
+               (sst.st_mode & 07777) == 0640,
+           "sparse.txt: size %lld blocks %lld owner %u:%u mtime %lld.%09ld mode 0%o, was %lld %lld "
+           "1:1 1234567890.000000123 0640",
+           (long long)sst.st_size, (long long)sst.st_blocks, sst.st_uid, sst.st_gid,
+           (long long)sst.st_mtim.tv_sec, sst.st_mtim.tv_nsec, sst.st_mode & 07777,
+           (long long)sparse_st.st_size, (long long)sparse_st.st_blocks);
+  wl_check(&c, lseek(sfd, 0, SEEK_HOLE) == 4096 && lseek(sfd, 4096, SEEK_DATA) == (1 << 20),
+           "sparse.txt: the hole after 4 KiB is gone (SEEK_HOLE %lld, SEEK_DATA %lld)",
+           (long long)lseek(sfd, 0, SEEK_HOLE), (long long)lseek(sfd, 4096, SEEK_DATA));
+  static char got[4096];
+  wl_check(&c,
+           pread(sfd, got, sizeof got, 1 << 20) == sizeof got &&
+               wl_pattern_diff(got, sizeof got, 13) < 0,
+           "sparse.txt: the data at 1 MiB differs");
 
   /* Contents and behaviour. */
   static char buf[16384];
