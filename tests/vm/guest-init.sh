@@ -727,6 +727,8 @@ cr32_sysinit() {
   # What udev or systemd would make: bash's process substitution opens /dev/fd/N.
   ln -sfn /proc/self/fd /dev/fd
   # (devtmpfs's /dev/ptmx opens the devpts instance at /dev/pts, beside it.)
+  # The loopback, for the inet sockets of the cr tests (inet00).
+  ip link set lo up || mark "ip link set lo up: failed"
   mark "sysinit done uptime=$(uptime_s)"
 }
 
