@@ -1,6 +1,7 @@
 // Credentials: uids, gids, supplementary groups, the five capability sets, securebits
 // and no_new_privs. Linux keeps credentials per thread; every thread of a task gets the
 // task's. The order of the restore matters: each step still has the privilege it needs.
+#include <fcntl.h>
 #include <linux/capability.h>
 #include <linux/prctl.h>
 #include <linux/securebits.h>
@@ -9,6 +10,7 @@
 #include "engine/creds.h"
 
 #include "engine/base/log.h"
+#include "engine/base/proc.h"
 #include "engine/scratch_page.h"
 
 namespace kleap {
@@ -26,12 +28,18 @@ int LastCap() {
 
 }  // namespace
 
+constexpr uint32_t kNoLoginuid = 4294967295u;  // AUDIT_UID_UNSET
+
 Result<void> DumpCredsOf(RemoteSyscalls& rs, const TaskInfo& task, img::Creds* c) {
   auto st = KLEAP_TRY_CTX(ReadStatus(task.pid), "task " << task.pid);
   auto uids = KLEAP_TRY(st.GetIds("Uid"));
   auto gids = KLEAP_TRY(st.GetIds("Gid"));
   if (uids.size() != 4 || gids.size() != 4)
     return Err(EINVAL) << "task " << task.pid << ": bad Uid/Gid in status";
+  // (No audit in the kernel: no file, never set.)
+  c->set_loginuid(kNoLoginuid);
+  if (auto l = ReadFileToString(ProcPath(task.pid, "loginuid")); l)
+    c->set_loginuid(uint32_t(KLEAP_TRY(ParseNumber(std::string(Trim(*l)), 10, "loginuid"))));
   c->set_uid(uids[0]);
   c->set_euid(uids[1]);
   c->set_suid(uids[2]);
@@ -64,6 +72,21 @@ Result<void> RestoreCreds(RemoteSyscalls& rs, pid_t tid, RemotePtr<> scratch, co
   auto call = [&](long nr, SyscallArg a1 = 0, SyscallArg a2 = 0, SyscallArg a3 = 0) {
     return rs.Call(k64, nr, a1, a2, a3);
   };
+
+  // The audit login uid, which only the thread itself may write, while it still has
+  // CAP_AUDIT_CONTROL (before the uid change).
+  if (c.loginuid() != kNoLoginuid) {
+    std::string path = "/proc/thread-self/loginuid", value = std::to_string(c.loginuid());
+    RemotePtr<> str = scratch + 256;
+    KLEAP_TRY(WriteRemote(tid, scratch, path.c_str(), path.size() + 1));
+    KLEAP_TRY(WriteRemote(tid, str, value.data(), value.size()));
+    int fd =
+        int(KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kOpenat, AT_FDCWD, scratch, O_WRONLY | O_CLOEXEC),
+                          who << ": open " << path));
+    auto w = rs.Call(k64, X64Arch::kWrite, RemoteFd(fd), str, value.size());
+    (void)rs.Call(k64, X64Arch::kClose, RemoteFd(fd));
+    KLEAP_TRY_CTX(std::move(w), who << ": set loginuid " << c.loginuid());
+  }
 
   if (c.groups_size() > 65536) return Err(EINVAL) << "creds: " << c.groups_size() << " groups";
   std::vector<uint32_t> groups(c.groups().begin(), c.groups().end());

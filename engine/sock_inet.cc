@@ -21,6 +21,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <netinet/udp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -89,6 +90,7 @@ constexpr OptName kSockOpts[] = {
     {SOL_SOCKET, SO_PRIORITY},
     {SOL_SOCKET, SO_MARK},
     {SOL_SOCKET, SO_RCVLOWAT},
+    {IPPROTO_UDP, UDP_CORK},
     {IPPROTO_TCP, TCP_NODELAY},
     {IPPROTO_TCP, TCP_CORK},
     {IPPROTO_TCP, TCP_KEEPIDLE},
@@ -110,6 +112,7 @@ constexpr OptName kSockOpts[] = {
 
 bool OptApplies(const OptName& o, int family, int protocol) {
   if (o.level == IPPROTO_TCP) return protocol == IPPROTO_TCP;
+  if (o.level == IPPROTO_UDP) return protocol == IPPROTO_UDP;
   if (o.level == IPPROTO_IPV6) return family == AF_INET6;
   return true;
 }
@@ -380,6 +383,15 @@ std::string RefuseInetSock(const FdDesc& d) {
   int fd = grabbed->get();
   auto k = SocketKind(fd);
   if (!k) return k.error().ToString();
+  if (k->protocol == IPPROTO_UDP) {
+    // Data held back by UDP_CORK (or MSG_MORE) is in the kernel's pending frame, which
+    // nothing can read back.
+    int outq = 0;
+    if (ioctl(fd, SIOCOUTQ, &outq) == 0 && outq > 0)
+      return "data waits in its send queue (UDP_CORK or MSG_MORE; " + std::to_string(outq) +
+             " bytes of buffers) and can't be read back";
+    return "";
+  }
   if (k->protocol != IPPROTO_TCP) return "";
   auto ti = TcpInfo(fd);
   if (!ti) return ti.error().ToString();

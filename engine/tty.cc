@@ -13,6 +13,8 @@
 // complete lines stay lines), output through the slave with OPOST off.
 #include "engine/tty.h"
 
+#include "engine/base/page.h"
+
 #include <asm/termbits.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -273,6 +275,9 @@ Result<void> DumpPair(int m, img::Tty* t, img::PtyPair* p) {
   p->set_locked(locked);
   p->set_exclusive(excl);
   p->set_master_flags(uint32_t(fcntl(m, F_GETFL)) & ~uint32_t(O_CLOEXEC));
+  p->set_slave_uid(st.st_uid);
+  p->set_slave_gid(st.st_gid);
+  p->set_slave_mode(st.st_mode & 07777);
 
   // The buffered bytes: read in packet mode off (no status bytes) and with the slave
   // non-canonical (a partial line is read too), then written back at once.
@@ -521,6 +526,19 @@ Result<UniqueFd> OpenTty(const img::FileObject& fo, ImageReader&, OpenFiles& fil
 }
 
 Result<void> FinishPtys(const img::FileTable& files, OpenFiles& open) {
+  for (auto& fo : files.files()) {
+    if (fo.kind_case() != img::FileObject::kTty || !fo.tty().has_pair()) continue;
+    const img::PtyPair& p = fo.tty().pair();
+    auto m = open.by_id.find(kPairKey | p.index());
+    if (m == open.by_id.end()) continue;
+    // The slave's owner and mode, through the master's own slave.
+    UniqueFd slave(ioctl(m->second.get(), TIOCGPTPEER, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
+    if (!slave || fchown(slave.get(), p.slave_uid(), p.slave_gid()) < 0 ||
+        fchmod(slave.get(), p.slave_mode() & 07777) < 0)
+      return ErrnoError() << "pty " << p.index() << ": set the owner " << p.slave_uid() << ":"
+                          << p.slave_gid() << " and mode " << Oct(p.slave_mode())
+                          << " of its slave";
+  }
   for (auto& fo : files.files()) {
     if (fo.kind_case() != img::FileObject::kTty || !fo.tty().pair().locked()) continue;
     auto it = open.by_id.find(kPairKey | fo.tty().pair().index());

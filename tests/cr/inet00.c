@@ -5,7 +5,9 @@
  *   u: UDP bound to 127.0.0.1: SO_BUF_LOCK on its receive size alone, SO_LINGER on for
  *      0 s, a filter of two instructions that keeps 5 bytes of each datagram (13 with
  *      the UDP header, which a UDP filter counts);
- *   l: TCP listening on 127.0.0.1: SO_KEEPALIVE, SO_LINGER off with 3 s kept.
+ *   l: TCP listening on 127.0.0.1: SO_KEEPALIVE, SO_LINGER off with 3 s kept;
+ *   u is corked (UDP_CORK) with nothing held.
+ * With the argument `corked`, u holds 7 bytes in its cork: check and dump must refuse it.
  * After the restore every option reads back the same (getsockopt; the filters by their
  * length, SO_GET_FILTER), the addresses are the same, and a datagram of 10 bytes to u
  * arrives cut to 5 by its filter. */
@@ -15,6 +17,7 @@
 #include <linux/filter.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -27,7 +30,7 @@
 #endif
 
 struct opts {
-  int dontroute, keepalive, buflock, sndbuf, rcvbuf, filter_len;
+  int dontroute, keepalive, buflock, sndbuf, rcvbuf, filter_len, cork;
   struct linger linger;
   char dev[IFNAMSIZ];
   struct sockaddr_in addr;
@@ -49,6 +52,8 @@ static void read_opts(int fd, struct opts* o) {
   o->filter_len = getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, NULL, &l) == 0 ? (int)l : -1;
   l = sizeof o->linger;
   getsockopt(fd, SOL_SOCKET, SO_LINGER, &o->linger, &l);
+  l = sizeof(int);
+  getsockopt(fd, IPPROTO_UDP, UDP_CORK, &o->cork, &l); /* ENOPROTOOPT on TCP: stays 0 */
   l = sizeof o->dev;
   getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, o->dev, &l);
   l = sizeof o->addr;
@@ -64,6 +69,7 @@ static void check_same(struct wl_check* c, const char* what, int fd, const struc
   wl_check(c, now.buflock == was->buflock && now.sndbuf == was->sndbuf && now.rcvbuf == was->rcvbuf,
            "%s: SO_BUF_LOCK %d SO_SNDBUF %d SO_RCVBUF %d, were %d %d %d", what, now.buflock,
            now.sndbuf, now.rcvbuf, was->buflock, was->sndbuf, was->rcvbuf);
+  wl_check(c, now.cork == was->cork, "%s: UDP_CORK %d, was %d", what, now.cork, was->cork);
   wl_check(c, now.filter_len == was->filter_len, "%s: a filter of %d instructions, was %d", what,
            now.filter_len, was->filter_len);
   wl_check(c,
@@ -106,6 +112,14 @@ int main(int argc, char** argv) {
     wl_skip("SO_BUF_LOCK: %s (Linux 5.14 and later)", strerror(errno));
   set(u, SO_LINGER, &l0, sizeof l0, "SO_LINGER");
   set(u, SO_ATTACH_FILTER, &fcut, sizeof fcut, "SO_ATTACH_FILTER");
+  if (setsockopt(u, IPPROTO_UDP, UDP_CORK, &one, sizeof one) != 0)
+    wl_die("main", "UDP_CORK: %s", strerror(errno));
+  if (argc > 2 && strcmp(argv[2], "corked") == 0) {
+    struct sockaddr_in to = {
+        .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = htons(9)};
+    if (sendto(u, "corked!", 7, 0, (struct sockaddr*)&to, sizeof to) != 7)
+      wl_die("main", "sendto while corked: %s", strerror(errno));
+  }
   set(l, SO_KEEPALIVE, &one, sizeof one, "SO_KEEPALIVE");
   set(l, SO_LINGER, &off3, sizeof off3, "SO_LINGER");
   if (listen(l, 5) != 0) wl_die("main", "listen: %s", strerror(errno));

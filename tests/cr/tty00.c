@@ -1,5 +1,6 @@
 /* tty00: a pty pair with its state, and a session with it as controlling terminal.
- *   main:   opens /dev/ptmx (index N), sets the window size, packet mode; holds the master;
+ *   main:   opens /dev/ptmx (index N), sets the window size, packet mode, gives
+ *           /dev/pts/N owner 13333:44444 and mode 0620 (as a login does); holds the master;
  *   leader: setsid(), opens /dev/pts/N and makes it its controlling terminal (TIOCSCTTY),
  *           opens /dev/tty,
  *           sets termios (canonical, no echo, own special characters, ONLCR) and
@@ -8,7 +9,8 @@
  *   main writes "line one\nline two\npart" through the master: two complete lines and a
  *   partial one wait in the slave's input.
  * After the restore: main reads one packet (TIOCPKT_DATA, then exactly "output data\r\n"),
- * checks TIOCGPTN, the window size, packet mode and the lock; leader checks tty_nr in
+ * checks TIOCGPTN, the window size, packet mode, the lock and /dev/pts/N's owner and
+ * mode; leader checks tty_nr in
  * /proc/self/stat, TIOCGSID, the foreground group, termios and TIOCGEXCL, and that its
  * /dev/tty fd is /dev/tty standing for the slave (TIOCGDEV); fg (in the
  * foreground, so it may read) reads "line one\n", "line two\n", then nothing, then
@@ -176,6 +178,8 @@ int main(int argc, char** argv) {
   if (ioctl(master, TIOCSPTLCK, &unlock) < 0 || ioctl(master, TIOCGPTN, &index_n) < 0)
     wl_die("main", "unlock: %s", strerror(errno));
   snprintf(slave_path, sizeof slave_path, "/dev/pts/%u", index_n);
+  if (chown(slave_path, 13333, 44444) != 0 || chmod(slave_path, 0620) != 0)
+    wl_die("main", "chown %s: %s", slave_path, strerror(errno));
   struct winsize ws = {37, 101, 640, 480};
   if (ioctl(master, TIOCSWINSZ, &ws) < 0) wl_die("main", "TIOCSWINSZ: %s", strerror(errno));
   pid_t leader = wl_fork();
@@ -196,6 +200,12 @@ int main(int argc, char** argv) {
   unsigned n = 0;
   wl_check(&c, ioctl(master, TIOCGPTN, &n) == 0 && n == index_n, "main: TIOCGPTN %u, want %u", n,
            index_n);
+  struct stat pts;
+  wl_check(&c,
+           stat(slave_path, &pts) == 0 && pts.st_uid == 13333 && pts.st_gid == 44444 &&
+               (pts.st_mode & 07777) == 0620,
+           "main: %s is %u:%u mode 0%o, want 13333:44444 0620", slave_path, pts.st_uid, pts.st_gid,
+           pts.st_mode & 07777);
   struct winsize now = {0, 0, 0, 0};
   ioctl(master, TIOCGWINSZ, &now);
   wl_check(&c,
