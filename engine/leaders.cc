@@ -46,6 +46,12 @@ LeaderPlan PlanLeaders(const std::vector<TaskInfo>& tasks) {
     creator[t.pid] = t.ppid;
     // A task inherits its session from the task that creates it.
     if (t.sid != t.pid && t.sid != parent->second->sid) {
+      if (t.sid == 0) {  // no helper can have pid 0
+        problem(t, session,
+                "the task is in the kernel's session 0 (the kernel started it) and its parent "
+                "is not, so nothing can hand that session down to it");
+        continue;
+      }
       if (by_pid.count(t.sid)) {
         problem(t, session,
                 "the task is in another session than its parent, and the session's leader is "
@@ -75,6 +81,11 @@ LeaderPlan PlanLeaders(const std::vector<TaskInfo>& tasks) {
     }
     if (t.pgid == t.pid || by_pid.count(t.pgid) || helper.count(t.pgid) || (whole && !t.pgid))
       continue;
+    if (t.pgid == 0) {
+      problem(t, group,
+              "the task is in the kernel's process group 0, which nothing can make again");
+      continue;
+    }
     if (!Gone(t.pgid)) {
       problem(t, group, "the process group leader is outside the tree");
       continue;

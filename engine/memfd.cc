@@ -167,6 +167,8 @@ Result<uint64_t> DumpMemFile(DumpContext& ctx, const std::string& path) {
   o->set_mode(st.st_mode);
   o->set_uid(st.st_uid);
   o->set_gid(st.st_gid);
+  o->set_atime_ns(int64_t(st.st_atim.tv_sec) * 1000000000 + st.st_atim.tv_nsec);
+  o->set_mtime_ns(int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec);
   o->set_blob(ShmemImage(id));
   KLEAP_TRY_CTX(DumpShmemPages(ctx, fd.get(), uint64_t(st.st_size), o), link);
   return id;
@@ -303,7 +305,7 @@ Result<void> CreateMemFiles(const RestorePlan& plan, ImageReader& images, OpenFi
   for (auto& o : plan.shmem.objects()) {
     if (o.kind() == img::ShmemObject::ANON_SHARED) continue;
     std::string what = (o.kind() == img::ShmemObject::MEMFD ? "memfd:" : "") + o.name();
-    // Owner, mode, content and exact size, before any seal.
+    // Owner, mode, content, exact size and times, before any seal.
     auto fill = [&](int fd) -> Result<void> {
       if (fchown(fd, o.uid(), o.gid()) < 0) return ErrnoError() << "chown " << what;
       if (fchmod(fd, o.mode() & 07777) < 0) return ErrnoError() << "chmod " << what;
@@ -326,6 +328,10 @@ Result<void> CreateMemFiles(const RestorePlan& plan, ImageReader& images, OpenFi
         return Err(EINVAL) << "image " << o.blob() << " holds " << blob->size()
                            << " bytes, its runs " << off;
       if (ftruncate(fd, off_t(o.size())) < 0) return ErrnoError() << "truncate " << what;
+      // The times last: the writes above moved them.
+      timespec times[2] = {{time_t(o.atime_ns() / 1000000000), long(o.atime_ns() % 1000000000)},
+                           {time_t(o.mtime_ns() / 1000000000), long(o.mtime_ns() % 1000000000)}};
+      if (futimens(fd, times) < 0) return ErrnoError() << "set the times of " << what;
       return Ok();
     };
     UniqueFd fd;

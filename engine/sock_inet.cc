@@ -602,6 +602,20 @@ Result<void> ValidateInetSock(const img::FileObject& fo) {
   return ValidateAnonFlags(fo, "inet socket", s.flags(), O_RDWR);
 }
 
+namespace {
+
+// The buffer sizes the task set itself (the kernel doubles what is set), once nothing
+// more has to be queued: smaller ones would refuse the rest of a connection's send queue.
+Result<void> SetBufferSizes(int fd, const img::InetSock& s) {
+  if (s.sndbuf_set())
+    KLEAP_TRY(SetInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, int(s.sndbuf_set() / 2), "SO_SNDBUF"));
+  if (s.rcvbuf_set())
+    KLEAP_TRY(SetInt(fd, SOL_SOCKET, SO_RCVBUFFORCE, int(s.rcvbuf_set() / 2), "SO_RCVBUF"));
+  return Ok();
+}
+
+}  // namespace
+
 Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles&) {
   const img::InetSock& s = fo.inet_sock();
   std::string what = Describe(fo);
@@ -658,13 +672,8 @@ Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles
     if (connect(fd.get(), reinterpret_cast<sockaddr*>(&peer.ss), peer.len) < 0)
       return ErrnoError() << what << ": connect";
   }
-  // Sizes the task set, once the queues are in (the kernel doubles what is set).
-  if (s.sndbuf_set())
-    KLEAP_TRY_CTX(
-        SetInt(fd.get(), SOL_SOCKET, SO_SNDBUFFORCE, int(s.sndbuf_set() / 2), "SO_SNDBUF"), what);
-  if (s.rcvbuf_set())
-    KLEAP_TRY_CTX(
-        SetInt(fd.get(), SOL_SOCKET, SO_RCVBUFFORCE, int(s.rcvbuf_set() / 2), "SO_RCVBUF"), what);
+  // A connection's come once its queues are in (FinishSockets).
+  if (!Repaired(s)) KLEAP_TRY_CTX(SetBufferSizes(fd.get(), s), what);
   if ((s.flags() & O_NONBLOCK) && fcntl(fd.get(), F_SETFL, O_NONBLOCK) < 0)
     return ErrnoError() << what << ": set O_NONBLOCK";
   return fd;
@@ -688,6 +697,7 @@ Result<void> FinishSockets(const img::FileTable& files, const OpenFiles& open) {
                   Describe(fo));
     if (s.tcp().fin_sent() && shutdown(fd, SHUT_WR) < 0)
       return ErrnoError() << Describe(fo) << ": shutdown";
+    KLEAP_TRY_CTX(SetBufferSizes(fd, s), Describe(fo));
   }
   return Ok();
 }

@@ -436,6 +436,11 @@ TEST(PlanLeaders, ShapesThatCantBeMade) {
   p = PlanLeaders({Info(100, 1, 100, 100), Info(101, 100, 101, 101), Info(102, 100, gone, gone),
                    Info(103, 101, gone, gone)});
   EXPECT_NE(reason(p).find("its members have different parents"), std::string::npos) << reason(p);
+  // A task in the kernel's session 0 under a parent that is not (an orphan of a process
+  // the kernel started, reparented to init): no helper can have pid 0.
+  p = PlanLeaders({Info(1, 0, 1, 1), Info(200, 1, 0, 0)});
+  EXPECT_NE(reason(p).find("the kernel's session 0"), std::string::npos) << reason(p);
+  EXPECT_TRUE(p.helpers.empty());
 }
 
 }  // namespace
