@@ -109,13 +109,14 @@ fail() { mark "FAIL $SCENARIO: $*"; finish; }
 # (PID 1, or busybox init's once entry), and after the watchdog's time even if a
 # command hangs.
 start_watchdog() {
-  (
-    sleep "$WATCHDOG"
-    echo "KLEAPTEST: FAIL $SCENARIO: guest watchdog (${WATCHDOG}s)"
-    echo "KLEAPTEST: DONE"
+  # In a session of its own: started by the early PID 1 (still in the kernel's session
+  # 0, which busybox init then leaves), it would be a task in session 0 under a parent
+  # that is not, which no restore can make again (kleap check refuses it).
+  setsid sh -c "sleep $WATCHDOG
+    echo 'KLEAPTEST: FAIL $SCENARIO: guest watchdog (${WATCHDOG}s)'
+    echo 'KLEAPTEST: DONE'
     sync
-    poweroff -f
-  ) &
+    poweroff -f" &
 }
 case $ROLE in
   init | once)
