@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <map>
 #include <set>
+#include <vector>
 
 #include "engine/base/log.h"
 #include "engine/base/lookup.h"
@@ -34,6 +35,19 @@ std::string OwnerName(int type, int pid) {
                                            : "pid ") +
          std::to_string(pid);
 }
+
+// The threads, processes and groups an owner may name.
+struct OwnerTargets {
+  std::set<pid_t> pids, tids, groups;
+  void Add(pid_t pid, pid_t pgid, const std::vector<pid_t>& task_tids) {
+    pids.insert(pid);
+    tids.insert(task_tids.begin(), task_tids.end());
+    groups.insert(pgid);
+  }
+  bool Has(int type, pid_t pid) const {
+    return (type == F_OWNER_PGRP ? groups : type == F_OWNER_TID ? tids : pids).count(pid) != 0;
+  }
+};
 
 }  // namespace
 
@@ -56,13 +70,9 @@ Result<void> DumpFileOwner(int fd, bool async, img::FileObject* fo) {
 }
 
 std::vector<Problem> CheckFileOwners(const std::vector<TaskInfo>& tasks) {
-  std::set<pid_t> pids, tids, groups;
-  for (auto& t : tasks) {
-    if (t.zombie) continue;
-    pids.insert(t.pid);
-    tids.insert(t.tids.begin(), t.tids.end());
-    groups.insert(t.pgid);
-  }
+  OwnerTargets known;
+  for (auto& t : tasks)
+    if (!t.zombie) known.Add(t.pid, t.pgid, t.tids);
   std::vector<Problem> out;
   for (auto& t : tasks) {
     if (t.zombie) continue;
@@ -73,10 +83,7 @@ std::vector<Problem> CheckFileOwners(const std::vector<TaskInfo>& tasks) {
       if (!copy) continue;  // gone meanwhile
       f_owner_ex o{};
       if (fcntl(copy->get(), F_GETOWN_EX, &o) < 0 || !o.pid) continue;
-      const std::set<pid_t>& known = o.type == F_OWNER_PGRP  ? groups
-                                     : o.type == F_OWNER_TID ? tids
-                                                             : pids;
-      if (known.count(o.pid)) continue;
+      if (known.Has(o.type, o.pid)) continue;
       auto link = ReadLink(ProcPath(t.pid, "fd/" + std::to_string(fd)));
       out.push_back({t.pid, "fd " + std::to_string(fd), link ? *link : "?",
                      "its signals (O_ASYNC, F_SETOWN) go to " + OwnerName(o.type, o.pid) +
@@ -87,13 +94,9 @@ std::vector<Problem> CheckFileOwners(const std::vector<TaskInfo>& tasks) {
 }
 
 Result<void> ValidateFileOwners(const RestorePlan& plan) {
-  std::set<pid_t> pids, tids, groups;
-  for (auto& t : plan.pstree.tasks()) {
-    if (t.zombie()) continue;
-    pids.insert(t.pid());
-    tids.insert(t.tids().begin(), t.tids().end());
-    groups.insert(t.pgid());
-  }
+  OwnerTargets known;
+  for (auto& t : plan.pstree.tasks())
+    if (!t.zombie()) known.Add(t.pid(), t.pgid(), {t.tids().begin(), t.tids().end()});
   for (auto& fo : plan.files.files()) {
     if (!fo.has_owner()) continue;
     const img::FileOwner& o = fo.owner();
@@ -105,10 +108,7 @@ Result<void> ValidateFileOwners(const RestorePlan& plan) {
     if (o.type() != F_OWNER_TID && o.type() != F_OWNER_PID && o.type() != F_OWNER_PGRP)
       return bad() << "type " << o.type();
     if (o.signum() < 0 || o.signum() > SIGRTMAX) return bad() << "signal " << o.signum();
-    const std::set<pid_t>& known = o.type() == F_OWNER_PGRP  ? groups
-                                   : o.type() == F_OWNER_TID ? tids
-                                                             : pids;
-    if (o.pid() < 0 || (o.pid() && !known.count(o.pid())))
+    if (o.pid() < 0 || (o.pid() && !known.Has(o.type(), o.pid())))
       return bad() << OwnerName(o.type(), o.pid()) << " is not in the set";
   }
   return Ok();
