@@ -51,6 +51,8 @@ struct DumpContext {
     ino_t ino;
   };
   std::vector<SeenFile> seen_files;
+  // Unlinked files carried so far, by (dev, inode): the file object holding the content.
+  std::map<std::pair<uint64_t, uint64_t>, uint64_t> ghost_ids;
   img::FileTable files;
   uint64_t next_file_id = 1;
   // Pipes are told apart by (dev, inode): FIFOs on two tmpfs mounts can share an inode.
@@ -103,6 +105,9 @@ struct OpenFiles {
   std::map<uint64_t, UniqueFd> pipes;                  // pipe id -> read end (holder)
   std::map<uint64_t, UniqueFd> pipe_writes;            // pipe id -> write end (holder)
   std::set<std::pair<uint64_t, bool>> pipe_ends_used;  // (pipe id, write end) handed out
+  // The unlinked files made again so far, by the id of the file object that holds their
+  // content (RegFile.ghost_of names it): each a read-write description of its own.
+  std::map<uint64_t, UniqueFd> ghosts;
   std::map<uint64_t, UniqueFd> mem_files;  // shmem id -> the memfd/tmpfs file (not anon shared)
   pid_t mem_files_pid = 0;                 // the process holding mem_files
 };

@@ -420,7 +420,14 @@ Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo)
   *reg->mutable_identity() = ident;
   if (d.deleted) {
     reg->set_deleted(true);
-    KLEAP_TRY(DumpGhostContent(ctx, d, fo->id(), reg));
+    // Another description of an inode carried already (two opens, or one in each of two
+    // processes): made once at restore, and reopened.
+    auto [it, first] = ctx.ghost_ids.emplace(
+        std::make_pair(uint64_t(d.st.st_dev), uint64_t(d.st.st_ino)), fo->id());
+    if (first)
+      KLEAP_TRY(DumpGhostContent(ctx, d, fo->id(), reg));
+    else
+      reg->set_ghost_of(it->second);
   }
   return Ok();
 }
@@ -502,7 +509,10 @@ Result<void> ValidateRegFile(const img::FileObject& fo) {
   if (!S_ISREG(reg.mode()) && !S_ISDIR(reg.mode()) && !S_ISCHR(reg.mode()) &&
       !(reg.flags() & O_PATH))
     return bad() << "mode " << Oct(reg.mode()) << " is no regular file, directory or device";
-  if (reg.deleted() && (!S_ISREG(reg.mode()) || reg.ghost_blob().empty()))
+  if (reg.ghost_of() && (!reg.deleted() || !reg.ghost_blob().empty() || reg.ghost_of() >= fo.id()))
+    return bad() << "ghost_of " << reg.ghost_of() << " on a file that holds its own content, "
+                 << "or not an earlier file";
+  if (reg.deleted() && (!S_ISREG(reg.mode()) || (reg.ghost_blob().empty() && !reg.ghost_of())))
     return bad() << "deleted, but no regular file with its content";
   uint64_t end = 0, data = 0;
   for (auto& r : reg.ghost_runs()) {
@@ -519,11 +529,18 @@ Result<void> ValidateRegFile(const img::FileObject& fo) {
   return Ok();
 }
 
-Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, OpenFiles&) {
+Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, OpenFiles& files) {
   const img::RegFile& reg = fo.reg();
   int flags = int(reg.flags()) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC);
   UniqueFd fd;
-  if (reg.deleted()) {
+  if (reg.ghost_of()) {
+    auto it = files.ghosts.find(reg.ghost_of());
+    if (it == files.ghosts.end())
+      return Err(EINVAL) << "files.img: file " << fo.id() << " (" << reg.path() << "): ghost_of "
+                         << reg.ghost_of() << " is no unlinked file";
+    fd = OpenLikeTask("/proc/self/fd/" + std::to_string(it->second.get()), flags | O_CLOEXEC, 0);
+    if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
+  } else if (reg.deleted()) {
     std::string dir = reg.path().substr(0, reg.path().rfind('/'));
     if (dir.empty()) dir = "/";
     // A file made by open(O_TMPFILE) is made so again, with its own flags; any other is
@@ -558,19 +575,26 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
       return ErrnoError() << "set the size, owner, mode and times of deleted file " << reg.path();
     // Give it its old name for a moment, so the reopened fd reads "PATH (deleted)".
     std::string link = "/proc/self/fd/" + std::to_string(tmp.get());
+    UniqueFd keep;  // for the descriptions that name it by ghost_of
     if (tmpfile) {
       fd = std::move(tmp);
+      keep =
+          UniqueFd(open(("/proc/self/fd/" + std::to_string(fd.get())).c_str(), O_RDWR | O_CLOEXEC));
     } else if (linkat(AT_FDCWD, link.c_str(), AT_FDCWD, reg.path().c_str(), AT_SYMLINK_FOLLOW) ==
                0) {
       fd = OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0);
       int saved = errno;
+      keep = UniqueFd(open(reg.path().c_str(), O_RDWR | O_CLOEXEC));
       unlink(reg.path().c_str());
       errno = saved;
       if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
     } else {
       fd = OpenLikeTask(link, flags | O_CLOEXEC, 0);
       if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
+      keep = std::move(tmp);
     }
+    if (!keep) return ErrnoError() << "hold deleted file " << reg.path();
+    files.ghosts[fo.id()] = std::move(keep);
   } else {
     fd = OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0);
     if (!fd) return ErrnoError() << "open " << reg.path();

@@ -26,6 +26,7 @@ constexpr uint64_t kPmPresent = 1ull << 63, kPmSwapped = 1ull << 62, kPmFileOrSh
 constexpr size_t kCopyChunk = 1u << 20;
 constexpr size_t kRestoreWindow = 8u << 20;          // mapped blob window: bounds kleap's RSS
 constexpr int kMembarrierGetRegistrations = 1 << 9;  // Linux 6.3
+constexpr uint64_t kMapDroppable = 0x08;             // Linux 6.11
 
 bool EndsWith(const std::string& s, const char* suf) {
   size_t n = strlen(suf);
@@ -77,14 +78,27 @@ VmaClass ClassifyVma(const MapsEntry& m, pid_t pid) {
   } else {
     c.reason = "unknown mapping";
   }
+  // Flags no restore can give a mapping back (smaps VmFlags; read with the mapping's own
+  // flags, so only when they were read).
+  static const struct {
+    const char* flag;
+    const char* reason;
+  } kRefused[] = {{"ss", "a shadow stack is not carried"},
+                  {"sl", "a sealed mapping (mseal) is not carried"},
+                  {"um", "a range registered with userfaultfd is not carried"},
+                  {"uw", "a range registered with userfaultfd is not carried"},
+                  {"ui", "a range registered with userfaultfd is not carried"}};
+  if (c.reason.empty())
+    for (auto& r : kRefused)
+      if (m.HasFlag(r.flag)) c.reason = r.reason;
   return c;
 }
 
 std::vector<Problem> CheckMappings(pid_t pid) {
   std::vector<Problem> out;
-  auto maps = ReadMaps(pid);
+  auto maps = ReadSmaps(pid);  // with each mapping's flags
   if (!maps) {
-    out.push_back({pid, "task", "", "read maps: " + maps.error().ToString()});
+    out.push_back({pid, "task", "", "read smaps: " + maps.error().ToString()});
     return out;
   }
   for (auto& m : *maps) {
@@ -349,6 +363,9 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
         break;
       }
       case img::Vma::ANON_PRIVATE:
+        // Droppable memory (MAP_DROPPABLE) the kernel may zero at any time: it comes back
+        // empty, as if dropped, and costs the set nothing.
+        if (m.HasFlag("dp")) break;
         KLEAP_TRY_CTX(
             DumpVmaPages(pid, pagemap.get(), m, false, blob.get(), &pm, buf, &ctx.page_bytes),
             where);
@@ -411,21 +428,33 @@ Result<void> RestoreMmFlags(RemoteSyscalls& rs, const img::MmImage& mm, const st
   return Ok();
 }
 
-void ApplyMadvise(RemoteSyscalls& rs, const img::Vma& v) {
-  struct {
+bool HasVmFlag(const img::Vma& v, std::string_view f) {
+  return std::find(v.vm_flags().begin(), v.vm_flags().end(), f) != v.vm_flags().end();
+}
+
+// The advice and locks a mapping had (smaps VmFlags), given again once its pages are in.
+// A kernel that lacks one (KSM, THP) leaves the mapping without it: said in the log.
+Result<void> ApplyVmFlags(RemoteSyscalls& rs, const img::Vma& v, const std::string& where) {
+  static const struct {
     const char* flag;
     int advice;
-  } static const kAdvice[] = {{"dc", MADV_DONTFORK},
-                              {"wf", MADV_WIPEONFORK},
-                              {"hg", MADV_HUGEPAGE},
-                              {"nh", MADV_NOHUGEPAGE},
-                              {"dd", MADV_DONTDUMP}};
+  } kAdvice[] = {{"dc", MADV_DONTFORK},   {"wf", MADV_WIPEONFORK}, {"hg", MADV_HUGEPAGE},
+                 {"nh", MADV_NOHUGEPAGE}, {"dd", MADV_DONTDUMP},   {"sr", MADV_SEQUENTIAL},
+                 {"rr", MADV_RANDOM},     {"mg", MADV_MERGEABLE}};
+  uint64_t len = v.end() - v.start();
   for (auto& a : kAdvice)
-    if (std::find(v.vm_flags().begin(), v.vm_flags().end(), a.flag) != v.vm_flags().end()) {
-      auto r = rs.Call(ArchKind::kX86_64, X64Arch::kMadvise, v.start(), v.end() - v.start(),
-                       uint64_t(a.advice));
-      if (!r) KLOG(kDebug) << "madvise " << a.flag << ": " << r.error().ToString() << ", ignoring";
+    if (HasVmFlag(v, a.flag)) {
+      auto r = rs.Call(ArchKind::kX86_64, X64Arch::kMadvise, v.start(), len, uint64_t(a.advice));
+      if (!r)
+        KLOG(kWarning) << where << ": madvise " << a.flag << ": " << r.error().ToString()
+                       << "; the mapping goes on without it";
     }
+  // A locked mapping (mlock, MAP_LOCKED) or one locked on fault (MLOCK_ONFAULT).
+  if (HasVmFlag(v, "lo") || HasVmFlag(v, "lf"))
+    KLEAP_TRY_CTX(rs.Call(ArchKind::kX86_64, X64Arch::kMlock2, v.start(), len,
+                          uint64_t(HasVmFlag(v, "lf") ? MLOCK_ONFAULT : 0)),
+                  where << ": mlock2");
+  return Ok();
 }
 
 // Writes the dumped pages into the task, straight from the blob's mapped windows.
@@ -495,7 +524,8 @@ Result<void> RestoreMm(MmRestore& r) {
     RemoteFd fd(-1);
     switch (v.kind()) {
       case img::Vma::ANON_PRIVATE:
-        flags |= MAP_PRIVATE | MAP_ANONYMOUS | (v.growsdown() ? MAP_GROWSDOWN : 0);
+        flags |= (HasVmFlag(v, "dp") ? kMapDroppable : MAP_PRIVATE) | MAP_ANONYMOUS |
+                 (v.growsdown() ? MAP_GROWSDOWN : 0);
         break;
       case img::Vma::ANON_SHARED:
       case img::Vma::FILE_SHARED:
@@ -510,6 +540,7 @@ Result<void> RestoreMm(MmRestore& r) {
       default:
         return Err(EINVAL) << where << ": unknown kind " << int(v.kind());
     }
+    if (HasVmFlag(v, "nr")) flags |= MAP_NORESERVE;
     uint64_t got = KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMmap, v.start(), len, prot, flags, fd, off),
                                  where << ": mmap");
     if (got != v.start()) return Err(EFAULT) << where << ": mapped at " << Hex(got);
@@ -525,7 +556,7 @@ Result<void> RestoreMm(MmRestore& r) {
     if (prot != v.prot())
       KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMprotect, v.start(), len, v.prot()),
                     where << ": mprotect");
-    ApplyMadvise(rs, v);
+    KLEAP_TRY(ApplyVmFlags(rs, v, where));
   }
   if (run != runs.size())
     return Err(EINVAL) << who << ": page run at " << Hex(runs[run].vaddr())

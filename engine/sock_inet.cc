@@ -16,6 +16,7 @@
 #include <linux/filter.h>
 #include <linux/inet_diag.h>
 #include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sock_diag.h>
 #include <linux/sockios.h>
 #include <net/if.h>
@@ -28,7 +29,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "engine/base/log.h"
@@ -90,6 +93,13 @@ constexpr OptName kSockOpts[] = {
     {SOL_SOCKET, SO_PRIORITY},
     {SOL_SOCKET, SO_MARK},
     {SOL_SOCKET, SO_RCVLOWAT},
+    {SOL_SOCKET, SO_NO_CHECK},
+    {SOL_SOCKET, SO_PASSCRED},
+    {SOL_SOCKET, SO_TIMESTAMPNS},
+    {SOL_SOCKET, SO_TIMESTAMP},
+    {SOL_SOCKET, SO_RXQ_OVFL},
+    {SOL_SOCKET, SO_SELECT_ERR_QUEUE},
+    {SOL_SOCKET, SO_ZEROCOPY},
     {IPPROTO_UDP, UDP_CORK},
     {IPPROTO_TCP, TCP_NODELAY},
     {IPPROTO_TCP, TCP_CORK},
@@ -103,6 +113,23 @@ constexpr OptName kSockOpts[] = {
     {IPPROTO_IP, IP_PKTINFO},
     {IPPROTO_IP, IP_RECVERR},
     {IPPROTO_IP, IP_MTU_DISCOVER},
+    {IPPROTO_IP, IP_RECVTOS},
+    {IPPROTO_IP, IP_RECVTTL},
+    {IPPROTO_IP, IP_MULTICAST_TTL},
+    {IPPROTO_IP, IP_MULTICAST_LOOP},
+    {IPPROTO_IP, IP_MULTICAST_ALL},
+    {IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT},
+    {IPPROTO_IP, IP_NODEFRAG},
+    {IPPROTO_IP, IP_TRANSPARENT},
+    {IPPROTO_IPV6, IPV6_MULTICAST_HOPS},
+    {IPPROTO_IPV6, IPV6_MULTICAST_LOOP},
+    {IPPROTO_IPV6, IPV6_RECVTCLASS},
+    {IPPROTO_IPV6, IPV6_RECVHOPLIMIT},
+    {IPPROTO_IPV6, IPV6_TRANSPARENT},
+    {IPPROTO_TCP, TCP_LINGER2},
+    {IPPROTO_TCP, TCP_SYNCNT},
+    {IPPROTO_TCP, TCP_NOTSENT_LOWAT},
+    {IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS},
     {IPPROTO_IPV6, IPV6_V6ONLY},
     {IPPROTO_IPV6, IPV6_TCLASS},
     {IPPROTO_IPV6, IPV6_UNICAST_HOPS},
@@ -414,25 +441,47 @@ std::string RefuseInetSock(const FdDesc& d) {
 
 namespace {
 
-// TIME_WAIT connections of this namespace by local port (sock_diag: nothing is touched).
+// Lists the namespace's inet sockets of a family and protocol in the given states
+// (sock_diag: nothing is touched).
+Result<void> InetDiag(int family, int protocol, uint32_t states,
+                      const std::function<void(const inet_diag_msg&, int attr_len)>& each) {
+  struct {
+    nlmsghdr h;
+    inet_diag_req_v2 r;
+  } req{};
+  req.r.sdiag_family = uint8_t(family);
+  req.r.sdiag_protocol = uint8_t(protocol);
+  req.r.idiag_states = states;
+  return SockDiag(&req, sizeof req, true, "INET_DIAG", [&](const nlmsghdr& h) {
+    if (h.nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return;
+    each(*static_cast<const inet_diag_msg*>(NLMSG_DATA(&h)),
+         int(h.nlmsg_len - NLMSG_LENGTH(sizeof(inet_diag_msg))));
+  });
+}
+
+// TIME_WAIT connections of this namespace by local port.
 std::map<uint16_t, int> TimeWaitPorts() {
   std::map<uint16_t, int> out;
-  for (int family : {AF_INET, AF_INET6}) {
-    struct {
-      nlmsghdr h;
-      inet_diag_req_v2 r;
-    } req{};
-    req.r.sdiag_family = uint8_t(family);
-    req.r.sdiag_protocol = IPPROTO_TCP;
-    req.r.idiag_states = 1u << kTimeWait;
+  for (int family : {AF_INET, AF_INET6})
     // Only notes come of this: a failed query leaves them out.
-    (void)SockDiag(&req, sizeof req, true, "INET_DIAG", [&](const nlmsghdr& h) {
-      if (h.nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return;
-      auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(&h));
-      out[ntohs(m->id.idiag_sport)]++;
-    });
-  }
+    (void)InetDiag(family, IPPROTO_TCP, 1u << kTimeWait,
+                   [&](const inet_diag_msg& m, int) { out[ntohs(m.id.idiag_sport)]++; });
   return out;
+}
+
+// A UDP socket's shutdown(2) state (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2), which only
+// sock_diag shows: found by inode among the namespace's UDP sockets of its family.
+Result<uint32_t> UdpShutdown(int family, ino_t ino) {
+  std::optional<uint32_t> found;
+  KLEAP_TRY(InetDiag(family, IPPROTO_UDP, ~0u, [&](const inet_diag_msg& m, int len) {
+    if (m.idiag_inode != ino) return;
+    found = 0;
+    for (auto* a = reinterpret_cast<const rtattr*>(&m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
+      if (a->rta_type == INET_DIAG_SHUTDOWN && RTA_PAYLOAD(a) >= 1)
+        found = *static_cast<const uint8_t*>(RTA_DATA(a));
+  }));
+  if (!found) return Err(ENOENT) << "UDP socket inode " << ino << " is not in sock_diag's list";
+  return *found;
 }
 
 }  // namespace
@@ -494,6 +543,7 @@ Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo
     }
   } else {
     s->set_state(kEstablished);  // connected, unless it has no peer
+    s->set_shutdown(KLEAP_TRY(UdpShutdown(k.family, d.st.st_ino)));
   }
   if (s->state() == kEstablished || s->state() == kFinWait1 || s->state() == kFinWait2) {
     std::string peer;
@@ -599,6 +649,7 @@ Result<void> ValidateInetSock(const img::FileObject& fo) {
   if (c.snd_wscale() > kMaxWscale || c.rcv_wscale() > kMaxWscale) return bad() << "window scale";
   if (c.mss_clamp() > 65535) return bad() << "mss " << c.mss_clamp();
   if (c.fin_sent() && s.state() == kEstablished) return bad() << "a FIN in ESTABLISHED";
+  if (s.shutdown() > 3 || (s.shutdown() && IsTcp(s))) return bad() << "shutdown " << s.shutdown();
   return ValidateAnonFlags(fo, "inet socket", s.flags(), O_RDWR);
 }
 
@@ -672,6 +723,10 @@ Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles
     if (connect(fd.get(), reinterpret_cast<sockaddr*>(&peer.ss), peer.len) < 0)
       return ErrnoError() << what << ": connect";
   }
+  // shutdown(2) sets a UDP socket's flags whether connected or not (ENOTCONN then).
+  if (!IsTcp(s) && s.shutdown() && shutdown(fd.get(), int(s.shutdown()) - 1) < 0 &&
+      errno != ENOTCONN)
+    return ErrnoError() << what << ": shutdown " << s.shutdown();
   // A connection's come once its queues are in (FinishSockets).
   if (!Repaired(s)) KLEAP_TRY_CTX(SetBufferSizes(fd.get(), s), what);
   if ((s.flags() & O_NONBLOCK) && fcntl(fd.get(), F_SETFL, O_NONBLOCK) < 0)

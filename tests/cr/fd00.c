@@ -2,10 +2,10 @@
  *   append.txt opened O_RDWR|O_APPEND (no FD_CLOEXEC), written once;
  *   ro.txt opened O_RDONLY at offset 123, with FD_CLOEXEC, and dup2()ed to fd
  *   100 (the two share one file description, hence one offset);
- *   gone.txt opened O_RDWR at offset 777, then unlinked: its content must
- *   survive; sparse.txt, 4 KiB of data at 0 and at 1 MiB in 3 MiB, owner 1:1 and
- *   modification time 1234567890, then unlinked: its holes, size, blocks, owner and
- *   times must survive too; a directory fd on STATEDIR;
+ *   gone.txt opened O_RDWR at offset 777 and again O_RDONLY at offset 5, then unlinked:
+ *   its content must survive, and the two descriptions must still share one inode; sparse.txt, 4
+ * KiB of data at 0 and at 1 MiB in 3 MiB, owner 1:1 and modification time 1234567890, then
+ * unlinked: its holes, size, blocks, owner and times must survive too; a directory fd on STATEDIR;
  *   /dev/null (O_WRONLY), /dev/zero, /dev/random (O_NONBLOCK), /dev/urandom;
  *   O_PATH fds on ro.txt, STATEDIR (O_DIRECTORY), a symlink STATEDIR/link (O_NOFOLLOW:
  *   the link itself), a FIFO STATEDIR/fifo and /dev/null.
@@ -134,8 +134,11 @@ int main(int argc, char** argv) {
   snprintf(path, sizeof path, "%s/gone.txt", wl_statedir);
   int gfd = open(path, O_RDWR);
   if (gfd < 0 || lseek(gfd, 777, SEEK_SET) != 777) wl_die("main", "gone.txt: %s", strerror(errno));
+  int g2fd = open(path, O_RDONLY);
+  if (g2fd < 0 || lseek(g2fd, 5, SEEK_SET) != 5) wl_die("main", "gone.txt: %s", strerror(errno));
   if (unlink(path) != 0) wl_die("main", "unlink gone.txt: %s", strerror(errno));
   track("gone.txt (unlinked) at 777", gfd, 1);
+  track("gone.txt (unlinked), opened again, at 5", g2fd, 1);
 
   snprintf(path, sizeof path, "%s/sparse.txt", wl_statedir);
   int sfd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0640);
@@ -247,6 +250,14 @@ int main(int argc, char** argv) {
     long d = wl_pattern_diff(buf, 10000, 12);
     wl_check(&c, d < 0, "gone.txt (unlinked): content differs at byte %ld", d);
   }
+  struct stat g1st, g2st;
+  char mark = 0;
+  wl_check(&c,
+           fstat(gfd, &g1st) == 0 && fstat(g2fd, &g2st) == 0 && g1st.st_ino == g2st.st_ino &&
+               g1st.st_dev == g2st.st_dev && pwrite(gfd, "M", 1, 9000) == 1 &&
+               pread(g2fd, &mark, 1, 9000) == 1 && mark == 'M',
+           "gone.txt: its two descriptions are no longer of one inode (%llu, %llu; read '%c')",
+           (unsigned long long)g1st.st_ino, (unsigned long long)g2st.st_ino, mark);
   r = read(100, buf, 10);
   char want[4096];
   wl_pattern(want, sizeof want, 11);

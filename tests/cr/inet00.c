@@ -6,11 +6,15 @@
  *      0 s, a filter of two instructions that keeps 5 bytes of each datagram (13 with
  *      the UDP header, which a UDP filter counts);
  *   l: TCP listening on 127.0.0.1: SO_KEEPALIVE, SO_LINGER off with 3 s kept;
- *   u is corked (UDP_CORK) with nothing held.
+ *   u is corked (UDP_CORK) with nothing held;
+ *   w: UDP bound to 127.0.0.1: SO_NO_CHECK, SO_TIMESTAMPNS, IP_RECVTOS, IP_MULTICAST_TTL 7,
+ *      shut down for sending (shutdown(SHUT_WR) on a socket with no peer);
+ *   r: UDP connected to w, shut down for receiving.
  * With the argument `corked`, u holds 7 bytes in its cork: check and dump must refuse it.
  * After the restore every option reads back the same (getsockopt; the filters by their
  * length, SO_GET_FILTER), the addresses are the same, and a datagram of 10 bytes to u
- * arrives cut to 5 by its filter. */
+ * arrives cut to 5 by its filter; a send on w fails with EPIPE, and poll on r gives
+ * POLLRDHUP at once. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,6 +22,7 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -81,6 +86,22 @@ static void check_same(struct wl_check* c, const char* what, int fd, const struc
   wl_check(c, memcmp(&now.addr, &was->addr, sizeof now.addr) == 0, "%s: another address", what);
 }
 
+struct more_opts {
+  int nocheck, tsns, recvtos, mcttl;
+};
+
+static void read_ip_opts(int fd, struct more_opts* o) {
+  memset(o, 0, sizeof *o);
+  socklen_t l = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_NO_CHECK, &o->nocheck, &l);
+  l = sizeof(int);
+  getsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &o->tsns, &l);
+  l = sizeof(int);
+  getsockopt(fd, IPPROTO_IP, IP_RECVTOS, &o->recvtos, &l);
+  l = sizeof(int);
+  getsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &o->mcttl, &l);
+}
+
 static int bound(int type) {
   int fd = socket(AF_INET, type | SOCK_CLOEXEC, 0);
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
@@ -120,6 +141,21 @@ int main(int argc, char** argv) {
     if (sendto(u, "corked!", 7, 0, (struct sockaddr*)&to, sizeof to) != 7)
       wl_die("main", "sendto while corked: %s", strerror(errno));
   }
+  int w = bound(SOCK_DGRAM), r = bound(SOCK_DGRAM), ttl = 7;
+  set(w, SO_NO_CHECK, &one, sizeof one, "SO_NO_CHECK");
+  set(w, SO_TIMESTAMPNS, &one, sizeof one, "SO_TIMESTAMPNS");
+  if (setsockopt(w, IPPROTO_IP, IP_RECVTOS, &one, sizeof one) != 0 ||
+      setsockopt(w, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl) != 0)
+    wl_die("main", "IP options: %s", strerror(errno));
+  struct more_opts iw;
+  read_ip_opts(w, &iw);
+  struct sockaddr_in wa;
+  socklen_t wal = sizeof wa;
+  getsockname(w, (struct sockaddr*)&wa, &wal);
+  if (shutdown(w, SHUT_WR) == 0 || errno != ENOTCONN)
+    wl_die("main", "shutdown(SHUT_WR) of a socket with no peer: %s", strerror(errno));
+  if (connect(r, (struct sockaddr*)&wa, sizeof wa) != 0 || shutdown(r, SHUT_RD) != 0)
+    wl_die("main", "r: %s", strerror(errno));
   set(l, SO_KEEPALIVE, &one, sizeof one, "SO_KEEPALIVE");
   set(l, SO_LINGER, &off3, sizeof off3, "SO_LINGER");
   if (listen(l, 5) != 0) wl_die("main", "listen: %s", strerror(errno));
@@ -135,6 +171,20 @@ int main(int argc, char** argv) {
   check_same(&c, "t", t, &ot);
   check_same(&c, "u", u, &ou);
   check_same(&c, "l", l, &ol);
+  struct more_opts iw2;
+  read_ip_opts(w, &iw2);
+  wl_check(
+      &c, memcmp(&iw, &iw2, sizeof iw) == 0,
+      "w: SO_NO_CHECK %d SO_TIMESTAMPNS %d IP_RECVTOS %d IP_MULTICAST_TTL %d, were %d %d %d %d",
+      iw2.nocheck, iw2.tsns, iw2.recvtos, iw2.mcttl, iw.nocheck, iw.tsns, iw.recvtos, iw.mcttl);
+  errno = 0;
+  ssize_t sent = sendto(w, "x", 1, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr*)&wa, sizeof wa);
+  wl_check(&c, sent < 0 && errno == EPIPE,
+           "w: a send after shutdown(SHUT_WR) gave %zd (%s), want EPIPE", sent, strerror(errno));
+  struct pollfd pr = {.fd = r, .events = POLLIN | POLLRDHUP};
+  int pn = poll(&pr, 1, 0);
+  wl_check(&c, pn == 1 && (pr.revents & POLLRDHUP), "r: poll gives %#x, want POLLRDHUP (shut down)",
+           pr.revents);
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   char buf[32];
   ssize_t n = -1;
