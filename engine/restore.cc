@@ -353,11 +353,18 @@ Result<void> RestoreSession::Rebuild(TaskPlan& t) {
                   "task " << pid << ": close the restorer's fds");
   // Filters go in while the threads are still privileged (seccomp(2) needs
   // CAP_SYS_ADMIN or no_new_privs), suspended for the rest of the restore.
-  for (auto& th : t.core->threads()) {
-    if (th.seccomp_size() == 0) continue;
-    KLEAP_TRY_CTX(SuspendSeccomp(th.tid(), /*exit_kill=*/true), "task " << pid);
-    KLEAP_TRY(RestoreSeccomp(*Lookup(threads_, th.tid()), pid, th));
+  for (auto& th : t.core->threads())
+    if (th.seccomp_size())
+      KLEAP_TRY_CTX(SuspendSeccomp(th.tid(), /*exit_kill=*/true), "task " << pid);
+  const int shared_filters = SharedSeccompPrefix(*t.core);
+  if (shared_filters) {
+    const img::ThreadCore& first = t.core->threads(0);
+    KLEAP_TRY(RestoreSeccomp(*Lookup(threads_, first.tid()), pid, first, 0, shared_filters,
+                             /*tsync=*/true));
   }
+  for (auto& th : t.core->threads())
+    KLEAP_TRY(RestoreSeccomp(*Lookup(threads_, th.tid()), pid, th, shared_filters,
+                             th.seccomp_size(), /*tsync=*/false));
   for (auto& th : t.core->threads())
     KLEAP_TRY(RestoreCreds(*Lookup(threads_, th.tid()), th.tid(), data, t.core->creds()));
   // Credentials changes reset dumpable; the task's own comes back after them. (2, the

@@ -1,17 +1,22 @@
 // seccomp filters of each thread (mode 2). Mode 1 (strict) is refused by check: a task
 // in it can't even be asked anything.
 //
-// Dump: PTRACE_SECCOMP_GET_FILTER gives each filter's BPF program, the most recent at
-// index 0, and PTRACE_SECCOMP_GET_METADATA the flags it was installed with. Threads
-// keep their own chains (a filter installed after a thread was created is not its), so
-// each thread's chain is kept whole; chains that threads share are simply stored twice.
-// Restore: each thread installs its chain, oldest first, with seccomp(2) injected into
-// it while it still has the restorer's privileges, and suspended from seccomp so the
-// rest of the restore isn't filtered. The filters act from the moment it is let go.
+// Dump: PTRACE_SECCOMP_GET_FILTER gives each filter's BPF program, the oldest at index 0
+// (the kernel counts back from the newest: get_nth_filter), and PTRACE_SECCOMP_GET_METADATA the
+// flags it was installed with. Threads keep their own chains (a filter installed after a thread was
+// created is not its), so each thread's chain is kept whole; chains that threads share are simply
+// stored twice. Restore: the filters go in oldest first, with seccomp(2) injected while the threads
+// still have the restorer's privileges, suspended from seccomp so the rest of the
+// restore isn't filtered. The filters act from the moment the threads are let go.
+// The oldest filters that all of a process's threads have in common are taken as one
+// set of filter objects, inherited at clone (the kernel shows no sharing): one thread
+// installs them with SECCOMP_FILTER_FLAG_TSYNC, so every thread holds the same objects
+// again, and a later TSYNC of the task's own finds its threads in step. Each thread
+// then installs the rest of its own chain.
 //
 // Not carried: a filter with a user-notification listener (SECCOMP_FILTER_FLAG_NEW_LISTENER;
-// its fd is refused as an anon inode), and the sharing of one filter object between
-// threads (the behaviour is the same).
+// its fd is refused as an anon inode). Threads that installed equal filters each on its
+// own come back sharing them.
 #include "engine/seccomp.h"
 
 #include <linux/filter.h>
@@ -46,8 +51,7 @@ int SeccompMode(pid_t pid, pid_t tid) {
 }
 
 Result<void> DumpSeccomp(pid_t tid, img::ThreadCore* th) {
-  std::vector<img::SeccompFilter> chain;  // most recent first
-  for (unsigned long i = 0;; ++i) {
+  for (unsigned long i = 0;; ++i) {  // oldest first
     long n = ptrace(PTRACE_SECCOMP_GET_FILTER, tid, i, nullptr);
     if (n < 0 && errno == ENOENT) break;  // past the oldest
     if (n < 0) return ErrnoError() << "thread " << tid << ": seccomp filter " << i;
@@ -57,12 +61,10 @@ Result<void> DumpSeccomp(pid_t tid, img::ThreadCore* th) {
     __ptrace_seccomp_metadata md{i, 0};
     if (ptrace(PTRACE_SECCOMP_GET_METADATA, tid, sizeof md, &md) < 0)
       return ErrnoError() << "thread " << tid << ": flags of seccomp filter " << i;
-    img::SeccompFilter f;
-    f.set_insns(std::move(insns));
-    f.set_flags(md.flags);
-    chain.push_back(std::move(f));
+    img::SeccompFilter* f = th->add_seccomp();
+    f->set_insns(std::move(insns));
+    f->set_flags(md.flags);
   }
-  for (auto it = chain.rbegin(); it != chain.rend(); ++it) *th->add_seccomp() = std::move(*it);
   return Ok();
 }
 
@@ -80,8 +82,23 @@ Result<void> ValidateSeccomp(pid_t pid, const img::ThreadCore& th) {
   return Ok();
 }
 
-Result<void> RestoreSeccomp(RemoteSyscalls& rs, pid_t pid, const img::ThreadCore& th) {
-  if (th.seccomp_size() == 0) return Ok();
+int SharedSeccompPrefix(const img::TaskCore& core) {
+  if (core.threads_size() < 2) return 0;
+  int n = core.threads(0).seccomp_size();
+  for (auto& th : core.threads()) {
+    int k = 0;
+    while (k < n && k < th.seccomp_size() &&
+           th.seccomp(k).insns() == core.threads(0).seccomp(k).insns() &&
+           th.seccomp(k).flags() == core.threads(0).seccomp(k).flags())
+      ++k;
+    n = k;
+  }
+  return n;
+}
+
+Result<void> RestoreSeccomp(RemoteSyscalls& rs, pid_t pid, const img::ThreadCore& th, int from,
+                            int to, bool tsync) {
+  if (from >= to) return Ok();
   constexpr ArchKind k64 = ArchKind::kX86_64;
   pid_t tid = th.tid();
   size_t most = 0;
@@ -92,7 +109,7 @@ Result<void> RestoreSeccomp(RemoteSyscalls& rs, pid_t pid, const img::ThreadCore
                                       MAP_PRIVATE | MAP_ANONYMOUS, RemoteFd(-1), 0),
                               "thread " << tid << ": map room for its seccomp filters");
   Result<void> r = [&]() -> Result<void> {
-    for (int i = 0; i < th.seccomp_size(); ++i) {
+    for (int i = from; i < to; ++i) {
       const auto& f = th.seccomp(i);
       struct {
         uint16_t len;
@@ -101,8 +118,14 @@ Result<void> RestoreSeccomp(RemoteSyscalls& rs, pid_t pid, const img::ThreadCore
       } prog{uint16_t(f.insns().size() / sizeof(sock_filter)), {}, at + 16};
       KLEAP_TRY(WriteRemote(tid, RemotePtr(at), &prog, sizeof prog));
       KLEAP_TRY(WriteRemote(tid, RemotePtr(at + 16), f.insns().data(), f.insns().size()));
-      KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kSeccomp, SECCOMP_SET_MODE_FILTER, f.flags(), at),
-                    "task " << pid << " thread " << tid << ": install seccomp filter " << i);
+      uint64_t flags = f.flags() | (tsync ? SECCOMP_FILTER_FLAG_TSYNC : 0);
+      uint64_t r =
+          KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kSeccomp, SECCOMP_SET_MODE_FILTER, flags, at),
+                        "task " << pid << " thread " << tid << ": install seccomp filter " << i);
+      // (TSYNC names a thread it could not bring in step.)
+      if (r != 0)
+        return Err(EBUSY) << "task " << pid << ": seccomp filter " << i
+                          << " could not be synchronized to thread " << r;
     }
     return Ok();
   }();

@@ -16,8 +16,13 @@ int SeccompMode(pid_t pid, pid_t tid);
 
 Result<void> DumpSeccomp(pid_t tid, img::ThreadCore* th);
 Result<void> ValidateSeccomp(pid_t pid, const img::ThreadCore& th);
-// Installs the thread's filters, oldest first, through a temporary mapping in the task.
-// The thread must be suspended from seccomp already and still privileged.
-Result<void> RestoreSeccomp(RemoteSyscalls& rs, pid_t pid, const img::ThreadCore& th);
+// How many of the oldest filters every thread of the task has alike (0 for one thread):
+// taken as shared objects.
+int SharedSeccompPrefix(const img::TaskCore& core);
+// Installs filters [from, to) of the thread's chain, oldest first, through a temporary
+// mapping in the task; with tsync, in every thread of the task (SECCOMP_FILTER_FLAG_TSYNC).
+// The threads must be suspended from seccomp already and still privileged.
+Result<void> RestoreSeccomp(RemoteSyscalls& rs, pid_t pid, const img::ThreadCore& th, int from,
+                            int to, bool tsync);
 
 }  // namespace kleap
