@@ -138,6 +138,12 @@ constexpr OptName kSockOpts[] = {
 };
 
 bool OptApplies(const OptName& o, int family, int protocol) {
+  // The multicast options can't be set on a stream socket, which an accepted connection
+  // reads back as the TTL of the packet that opened it.
+  if ((o.level == IPPROTO_IP &&
+       (o.name == IP_MULTICAST_TTL || o.name == IP_MULTICAST_LOOP || o.name == IP_MULTICAST_ALL)) ||
+      (o.level == IPPROTO_IPV6 && (o.name == IPV6_MULTICAST_HOPS || o.name == IPV6_MULTICAST_LOOP)))
+    return protocol == IPPROTO_UDP;
   if (o.level == IPPROTO_TCP) return protocol == IPPROTO_TCP;
   if (o.level == IPPROTO_UDP) return protocol == IPPROTO_UDP;
   if (o.level == IPPROTO_IPV6) return family == AF_INET6;
