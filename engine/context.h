@@ -108,6 +108,9 @@ struct OpenFiles {
   // The unlinked files made again so far, by the id of the file object that holds their
   // content (RegFile.ghost_of names it): each a read-write description of its own.
   std::map<uint64_t, UniqueFd> ghosts;
+  // Inet sockets bound with SO_REUSEPORT on for a moment: they share their port with
+  // another carried socket that has it on (FinishSockets puts theirs back).
+  std::set<uint64_t> bind_reuseport;
   std::map<uint64_t, UniqueFd> mem_files;  // shmem id -> the memfd/tmpfs file (not anon shared)
   pid_t mem_files_pid = 0;                 // the process holding mem_files
 };

@@ -24,6 +24,7 @@
 #include "engine/base/page.h"
 #include "engine/files.h"
 #include "engine/fown.h"
+#include "engine/sock_inet.h"
 #include "engine/sock_unix.h"
 #include "engine/tty.h"
 
@@ -642,6 +643,7 @@ Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenF
   KLEAP_TRY(CreateMemFiles(plan, images, out));
   KLEAP_TRY(OpenPipes(plan, out));
   KLEAP_TRY(OpenUnixSockets(plan.files, out));
+  PlanReusePort(plan.files, out);
   for (auto& fo : plan.files.files()) {
     const FdKind* k = KindOf(fo.kind_case());
     if (!k) return Err(EINVAL) << "files.img: file " << fo.id() << " has no known kind";

@@ -23,6 +23,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -248,6 +249,19 @@ Result<tcp_info> TcpInfo(int fd) {
   return ti;
 }
 
+// Whether a socket ever sent or received a segment: tcpi_segs_out and tcpi_segs_in
+// (Linux 4.2), past the end of the struct tcp_info glibc knows.
+bool SegmentsSeen(int fd) {
+  constexpr size_t kSegsOut = 136, kSegsIn = 140;
+  uint8_t buf[256] = {};
+  socklen_t len = sizeof buf;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, buf, &len) < 0 || len < kSegsIn + 4) return false;
+  uint32_t out, in;
+  memcpy(&out, buf + kSegsOut, 4);
+  memcpy(&in, buf + kSegsIn, 4);
+  return out || in;
+}
+
 // Peeks `len` bytes of a queue in repair mode.
 Result<std::string> PeekQueue(int fd, int queue, uint32_t len, const char* what) {
   KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, queue, "TCP_REPAIR_QUEUE"));
@@ -433,7 +447,14 @@ std::string RefuseInetSock(const FdDesc& d) {
     case kFinWait1:
     case kFinWait2:
     case kListen:
+      return "";
     case kClose:
+      // One that sent or received segments was a connection: it reads end-of-file (or its
+      // reset), and whether it still holds its port depends on how it was bound; a new
+      // socket can be made neither way.
+      if (SegmentsSeen(fd))
+        return "a TCP connection that is over (CLOSE after it was connected) can't be made "
+               "again; close it, or retry once the task has";
       return "";
     case kSynSent:
     case kSynRecv:
@@ -549,7 +570,15 @@ Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo
     }
   } else {
     s->set_state(kEstablished);  // connected, unless it has no peer
-    s->set_shutdown(KLEAP_TRY(UdpShutdown(k.family, d.st.st_ino)));
+    if (port) {
+      s->set_shutdown(KLEAP_TRY(UdpShutdown(k.family, d.st.st_ino)));
+    } else {
+      // sock_diag lists bound sockets only. poll shows a receive shutdown (POLLRDHUP, and
+      // POLLHUP for both); a send shutdown alone on an unbound socket shows nowhere.
+      pollfd p{fd, POLLIN | POLLRDHUP, 0};
+      if (poll(&p, 1, 0) == 1 && (p.revents & POLLRDHUP))
+        s->set_shutdown((p.revents & POLLHUP) ? 3 : 1);
+    }
   }
   if (s->state() == kEstablished || s->state() == kFinWait1 || s->state() == kFinWait2) {
     std::string peer;
@@ -673,7 +702,7 @@ Result<void> SetBufferSizes(int fd, const img::InetSock& s) {
 
 }  // namespace
 
-Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles&) {
+Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles& files) {
   const img::InetSock& s = fo.inet_sock();
   std::string what = Describe(fo);
   UniqueFd fd(socket(int(s.family()), int(s.type()) | SOCK_CLOEXEC, int(s.protocol())));
@@ -704,6 +733,8 @@ Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles
     KLEAP_TRY_CTX(SetInt(fd.get(), IPPROTO_IP, IP_FREEBIND, 1, "IP_FREEBIND"), what);
     if (IsTcp(s) && s.state() == kListen)
       KLEAP_TRY_CTX(SetInt(fd.get(), SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR"), what);
+    if (files.bind_reuseport.count(fo.id()))
+      KLEAP_TRY_CTX(SetInt(fd.get(), SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT"), what);
     SockAddr a = KLEAP_TRY(MakeAddr(s.family(), s.local_addr(), s.local_port(), s.scope_id()));
     if (bind(fd.get(), reinterpret_cast<sockaddr*>(&a.ss), a.len) < 0) {
       Error e = ErrnoError();
@@ -740,7 +771,39 @@ Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles
   return fd;
 }
 
+namespace {
+
+int OptValue(const img::InetSock& s, int level, int name) {
+  for (auto& o : s.opts())
+    if (int(o.level()) == level && int(o.name()) == name) return o.value();
+  return 0;
+}
+
+}  // namespace
+
+void PlanReusePort(const img::FileTable& files, OpenFiles* open) {
+  // (protocol, port) of the bound sockets restored by bind, not by repair.
+  std::map<std::pair<uint32_t, uint32_t>, std::vector<const img::FileObject*>> by_port;
+  for (auto& fo : files.files())
+    if (fo.has_inet_sock() && fo.inet_sock().local_port() && !Repaired(fo.inet_sock()))
+      by_port[{fo.inet_sock().protocol(), fo.inet_sock().local_port()}].push_back(&fo);
+  for (auto& [key, socks] : by_port) {
+    bool any = std::any_of(socks.begin(), socks.end(), [](const img::FileObject* fo) {
+      return OptValue(fo->inet_sock(), SOL_SOCKET, SO_REUSEPORT) != 0;
+    });
+    if (any && socks.size() > 1)
+      for (auto* fo : socks) open->bind_reuseport.insert(fo->id());
+  }
+}
+
 Result<void> FinishSockets(const img::FileTable& files, const OpenFiles& open) {
+  for (auto& fo : files.files())
+    if (open.bind_reuseport.count(fo.id()) && !OptValue(fo.inet_sock(), SOL_SOCKET, SO_REUSEPORT)) {
+      auto it = open.by_id.find(fo.id());
+      if (it == open.by_id.end()) return Err(EINVAL) << Describe(fo) << " was not opened";
+      KLEAP_TRY_CTX(SetInt(it->second.get(), SOL_SOCKET, SO_REUSEPORT, 0, "SO_REUSEPORT"),
+                    Describe(fo));
+    }
   for (auto& fo : files.files()) {
     if (!fo.has_inet_sock() || !Repaired(fo.inet_sock())) continue;
     const img::InetSock& s = fo.inet_sock();
@@ -749,10 +812,9 @@ Result<void> FinishSockets(const img::FileTable& files, const OpenFiles& open) {
     int fd = it->second.get();
     KLEAP_TRY_CTX(SetInt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, "TCP_REPAIR"),
                   Describe(fo) << ": leave repair mode");
-    int reuse = 0;
-    for (auto& o : s.opts())
-      if (o.level() == SOL_SOCKET && o.name() == SO_REUSEADDR) reuse = o.value();
-    KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, SO_REUSEADDR, reuse, "SO_REUSEADDR"), Describe(fo));
+    KLEAP_TRY_CTX(
+        SetInt(fd, SOL_SOCKET, SO_REUSEADDR, OptValue(s, SOL_SOCKET, SO_REUSEADDR), "SO_REUSEADDR"),
+        Describe(fo));
     const std::string& q = s.tcp().send_queue();
     KLEAP_TRY_CTX(WriteQueue(fd, -1, q, q.size() - s.tcp().unsent(), q.size(), "send"),
                   Describe(fo));

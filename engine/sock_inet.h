@@ -67,6 +67,9 @@ std::vector<std::string> SocketNotes(const std::vector<TaskInfo>& tasks);
 // Restore: every TCP connection the open phase made in repair mode leaves it, then gets
 // the data it had not sent yet and, when the task had shut it down, its FIN. Runs once
 // every task is rebuilt, before the lock is removed.
+// Before any is opened: the sockets that share a port with one that has SO_REUSEPORT
+// (a task may clear it once bound; binding again needs it on, for a moment).
+void PlanReusePort(const img::FileTable& files, OpenFiles* open);
 Result<void> FinishSockets(const img::FileTable& files, const OpenFiles& open);
 
 }  // namespace kleap

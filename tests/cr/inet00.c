@@ -9,8 +9,14 @@
  *   u is corked (UDP_CORK) with nothing held;
  *   w: UDP bound to 127.0.0.1: SO_NO_CHECK, SO_TIMESTAMPNS, IP_RECVTOS, IP_MULTICAST_TTL 7,
  *      shut down for sending (shutdown(SHUT_WR) on a socket with no peer);
- *   r: UDP connected to w, shut down for receiving.
+ *   r: UDP connected to w, shut down for receiving;
+ *   p1, p2: TCP listening on one port of 127.0.0.1, both bound with SO_REUSEPORT, which
+ *      p1 then clears.
  * With the argument `corked`, u holds 7 bytes in its cork: check and dump must refuse it.
+ * With `over`, a TCP connection on loopback (to a listener of its own) is shut down by both
+ * ends until the accepted
+ * end is CLOSE: check and dump must refuse it (it reads end-of-file, which no new socket
+ * does).
  * After the restore every option reads back the same (getsockopt; the filters by their
  * length, SO_GET_FILTER), the addresses are the same, and a datagram of 10 bytes to u
  * arrives cut to 5 by its filter; a send on w fails with EPIPE, and poll on r gives
@@ -156,6 +162,33 @@ int main(int argc, char** argv) {
     wl_die("main", "shutdown(SHUT_WR) of a socket with no peer: %s", strerror(errno));
   if (connect(r, (struct sockaddr*)&wa, sizeof wa) != 0 || shutdown(r, SHUT_RD) != 0)
     wl_die("main", "r: %s", strerror(errno));
+  int p1 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0),
+      p2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  struct sockaddr_in pa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t pal = sizeof pa;
+  set(p1, SO_REUSEPORT, &one, sizeof one, "SO_REUSEPORT");
+  set(p2, SO_REUSEPORT, &one, sizeof one, "SO_REUSEPORT");
+  if (bind(p1, (struct sockaddr*)&pa, sizeof pa) != 0 ||
+      getsockname(p1, (struct sockaddr*)&pa, &pal) != 0 ||
+      bind(p2, (struct sockaddr*)&pa, sizeof pa) != 0 || listen(p1, 3) != 0 || listen(p2, 3) != 0)
+    wl_die("main", "p1/p2: %s", strerror(errno));
+  int zero = 0;
+  set(p1, SO_REUSEPORT, &zero, sizeof zero, "SO_REUSEPORT");
+  if (argc > 2 && strcmp(argv[2], "over") == 0) {
+    int ol = bound(SOCK_STREAM), cl = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ac;
+    struct sockaddr_in oa;
+    socklen_t oal = sizeof oa;
+    if (listen(ol, 1) != 0 || getsockname(ol, (struct sockaddr*)&oa, &oal) != 0 || cl < 0 ||
+        connect(cl, (struct sockaddr*)&oa, sizeof oa) != 0 ||
+        (ac = accept4(ol, NULL, NULL, SOCK_CLOEXEC)) < 0)
+      wl_die("main", "connection: %s", strerror(errno));
+    shutdown(cl, SHUT_WR);
+    shutdown(ac, SHUT_WR);
+    char b;
+    if (wl_read_full(ac, &b, 1) != 0 || wl_read_full(cl, &b, 1) != 0)
+      wl_die("main", "no end-of-file on the connection");
+    wl_sleep_ms(100); /* the last ACK */
+  }
   set(l, SO_KEEPALIVE, &one, sizeof one, "SO_KEEPALIVE");
   set(l, SO_LINGER, &off3, sizeof off3, "SO_LINGER");
   if (listen(l, 5) != 0) wl_die("main", "listen: %s", strerror(errno));
@@ -171,6 +204,17 @@ int main(int argc, char** argv) {
   check_same(&c, "t", t, &ot);
   check_same(&c, "u", u, &ou);
   check_same(&c, "l", l, &ol);
+  int rp1 = -1, rp2 = -1;
+  socklen_t rl = sizeof rp1;
+  getsockopt(p1, SOL_SOCKET, SO_REUSEPORT, &rp1, &rl);
+  rl = sizeof rp2;
+  getsockopt(p2, SOL_SOCKET, SO_REUSEPORT, &rp2, &rl);
+  struct sockaddr_in pa2 = {0};
+  socklen_t pal2 = sizeof pa2;
+  getsockname(p2, (struct sockaddr*)&pa2, &pal2);
+  wl_check(&c, rp1 == 0 && rp2 == 1 && pa2.sin_port == pa.sin_port,
+           "p1/p2: SO_REUSEPORT %d %d, want 0 1, port %d, was %d", rp1, rp2, ntohs(pa2.sin_port),
+           ntohs(pa.sin_port));
   struct more_opts iw2;
   read_ip_opts(w, &iw2);
   wl_check(
