@@ -51,6 +51,9 @@ struct DumpContext {
     ino_t ino;
   };
   std::vector<SeenFile> seen_files;
+  // Files in flight that kleap received by peeking (SCM_RIGHTS): open until the dump
+  // ends, so seen_files can name them by kleap's fd.
+  std::vector<UniqueFd> inflight_fds;
   // Unlinked files carried so far, by (dev, inode): the file object holding the content.
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> ghost_ids;
   img::FileTable files;
@@ -111,6 +114,8 @@ struct OpenFiles {
   // Inet sockets bound with SO_REUSEPORT on for a moment: they share their port with
   // another carried socket that has it on (FinishSockets puts theirs back).
   std::set<uint64_t> bind_reuseport;
+  // The unix sockets made, waiting for their queues (sock_unix.cc: FillUnixSockets).
+  std::shared_ptr<void> unix_restore;
   std::map<uint64_t, UniqueFd> mem_files;  // shmem id -> the memfd/tmpfs file (not anon shared)
   pid_t mem_files_pid = 0;                 // the process holding mem_files
 };

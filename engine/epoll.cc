@@ -51,23 +51,24 @@ Result<std::vector<TfdLine>> ParseTfds(const FdInfo& info) {
   return out;
 }
 
-// The fd of task d.pid that holds the file registered in epoll d.fd as the toff-th under
-// tfd: tfd itself when it still does, else another. -1 when none does.
+// The fd of task d.NumbersOf() that holds the file registered in epoll d.fd (of d.pid)
+// as the toff-th under tfd: tfd itself when it still does, else another. -1 when none
+// does.
 int HolderFd(const FdDesc& d, int tfd, uint32_t toff, const std::vector<int>& fds) {
   kcmp_epoll_slot slot{uint32_t(d.fd), uint32_t(tfd), toff};
   auto holds = [&](int fd) {
-    return syscall(SYS_kcmp, d.pid, d.pid, KCMP_EPOLL_TFD, fd, &slot) == 0;
+    return syscall(SYS_kcmp, d.NumbersOf(), d.pid, KCMP_EPOLL_TFD, fd, &slot) == 0;
   };
   if (holds(tfd)) return tfd;
   for (int fd : fds)
-    if (fd != tfd && fd != d.fd && holds(fd)) return fd;
+    if (fd != tfd && (fd != d.fd || d.NumbersOf() != d.pid) && holds(fd)) return fd;
   return -1;
 }
 
 // Every registration with the fd that holds its file.
 Result<std::vector<std::pair<TfdLine, int>>> Targets(const FdDesc& d) {
   auto tfds = KLEAP_TRY(ParseTfds(d.info));
-  auto fds = KLEAP_TRY(ListFds(d.pid));
+  auto fds = KLEAP_TRY(ListFds(d.NumbersOf()));
   std::map<int, uint32_t> toff;  // fdinfo lists a number's files in the kernel's order
   std::vector<std::pair<TfdLine, int>> out;
   for (auto& t : tfds) {

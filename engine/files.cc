@@ -198,10 +198,11 @@ bool OnProcfs(const std::string& fd_path) {
 }  // namespace
 
 // Describes an fd without changing the task.
-Result<FdDesc> DescribeFd(pid_t pid, int fd) {
+Result<FdDesc> DescribeFd(pid_t pid, int fd, pid_t numbers_of) {
   FdDesc d;
   d.pid = pid;
   d.fd = fd;
+  d.numbers_of = numbers_of;
   std::string path = ProcPath(pid, "fd/" + std::to_string(fd));
   d.link = KLEAP_TRY(ReadLink(path));
   if (stat(path.c_str(), &d.st) < 0) return ErrnoError() << "stat " << path;
@@ -433,6 +434,48 @@ Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo)
   return Ok();
 }
 
+namespace {
+
+// The open file description behind fd d.fd of d.pid, dumped once: its id.
+Result<uint64_t> DumpFileObject(DumpContext& ctx, FdDesc d) {
+  if (uint64_t shared = FindShared(ctx, d.pid, d.fd, d.st)) return shared;
+  uint64_t id = ctx.next_file_id++;
+  ctx.seen_files.push_back({d.pid, d.fd, id, d.st.st_dev, d.st.st_ino});
+  img::FileObject* fo = ctx.files.add_files();
+  fo->set_id(id);
+  // O_ASYNC is every kind's, with the owner (fown.h): the kind's flags go without it.
+  bool async = d.info.flags & O_ASYNC;
+  d.info.flags &= ~uint32_t(O_ASYNC);
+  KLEAP_TRY(KindOf(d.type)->dump(ctx, d, fo));
+  // (An O_PATH file has no owner: fcntl refuses it.)
+  if (!(d.info.flags & O_PATH)) {
+    UniqueFd copy = KLEAP_TRY(GrabFd(d.pid, d.fd));
+    KLEAP_TRY(DumpFileOwner(copy.get(), async, fo));
+  }
+  return id;
+}
+
+}  // namespace
+
+std::string RefuseInflightFile(int fd, pid_t receiver) {
+  auto d = DescribeFd(getpid(), fd, receiver);
+  if (!d) return d.error().ToString();
+  if (d->type != FdType::kUnsupported) return "";
+  return d->what + ": " + d->reason;
+}
+
+Result<uint64_t> DumpInflightFile(DumpContext& ctx, UniqueFd fd, const std::string& where,
+                                  pid_t receiver) {
+  FdDesc d =
+      KLEAP_TRY_CTX(DescribeFd(getpid(), fd.get(), receiver), "a file in flight to " << where);
+  if (d.type == FdType::kUnsupported)
+    return Err(ENOTSUP) << "a file in flight to " << where << " (SCM_RIGHTS): " << d.what << ": "
+                        << d.reason;
+  // (An in-flight file carries no close-on-exec flag: the receiver picks it.)
+  ctx.inflight_fds.push_back(std::move(fd));
+  return KLEAP_TRY_CTX(DumpFileObject(ctx, std::move(d)), "a file in flight to " << where);
+}
+
 Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table) {
   pid_t pid = task.pid;
   table->set_pid(pid);
@@ -444,25 +487,8 @@ Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table
     img::FdEntry* e = table->add_fds();
     e->set_fd(fd);
     e->set_cloexec(d.info.flags & O_CLOEXEC);
-    uint64_t shared = FindShared(ctx, pid, fd, d.st);
-    if (shared) {
-      e->set_file_id(shared);
-      continue;
-    }
-    uint64_t id = ctx.next_file_id++;
-    e->set_file_id(id);
-    ctx.seen_files.push_back({pid, fd, id, d.st.st_dev, d.st.st_ino});
-    img::FileObject* fo = ctx.files.add_files();
-    fo->set_id(id);
-    // O_ASYNC is every kind's, with the owner (fown.h): the kind's flags go without it.
-    bool async = d.info.flags & O_ASYNC;
-    d.info.flags &= ~uint32_t(O_ASYNC);
-    KLEAP_TRY_CTX(KindOf(d.type)->dump(ctx, d, fo), "task " << pid << " fd " << fd);
-    // (An O_PATH file has no owner: fcntl refuses it.)
-    if (!(d.info.flags & O_PATH)) {
-      UniqueFd copy = KLEAP_TRY_CTX(GrabFd(pid, fd), "task " << pid << " fd " << fd);
-      KLEAP_TRY_CTX(DumpFileOwner(copy.get(), async, fo), "task " << pid << " fd " << fd);
-    }
+    e->set_file_id(
+        KLEAP_TRY_CTX(DumpFileObject(ctx, std::move(d)), "task " << pid << " fd " << fd));
   }
   for (int i = first_new; i < ctx.files.files_size(); ++i) {
     img::FileObject* fo = ctx.files.mutable_files(i);
@@ -651,6 +677,7 @@ Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenF
   }
   KLEAP_TRY(RegisterEpollTargets(plan.files, *out));
   KLEAP_TRY(FinishPtys(plan.files, *out));
+  KLEAP_TRY(FillUnixSockets(out));
   return Ok();
 }
 

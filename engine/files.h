@@ -45,9 +45,22 @@ struct FdDesc {
   FdInfo info;
   bool deleted = false;
   std::string what, reason;  // for kUnsupported
+  // The task whose fd numbers the file's own state names (an epoll's registrations):
+  // pid itself, but for a file in flight, which kleap holds, the receiver's task.
+  pid_t numbers_of = 0;
+  pid_t NumbersOf() const { return numbers_of ? numbers_of : pid; }
 };
 
-Result<FdDesc> DescribeFd(pid_t pid, int fd);
+Result<FdDesc> DescribeFd(pid_t pid, int fd, pid_t numbers_of = 0);
+
+// A file in flight (SCM_RIGHTS), received by kleap's own peek of a queue: dumped once as
+// a file object like any fd's (kept open until the dump ends); its id. `where` names
+// the socket it is in flight to.
+// `receiver` is the task holding that socket.
+Result<uint64_t> DumpInflightFile(DumpContext& ctx, UniqueFd fd, const std::string& where,
+                                  pid_t receiver);
+// The same question check asks: why the file can't be carried ("" when it can).
+std::string RefuseInflightFile(int fd, pid_t receiver);
 // A number from a "key: value" line of fdinfo, in the given base.
 Result<uint64_t> FdInfoNumber(const FdInfo& info, const char* key, int base);
 // The open flags of an anon-inode file object: the access mode its kind always has,

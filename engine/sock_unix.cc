@@ -26,6 +26,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -46,6 +47,11 @@ constexpr uint32_t kRcvShutdown = 1, kSendShutdown = 2;
 // Images are untrusted: what a queue may hold at most.
 constexpr uint64_t kMaxQueueBytes = 256u << 20;
 constexpr int kMaxMessages = 1 << 20;
+constexpr size_t kScmMaxFd = 253;  // SCM_MAX_FD: the most files one message carries
+constexpr const char* kStreamInflight =
+    "files in flight on a stream socket (SCM_RIGHTS): where they sit among its bytes can't "
+    "be read back (a peek shows them early); they are carried on datagram and seqpacket "
+    "sockets";
 constexpr size_t kMaxName = sizeof(sockaddr_un::sun_path);
 
 // What UNIX_DIAG says of one socket.
@@ -201,8 +207,12 @@ class PeekOffGuard {
   int fd_, saved_;
 };
 
-// The receive queue, peeked from offset 0 on: a stream's `bytes`, or every message.
-Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s) {
+// Takes a file in flight that the peek received (SCM_RIGHTS): its file object id.
+using InflightFn = std::function<Result<uint64_t>(UniqueFd)>;
+
+// The receive queue, peeked from offset 0 on: a stream's `bytes`, or every message, each
+// with the files in flight with it.
+Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s, const InflightFn& inflight) {
   int saved = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_PEEK_OFF, "SO_PEEK_OFF"));
   s->set_peek_off(saved);
   if (diag.rqueue == 0 && diag.type == SOCK_STREAM) return Ok();
@@ -214,7 +224,7 @@ Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s) {
   for (int i = 0; i < kMaxMessages; ++i) {
     if (diag.type == SOCK_STREAM && total >= diag.rqueue) break;
     sockaddr_un from{};
-    char cbuf[256];
+    alignas(cmsghdr) char cbuf[CMSG_SPACE(kScmMaxFd * sizeof(int)) + 256];
     iovec iov{buf.data(), buf.size()};
     msghdr mh{};
     mh.msg_name = &from;
@@ -228,17 +238,19 @@ Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s) {
     ssize_t n = recvmsg(fd, &mh, flags);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
     if (n < 0) return ErrnoError() << "peek the receive queue";
+    // The peek gave kleap its own copies of the files in flight (closed if unused).
+    std::vector<UniqueFd> files;
     for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
       if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
         size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
         for (size_t j = 0; j < k; ++j) {
           int got;
           memcpy(&got, CMSG_DATA(c) + j * sizeof(int), sizeof got);
-          close(got);
+          files.emplace_back(got);
         }
-        return Err(ENOTSUP) << "file descriptors are in flight to it (SCM_RIGHTS); they are "
-                               "not carried";
       }
+    if (mh.msg_flags & MSG_CTRUNC)
+      return Err(ENOTSUP) << "a message carries more control data than SCM_RIGHTS can";
     if (diag.type != SOCK_STREAM && size_t(n) > buf.size()) {
       // A message longer than the buffer: peek it again, whole.
       buf.resize(size_t(n));
@@ -248,8 +260,12 @@ Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s) {
     }
     if (diag.type == SOCK_STREAM && n == 0) break;
     size_t got = std::min(size_t(n), buf.size());
+    // A stream's peek brings the files of the piece after the last byte it touches too,
+    // so where files sit among a stream's bytes can't be read back.
+    if (diag.type == SOCK_STREAM && !files.empty()) return Err(ENOTSUP) << kStreamInflight;
     img::UnixMsg* m = s->add_queue();
     m->set_data(buf.data(), got);
+    for (auto& f : files) m->add_fds(KLEAP_TRY(inflight(std::move(f))));
     if (diag.type == SOCK_DGRAM && mh.msg_namelen > offsetof(sockaddr_un, sun_path))
       m->set_sender(NormalName(from.sun_path, mh.msg_namelen - offsetof(sockaddr_un, sun_path)));
     total += got;
@@ -297,12 +313,23 @@ bool IsUnixSocket(pid_t pid, int fd) {
 }
 
 std::string RefuseUnixSock(const FdDesc& d) {
-  if (auto n = FdInfoNumber(d.info, "scm_fds", 10); n && *n > 0)
-    return std::to_string(*n) +
-           " file descriptors sent to it with SCM_RIGHTS are in flight (not yet received); "
-           "they are not carried";
   auto diag = DiagOf(uint32_t(d.st.st_ino));
   if (!diag) return diag.error().ToString();
+  // (Where fdinfo lacks scm_fds, older kernels, a queue is peeked whenever it holds data.)
+  auto scm = FdInfoNumber(d.info, "scm_fds", 10);
+  if ((scm ? *scm > 0 : diag->rqueue > 0) && diag->state != kListening) {
+    // The files in flight, asked what dump asks of each: peeked as dump peeks them.
+    auto grabbed = GrabFd(d.pid, d.fd);
+    if (!grabbed) return grabbed.error().ToString();
+    img::UnixSock scratch;
+    std::string why;
+    auto peeked = PeekQueue(grabbed->get(), *diag, &scratch, [&](UniqueFd f) -> Result<uint64_t> {
+      if (why.empty()) why = RefuseInflightFile(f.get(), d.pid);
+      return 0;
+    });
+    if (!peeked) return peeked.error().ToString();
+    if (!why.empty()) return "a file in flight to it (SCM_RIGHTS): " + why;
+  }
   if (diag->type == SOCK_STREAM && diag->state == kConnected) {
     // A pending out-of-band byte is kept apart from the queue; MSG_PEEK leaves it there.
     auto grabbed = GrabFd(d.pid, d.fd);
@@ -326,6 +353,38 @@ std::vector<Problem> CheckUnixPeers(const std::vector<TaskInfo>& tasks) {
       if (!link || link->rfind("socket:[", 0) != 0) continue;
       mine.emplace(uint32_t(strtoul(link->c_str() + 8, nullptr, 10)), std::make_pair(t.pid, fd));
     }
+  }
+  // Sockets in flight to those (SCM_RIGHTS), and in flight to those in turn, are the
+  // tree's too: the dump carries them. Peeked as dump peeks (kleap gets copies).
+  std::vector<UniqueFd> held;                  // kleap's copies, open until the check ends
+  std::vector<std::pair<uint32_t, int>> todo;  // (inode, an fd of kleap's or -1)
+  for (auto& [ino, where] : mine) todo.push_back({ino, -1});
+  while (!todo.empty()) {
+    auto [ino, own] = todo.back();
+    todo.pop_back();
+    auto where = mine[ino];
+    UniqueFd grabbed;
+    if (own < 0) {
+      auto g = GrabFd(where.first, where.second);
+      if (!g) continue;
+      grabbed = std::move(*g);
+      own = grabbed.get();
+    }
+    auto info = ReadFdInfo(getpid(), own);
+    if (!info) continue;
+    auto n = FdInfoNumber(*info, "scm_fds", 10);
+    auto diag = DiagOf(ino);
+    if (!diag || diag->state == kListening || (n ? *n == 0 : diag->rqueue == 0)) continue;
+    img::UnixSock scratch;
+    (void)PeekQueue(own, *diag, &scratch, [&](UniqueFd f) -> Result<uint64_t> {
+      struct stat st;
+      if (fstat(f.get(), &st) == 0 && S_ISSOCK(st.st_mode) &&
+          mine.emplace(uint32_t(st.st_ino), where).second) {
+        todo.push_back({uint32_t(st.st_ino), f.get()});
+        held.push_back(std::move(f));
+      }
+      return 0;
+    });
   }
   if (mine.empty()) return out;
   auto all = QueryDiag(0);
@@ -376,7 +435,7 @@ std::vector<Problem> CheckUnixPeers(const std::vector<TaskInfo>& tasks) {
 
 // ---- dump ----
 
-Result<void> DumpUnixSock(DumpContext&, const FdDesc& d, img::FileObject* fo) {
+Result<void> DumpUnixSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
   Diag diag = KLEAP_TRY(DiagOf(uint32_t(d.st.st_ino)));
   if (std::string why = RefuseDiag(diag); !why.empty()) return Err(ENOTSUP) << why;
   img::UnixSock* s = fo->mutable_unix_sock();
@@ -419,7 +478,10 @@ Result<void> DumpUnixSock(DumpContext&, const FdDesc& d, img::FileObject* fo) {
     s->set_peek_off(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_PEEK_OFF, "SO_PEEK_OFF")));
     return Ok();
   }
-  return PeekQueue(fd, diag, s);
+  std::string where = "unix socket " + std::to_string(diag.ino);
+  return PeekQueue(fd, diag, s, [&](UniqueFd f) -> Result<uint64_t> {
+    return DumpInflightFile(ctx, std::move(f), where, d.pid);
+  });
 }
 
 // ---- restore ----
@@ -467,6 +529,19 @@ Result<void> ValidateUnixSock(const img::FileObject& fo) {
 Result<void> ValidateUnixQueues(const img::FileTable& files) {
   std::map<uint32_t, const img::UnixSock*> by_ino;
   std::set<std::string> dgram_names;
+  std::set<uint64_t> ids;
+  for (auto& fo : files.files()) ids.insert(fo.id());
+  for (auto& fo : files.files())
+    if (fo.has_unix_sock())
+      for (auto& m : fo.unix_sock().queue()) {
+        if (size_t(m.fds_size()) > kScmMaxFd)
+          return Err(EINVAL) << "files.img: unix socket " << fo.id() << ": a message with "
+                             << m.fds_size() << " files in flight";
+        for (uint64_t id : m.fds())
+          if (!ids.count(id))
+            return Err(EINVAL) << "files.img: unix socket " << fo.id() << ": file " << id
+                               << " in flight is not in the set";
+      }
   for (auto& fo : files.files())
     if (fo.has_unix_sock()) {
       by_ino[fo.unix_sock().ino()] = &fo.unix_sock();
@@ -515,7 +590,10 @@ class UnixRestore {
     // Names bound only for the restore go again, also after a failure.
     for (auto& p : unlink_) unlink(p.c_str());
   }
+  // Makes every socket, bound, listening and connected, into open->by_id.
   Result<void> Run(const img::FileTable& files);
+  // Once every other file is open: the queues, with the files in flight, then options.
+  Result<void> Fill();
 
  private:
   struct Sock {
@@ -535,6 +613,8 @@ class UnixRestore {
   Result<UniqueFd> Listener(const Sock& server, bool* temp);
   Result<void> MakePair(Sock& a, Sock* b);
   Result<void> Refill(Sock& k);
+  Result<ssize_t> SendWithFiles(int from, const char* p, size_t len, const img::UnixMsg* m,
+                                const sockaddr_un* to, socklen_t to_len, const std::string& what);
   Result<void> Finish(Sock& k);
   // A datagram socket of our own connects to `name` and closes.
   Result<void> ConnectAndClose(const std::string& name, const std::string& what);
@@ -647,6 +727,37 @@ Result<void> UnixRestore::ConnectAndClose(const std::string& name, const std::st
   return Ok();
 }
 
+// One sendmsg of a queue's piece, with the files in flight of message m (when given)
+// as SCM_RIGHTS: the set's files, opened already. The bytes sent, or -1 with errno.
+Result<ssize_t> UnixRestore::SendWithFiles(int from, const char* p, size_t len,
+                                           const img::UnixMsg* m, const sockaddr_un* to,
+                                           socklen_t to_len, const std::string& what) {
+  iovec iov{const_cast<char*>(p), len};
+  msghdr mh{};
+  mh.msg_name = const_cast<sockaddr_un*>(to);
+  mh.msg_namelen = to ? to_len : 0;
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  std::vector<char> cbuf;
+  if (m && m->fds_size()) {
+    cbuf.resize(CMSG_SPACE(size_t(m->fds_size()) * sizeof(int)));
+    mh.msg_control = cbuf.data();
+    mh.msg_controllen = cbuf.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(size_t(m->fds_size()) * sizeof(int));
+    for (int j = 0; j < m->fds_size(); ++j) {
+      auto it = open_->by_id.find(m->fds(j));
+      if (it == open_->by_id.end() || !it->second)
+        return Err(EINVAL) << what << ": file " << m->fds(j) << " in flight was not opened";
+      int fd = it->second.get();
+      memcpy(CMSG_DATA(c) + size_t(j) * sizeof(int), &fd, sizeof fd);
+    }
+  }
+  return sendmsg(from, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
 // Sends a socket's queue again, from its peer or its senders.
 Result<void> UnixRestore::Refill(Sock& k) {
   if (k.s->queue_size() == 0) return Ok();
@@ -654,16 +765,20 @@ Result<void> UnixRestore::Refill(Sock& k) {
   int from = k.peer >= 0 ? socks_[size_t(k.peer)].fd.get() : k.temp_peer.get();
   if (k.s->type() == SOCK_STREAM) {
     if (from < 0) return Err(EINVAL) << what << ": queued bytes without a peer";
-    std::string all;
-    for (auto& m : k.s->queue()) all += m.data();
+    size_t all = 0;
+    for (auto& m : k.s->queue()) all += m.data().size();
     KLEAP_TRY(SetInt(from, SOL_SOCKET, SO_SNDBUFFORCE,
-                     int(std::max<size_t>(1 << 20, all.size() + (1 << 16))), "SO_SNDBUFFORCE"));
-    for (size_t off = 0; off < all.size();) {
-      ssize_t n = send(from, all.data() + off, std::min<size_t>(all.size() - off, 1 << 16),
-                       MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (n <= 0) return ErrnoError() << what << ": refill its queue at byte " << off;
-      off += size_t(n);
-    }
+                     int(std::max<size_t>(1 << 20, 2 * all + (1 << 16))), "SO_SNDBUFFORCE"));
+    // Piece by piece: the files in flight go with the bytes they were sent with.
+    size_t done = 0;
+    for (auto& m : k.s->queue())
+      for (size_t off = 0; off < m.data().size();) {
+        ssize_t n = KLEAP_TRY(SendWithFiles(from, m.data().data() + off,
+                                            std::min<size_t>(m.data().size() - off, 1 << 16),
+                                            off == 0 ? &m : nullptr, nullptr, 0, what));
+        if (n <= 0) return ErrnoError() << what << ": refill its queue at byte " << done + off;
+        off += size_t(n);
+      }
     return Ok();
   }
   Addr to;
@@ -710,9 +825,8 @@ Result<void> UnixRestore::Refill(Sock& k) {
                     (sender != from || socks_[size_t(k.peer)].peer != int(&k - socks_.data()));
     if (named_to && k.s->name().empty())
       return Err(ENOTSUP) << what << ": a message to an unnamed socket from one not its pair";
-    ssize_t n =
-        sendto(sender, m.data().data(), m.data().size(), MSG_DONTWAIT | MSG_NOSIGNAL,
-               named_to ? reinterpret_cast<sockaddr*>(&to.sun) : nullptr, named_to ? to.len : 0);
+    ssize_t n = KLEAP_TRY(SendWithFiles(sender, m.data().data(), m.data().size(), &m,
+                                        named_to ? &to.sun : nullptr, named_to ? to.len : 0, what));
     if (n != ssize_t(m.data().size()))
       return ErrnoError() << what << ": refill a message of " << m.data().size() << " bytes";
   }
@@ -858,23 +972,38 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
         return ErrnoError() << What(k) << ": connect to " << What(l);
     }
   }
+  // Each goes into by_id now; its queue waits for the files in flight (Fill).
+  for (auto& k : socks_) {
+    UniqueFd copy(fcntl(k.fd.get(), F_DUPFD_CLOEXEC, 0));
+    if (!copy) return ErrnoError() << What(k) << ": dup";
+    open_->by_id[k.fo->id()] = std::move(copy);
+  }
+  return Ok();
+}
+
+Result<void> UnixRestore::Fill() {
   for (auto& k : socks_) KLEAP_TRY(Refill(k));
   for (auto& k : socks_) {
     // A connection whose peer had closed: its end goes now, as the peer's did.
     k.temp_peer.reset();
   }
-  for (auto& k : socks_) {
-    KLEAP_TRY(Finish(k));
-    open_->by_id[k.fo->id()] = std::move(k.fd);
-  }
+  for (auto& k : socks_) KLEAP_TRY(Finish(k));
+  socks_.clear();
   return Ok();
 }
 
 }  // namespace
 
 Result<void> OpenUnixSockets(const img::FileTable& files, OpenFiles* open) {
-  UnixRestore r(open);
-  return r.Run(files);
+  auto r = std::make_shared<UnixRestore>(open);
+  KLEAP_TRY(r->Run(files));
+  open->unix_restore = r;
+  return Ok();
+}
+
+Result<void> FillUnixSockets(OpenFiles* open) {
+  auto r = std::static_pointer_cast<UnixRestore>(std::move(open->unix_restore));
+  return r ? r->Fill() : Ok();
 }
 
 Result<UniqueFd> OpenUnixSock(const img::FileObject& fo, ImageReader&, OpenFiles& files) {

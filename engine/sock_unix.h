@@ -29,5 +29,8 @@ std::vector<Problem> CheckUnixPeers(const std::vector<TaskInfo>& tasks);
 // The open phase: every unix socket of the set at once (a pair, a listener and its
 // backlog need each other), into open->by_id; OpenUnixSock then hands each out.
 Result<void> OpenUnixSockets(const img::FileTable& files, OpenFiles* open);
+// Once every other file of the set is open: the sockets' queues, with the files in
+// flight (SCM_RIGHTS), then their options, buffer sizes, shutdown and flags.
+Result<void> FillUnixSockets(OpenFiles* open);
 
 }  // namespace kleap

@@ -1,6 +1,9 @@
 /* unix01: unix sockets the engine refuses to carry (the `refuse` mode), by argument:
  *   inflight: a stream socketpair with a pipe's read end sent over it (SCM_RIGHTS) and
- *             not received yet;
+ *             not received yet (files in flight are carried on datagram and seqpacket
+ *             sockets only);
+ *   inflight-proc: a datagram socketpair with /proc/self/status in flight (a procfs
+ *             file is not carried);
  *   outside:  a stream socketpair whose other end belongs to a process outside the tree
  *             (a grandchild that left it, named unix01-peer);
  *   oob:      a stream socketpair with an out-of-band byte (MSG_OOB) pending;
@@ -86,7 +89,8 @@ static void peer_main(void) {
 int main(int argc, char** argv) {
   wl_init(argc, argv);
   const char* mode = argc > 2 ? argv[2] : "inflight";
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+  int proc = strcmp(mode, "inflight-proc") == 0;
+  if (socketpair(AF_UNIX, (proc ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0, sv) != 0)
     wl_die("main", "socketpair: %s", strerror(errno));
   int outside = strcmp(mode, "outside") == 0, oob = strcmp(mode, "oob") == 0;
   int taken = strcmp(mode, "path-taken") == 0, dir_gone = strcmp(mode, "dir-gone") == 0;
@@ -114,9 +118,14 @@ int main(int argc, char** argv) {
     waitpid(mid, NULL, 0);
     close(sv[1]);
   } else {
-    if (pipe2(pfd, O_CLOEXEC) != 0) wl_die("main", "pipe: %s", strerror(errno));
+    if (proc) {
+      pfd[0] = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+      if (pfd[0] < 0) wl_die("main", "open /proc/self/status: %s", strerror(errno));
+    } else if (pipe2(pfd, O_CLOEXEC) != 0 || write(pfd[1], "N", 1) != 1) {
+      wl_die("main", "pipe: %s", strerror(errno));
+    }
     send_fd(sv[0], pfd[0]);
-    if (write(pfd[1], "k", 1) != 1) wl_die("main", "write: %s", strerror(errno));
+    close(pfd[0]);
   }
   wl_ready("main");
   struct wl_check c;
@@ -137,7 +146,7 @@ int main(int argc, char** argv) {
   } else {
     int fd = recv_fd(sv[1]);
     char b = 0;
-    wl_check(&c, fd >= 0 && read(fd, &b, 1) == 1 && b == 'k',
+    wl_check(&c, fd >= 0 && read(fd, &b, 1) == 1 && b == 'N',
              "the fd in flight was not received whole (fd %d)", fd);
   }
   return wl_check_result("main", &c);
