@@ -216,6 +216,11 @@ Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s, const Infligh
   int saved = KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_PEEK_OFF, "SO_PEEK_OFF"));
   s->set_peek_off(saved);
   if (diag.rqueue == 0 && diag.type == SOCK_STREAM) return Ok();
+  // An unconnected seqpacket socket can't be read (ENOTCONN), and holds nothing to read.
+  if (diag.type == SOCK_SEQPACKET && diag.state != kConnected) {
+    if (diag.rqueue) return Err(ENOTSUP) << "an unconnected seqpacket socket with a queue";
+    return Ok();
+  }
   KLEAP_TRY(SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, 0, "SO_PEEK_OFF"));
   PeekOffGuard guard(fd, saved);
   std::vector<char> buf(1 << 16);

@@ -21,7 +21,8 @@
  *   me: a datagram socket on STATEDIR/me.sock connected to itself, a message to itself
  *       queued;
  *   sh: a stream pair, sh[0] shut down for writing after 100 bytes;
- *   pc: a stream pair whose other end was closed after sending 50 bytes.
+ *   pc: a stream pair whose other end was closed after sending 50 bytes;
+ *   uq: a seqpacket socket bound to an abstract name, neither connected nor listening.
  * After the restore: types, names, peer names, options, FIONREAD, every queued byte and
  * message boundary, the backlog accepted in its order, the shutdown states, and data
  * flowing both ways on every connection; lg gets lc's message and a new one; gn's next
@@ -51,9 +52,10 @@
 #define ACC_LEN 400
 
 static int sp[2], dp[2], qp[2], ls = -1, acc = -1, c1 = -1, c2 = -1, c3 = -1, ad = -1, ds = -1,
-                                sh[2], pc[2], lg = -1, lc = -1, gn = -1, dq[2], self_sk = -1;
+                                sh[2], pc[2], lg = -1, lc = -1, gn = -1, dq[2], self_sk = -1,
+                                uq = -1;
 static char ls_path[200], ds_path[200], lg_path[200], gone_path[200], me_path[200];
-static char c1_name[64], c2_name[64], c3_name[64], ad_name[64];
+static char c1_name[64], c2_name[64], c3_name[64], ad_name[64], uq_name[64];
 static unsigned char buf[1 << 16];
 
 static socklen_t set_addr(struct sockaddr_un* a, const char* name, int abstract) {
@@ -242,6 +244,8 @@ int main(int argc, char** argv) {
   c3 = make(SOCK_STREAM, c3_name, 1);
   do_connect(c3, ls_path, 0);
 
+  snprintf(uq_name, sizeof uq_name, "kleap-unix00-uq-%d", (int)getpid());
+  uq = make(SOCK_SEQPACKET, uq_name, 1);
   ad = make(SOCK_DGRAM, ad_name, 1);
   int anon = make(SOCK_DGRAM, NULL, 0);
   struct sockaddr_un a;
@@ -317,6 +321,11 @@ int main(int argc, char** argv) {
 
   wl_check(&c, sockopt(qp[0], SO_TYPE) == SOCK_SEQPACKET, "qp[0]: SO_TYPE %d",
            sockopt(qp[0], SO_TYPE));
+  char uq_now[128], uq_want[128];
+  name_of(uq, 0, uq_now, sizeof uq_now);
+  snprintf(uq_want, sizeof uq_want, "@%s", uq_name);
+  wl_check(&c, sockopt(uq, SO_TYPE) == SOCK_SEQPACKET && strcmp(uq_now, uq_want) == 0,
+           "uq: SO_TYPE %d name %s, want %s", sockopt(uq, SO_TYPE), uq_now, uq_want);
   wl_check(&c, sockopt(qp[0], SO_PASSCRED) == 1, "qp[0]: SO_PASSCRED %d",
            sockopt(qp[0], SO_PASSCRED));
   wl_check(&c, sockopt(qp[1], SO_PASSCRED) == 0, "qp[1]: SO_PASSCRED %d",
