@@ -32,6 +32,7 @@
 
 #include "engine/base/log.h"
 #include "engine/base/lookup.h"
+#include "engine/base/run_child.h"
 #include "engine/sock.h"
 #include "engine/sock_unix.h"
 
@@ -82,6 +83,12 @@ std::string ShowName(const std::string& name) {
   std::string out = "@";
   for (size_t i = 1; i < name.size(); ++i) out += isprint(uint8_t(name[i])) ? name[i] : '?';
   return out;
+}
+
+// The filesystem path of a socket's name (a relative one in its bind_dir), or its name.
+std::string PathOf(const img::UnixSock& s) {
+  if (s.bind_dir().empty()) return s.name();
+  return (s.bind_dir() == "/" ? "" : s.bind_dir()) + "/" + s.name();
 }
 
 const char* TypeName(uint32_t t) {
@@ -282,24 +289,48 @@ Result<void> PeekQueue(int fd, const Diag& diag, img::UnixSock* s, const Infligh
   return Ok();
 }
 
-// Problems of one socket that the socket alone shows (check and dump).
-std::string RefuseDiag(const Diag& d) {
-  if (!d.name.empty() && d.name[0] != '\0' && d.name[0] != '/')
-    return "it is bound to the relative path '" + d.name +
-           "', which can't be bound again from another directory";
-  if (!d.name.empty() && d.name[0] == '/' && d.vfs) {
+// A name bound by a relative path: the directory it resolves in, the task's working
+// directory when the socket file there is this socket's. Empty when not found.
+std::string RelativeBindDir(const Diag& d, pid_t pid) {
+  auto cwd = ReadLink(ProcPath(pid, "cwd"));
+  if (!cwd || cwd->empty() || (*cwd)[0] != '/') return "";
+  std::string path = (*cwd == "/" ? "" : *cwd) + "/" + d.name;
+  struct stat st;
+  if (!d.vfs || lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_ino != d.vfs_ino ||
+      st.st_dev != UserDev(d.vfs_dev))
+    return "";
+  return *cwd;
+}
+
+// Problems of one socket that the socket alone shows (check and dump); task pid holds it.
+// A relative name's directory goes to *bind_dir.
+std::string RefuseDiag(const Diag& d, pid_t pid, std::string* bind_dir = nullptr) {
+  std::string path = d.name;
+  if (!d.name.empty() && d.name[0] != '\0' && d.name[0] != '/') {
+    std::string dir = RelativeBindDir(d, pid);
+    if (dir.empty())
+      return "it is bound to the relative path '" + d.name +
+             "', and its socket file is not in the task's working directory: the directory "
+             "it was bound in can't be found";
+    path = (dir == "/" ? "" : dir) + "/" + d.name;
+    if (path.size() >= kMaxName)
+      return "it is bound to the relative path '" + d.name + "' in " + dir +
+             ", too long a path to reach it from another directory";
+    if (bind_dir) *bind_dir = dir;
+  }
+  if (!path.empty() && path[0] == '/' && d.vfs) {
     // The restore binds the name again: the path must be its own socket file, or free
     // in a directory that still exists.
     struct stat st;
-    if (lstat(d.name.c_str(), &st) == 0) {
+    if (lstat(path.c_str(), &st) == 0) {
       if (!S_ISSOCK(st.st_mode) || st.st_ino != d.vfs_ino || st.st_dev != UserDev(d.vfs_dev))
-        return "its bound path " + d.name +
+        return "its bound path " + path +
                " names another file now (its own was unlinked): the name can't be bound again "
                "while that file is there";
     } else {
-      std::string dir = d.name.substr(0, d.name.rfind('/'));
+      std::string dir = path.substr(0, path.rfind('/'));
       if (!dir.empty() && stat(dir.c_str(), &st) != 0)
-        return "the directory of its bound path " + d.name +
+        return "the directory of its bound path " + path +
                " is gone: the name can't be bound again";
     }
   }
@@ -343,7 +374,7 @@ std::string RefuseUnixSock(const FdDesc& d) {
     if (recv(grabbed->get(), &c, 1, MSG_OOB | MSG_PEEK | MSG_DONTWAIT) == 1)
       return "an out-of-band byte (MSG_OOB) is pending; it is not carried";
   }
-  return RefuseDiag(*diag);
+  return RefuseDiag(*diag, d.pid);
 }
 
 std::vector<Problem> CheckUnixPeers(const std::vector<TaskInfo>& tasks) {
@@ -424,14 +455,15 @@ std::vector<Problem> CheckUnixPeers(const std::vector<TaskInfo>& tasks) {
           p.reason = "a connection waits in its backlog from " + other(c) + ", outside the tree";
         if (!p.reason.empty()) break;
       }
-    } else if (d.peer && !mine.count(d.peer)) {
-      auto l = waiting_in.find(ino);
-      if (l == waiting_in.end())
-        p.reason = "it is connected to " + other(d.peer) + ", outside the tree";
-      else if (!mine.count(l->second->ino))
+    } else if (auto l = waiting_in.find(ino); l != waiting_in.end()) {
+      // A client in a backlog: its peer is the listener's embryo socket, which has no
+      // inode (UNIX_DIAG shows peer 0).
+      if (!mine.count(l->second->ino))
         p.reason = "it waits in the backlog of " + other(l->second->ino) + ", outside the tree";
       else if (d.wqueue)
         p.reason = "it sent data on a connection not accepted yet; that data can't be read back";
+    } else if (d.peer && !mine.count(d.peer)) {
+      p.reason = "it is connected to " + other(d.peer) + ", outside the tree";
     }
     if (!p.reason.empty()) out.push_back(std::move(p));
   }
@@ -442,25 +474,30 @@ std::vector<Problem> CheckUnixPeers(const std::vector<TaskInfo>& tasks) {
 
 Result<void> DumpUnixSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
   Diag diag = KLEAP_TRY(DiagOf(uint32_t(d.st.st_ino)));
-  if (std::string why = RefuseDiag(diag); !why.empty()) return Err(ENOTSUP) << why;
+  std::string bind_dir;
+  if (std::string why = RefuseDiag(diag, d.pid, &bind_dir); !why.empty())
+    return Err(ENOTSUP) << why;
   img::UnixSock* s = fo->mutable_unix_sock();
   s->set_type(diag.type);
   s->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));
   s->set_state(diag.state);
   s->set_ino(diag.ino);
   s->set_name(diag.name);
+  s->set_bind_dir(bind_dir);
   s->set_peer_ino(diag.peer);
   s->set_peer_gone(diag.type == SOCK_DGRAM && diag.state == kConnected && diag.has_peer &&
                    !diag.peer);
   for (uint32_t c : diag.icons) s->add_icons(c);
   if (diag.state == kListening) s->set_backlog(diag.wqueue);
   s->set_shutdown(diag.shutdown);
-  if (!diag.name.empty() && diag.name[0] == '/' && diag.vfs) {
+  std::string path =
+      bind_dir.empty() ? diag.name : (bind_dir == "/" ? "" : bind_dir) + "/" + diag.name;
+  if (!path.empty() && path[0] == '/' && diag.vfs) {
     dev_t dev = UserDev(diag.vfs_dev);
     s->set_file_dev(dev);
     s->set_file_ino(diag.vfs_ino);
     struct stat st;
-    if (lstat(diag.name.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == diag.vfs_ino &&
+    if (lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_ino == diag.vfs_ino &&
         st.st_dev == dev) {
       s->set_file_present(true);
       s->set_file_mode(st.st_mode & 07777);
@@ -506,8 +543,13 @@ Result<void> ValidateUnixSock(const img::FileObject& fo) {
     return bad() << "a listener must be a named stream or seqpacket socket";
   if (s.name().size() > kMaxName) return bad() << "name of " << s.name().size() << " bytes";
   if (!s.name().empty() && s.name()[0] != '\0' &&
-      (s.name()[0] != '/' || s.name().find('\0') != std::string::npos))
+      ((s.name()[0] != '/' && (s.bind_dir().empty() || s.bind_dir()[0] != '/')) ||
+       s.name().find('\0') != std::string::npos))
     return bad() << "name '" << s.name() << "'";
+  if (!s.bind_dir().empty() &&
+      (s.name().empty() || s.name()[0] == '/' || s.name()[0] == '\0' ||
+       s.bind_dir().find('\0') != std::string::npos || PathOf(s).size() >= kMaxName))
+    return bad() << "bind_dir '" << s.bind_dir() << "' for name '" << s.name() << "'";
   if (s.state() != kListening && (s.icons_size() || s.backlog()))
     return bad() << "a backlog on a socket that doesn't listen";
   if (s.backlog() > (1u << 20) || s.icons_size() > kMaxMessages) return bad() << "backlog";
@@ -622,7 +664,7 @@ class UnixRestore {
                                 const sockaddr_un* to, socklen_t to_len, const std::string& what);
   Result<void> Finish(Sock& k);
   // A datagram socket of our own connects to `name` and closes.
-  Result<void> ConnectAndClose(const std::string& name, const std::string& what);
+  Result<void> ConnectAndClose(const img::UnixSock& s, const std::string& what);
 
   OpenFiles* open_;
   std::vector<Sock> socks_;
@@ -640,8 +682,13 @@ Result<UniqueFd> UnixRestore::NewSocket(uint32_t type) {
 
 // Binds a name again. A socket file still at the path is unlinked only when it is the
 // one the dumped socket was bound to.
+// The address that reaches a socket from the controller.
+Addr TargetAddr(const img::UnixSock& s) {
+  return MakeAddr(PathOf(s));
+}
+
 Result<void> UnixRestore::Bind(int fd, const img::UnixSock& s, const std::string& what) {
-  const std::string& name = s.name();
+  const std::string name = PathOf(s);
   bool path = name[0] != '\0';
   if (path) {
     struct stat st;
@@ -653,12 +700,25 @@ Result<void> UnixRestore::Bind(int fd, const img::UnixSock& s, const std::string
       if (unlink(name.c_str()) < 0) return ErrnoError() << what << ": unlink the stale " << name;
     }
   }
-  Addr a = MakeAddr(name);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a.sun), a.len) < 0) {
-    Error e = ErrnoError();
-    e << what << ": bind " << ShowName(name);
-    if (e.code() == EADDRINUSE) e << ": the name is taken";
-    return e;
+  auto bind_name = [&](const std::string& n) -> Result<void> {
+    Addr a = MakeAddr(n);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&a.sun), a.len) < 0) {
+      Error e = ErrnoError();
+      e << what << ": bind " << ShowName(name);
+      if (e.code() == EADDRINUSE) e << ": the name is taken";
+      return e;
+    }
+    return Ok();
+  };
+  if (s.bind_dir().empty()) {
+    KLEAP_TRY(bind_name(name));
+  } else {
+    // Bound again by its relative name, from its directory: a child of ours goes there
+    // and binds our socket (the same one: fork shares it), so the name stays relative.
+    KLEAP_TRY(RunInChild(what + ": bind in " + s.bind_dir(), [&]() -> Result<void> {
+      if (chdir(s.bind_dir().c_str()) < 0) return ErrnoError() << "chdir " << s.bind_dir();
+      return bind_name(s.name());
+    }));
   }
   if (path) {
     if (!s.file_present()) unlink_.insert(name);
@@ -716,7 +776,7 @@ Result<void> UnixRestore::MakePair(Sock& a, Sock* b) {
   *client_fd = KLEAP_TRY(NewSocket(a.s->type()));
   if (client && !client->s->name().empty())
     KLEAP_TRY(Bind(client_fd->get(), *client->s, What(*client)));
-  Addr to = MakeAddr(server->s->name());
+  Addr to = TargetAddr(*server->s);
   if (connect(client_fd->get(), reinterpret_cast<sockaddr*>(&to.sun), to.len) < 0)
     return ErrnoError() << What(*server) << ": connect to its listener";
   server_fd->reset(accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
@@ -724,9 +784,9 @@ Result<void> UnixRestore::MakePair(Sock& a, Sock* b) {
   return Ok();
 }
 
-Result<void> UnixRestore::ConnectAndClose(const std::string& name, const std::string& what) {
+Result<void> UnixRestore::ConnectAndClose(const img::UnixSock& s, const std::string& what) {
   UniqueFd c = KLEAP_TRY(NewSocket(SOCK_DGRAM));
-  Addr to = MakeAddr(name);
+  Addr to = TargetAddr(s);
   if (connect(c.get(), reinterpret_cast<sockaddr*>(&to.sun), to.len) < 0)
     return ErrnoError() << what << ": connect a socket of ours to it";
   return Ok();
@@ -787,7 +847,7 @@ Result<void> UnixRestore::Refill(Sock& k) {
     return Ok();
   }
   Addr to;
-  if (!k.s->name().empty()) to = MakeAddr(k.s->name());
+  if (!k.s->name().empty()) to = TargetAddr(*k.s);
   uint64_t queue_room = 1 << 16;
   for (auto& m : k.s->queue()) queue_room += m.data().size() + 2048;
   for (auto& m : k.s->queue()) {
@@ -945,13 +1005,13 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
       if (k.s->peer_gone()) continue;
       // No peer of its own, marked connected because others connected to it: so it is
       // again.
-      KLEAP_TRY(ConnectAndClose(k.s->name(), What(k)));
+      KLEAP_TRY(ConnectAndClose(*k.s, What(k)));
       continue;
     }
     if (k.peer < 0) return Err(ENOTSUP) << What(k) << ": its peer is not in the set";
     const Sock& p = socks_[size_t(k.peer)];
     if (p.s->name().empty()) continue;  // the socketpair above
-    Addr to = MakeAddr(p.s->name());
+    Addr to = TargetAddr(*p.s);
     if (connect(k.fd.get(), reinterpret_cast<sockaddr*>(&to.sun), to.len) < 0)
       return ErrnoError() << What(k) << ": connect to " << ShowName(p.s->name());
   }
@@ -966,7 +1026,7 @@ Result<void> UnixRestore::Run(const img::FileTable& files) {
   // The clients waiting in each backlog, in its order.
   for (auto& l : socks_) {
     if (l.s->state() != kListening) continue;
-    Addr to = MakeAddr(l.s->name());
+    Addr to = TargetAddr(*l.s);
     for (uint32_t c : l.s->icons()) {
       Sock& k = socks_[Lookup(by_ino_, c)];
       if (k.fd) return Err(EINVAL) << "files.img: " << What(k) << " waits in two places";

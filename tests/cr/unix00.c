@@ -22,7 +22,10 @@
  *       queued;
  *   sh: a stream pair, sh[0] shut down for writing after 100 bytes;
  *   pc: a stream pair whose other end was closed after sending 50 bytes;
- *   uq: a seqpacket socket bound to an abstract name, neither connected nor listening.
+ *   uq: a seqpacket socket bound to an abstract name, neither connected nor listening;
+ *   rl: a stream listener bound by the relative path "rel.sock" from STATEDIR (the
+ *       task's working directory), with rc connected and accepted as ra; rd: a datagram
+ *       socket bound to "reld.sock" the same way, holding a message from rc2, unnamed.
  * After the restore: types, names, peer names, options, FIONREAD, every queued byte and
  * message boundary, the backlog accepted in its order, the shutdown states, and data
  * flowing both ways on every connection; lg gets lc's message and a new one; gn's next
@@ -53,7 +56,7 @@
 
 static int sp[2], dp[2], qp[2], ls = -1, acc = -1, c1 = -1, c2 = -1, c3 = -1, ad = -1, ds = -1,
                                 sh[2], pc[2], lg = -1, lc = -1, gn = -1, dq[2], self_sk = -1,
-                                uq = -1;
+                                uq = -1, rl = -1, rc = -1, ra = -1, rd = -1;
 static char ls_path[200], ds_path[200], lg_path[200], gone_path[200], me_path[200];
 static char c1_name[64], c2_name[64], c3_name[64], ad_name[64], uq_name[64];
 static unsigned char buf[1 << 16];
@@ -244,6 +247,19 @@ int main(int argc, char** argv) {
   c3 = make(SOCK_STREAM, c3_name, 1);
   do_connect(c3, ls_path, 0);
 
+  if (fchdir(wl_dirfd) != 0) wl_die("root", "chdir STATEDIR: %s", strerror(errno));
+  rl = make(SOCK_STREAM, "rel.sock", 0);
+  if (listen(rl, 2) != 0) wl_die("root", "listen rel.sock: %s", strerror(errno));
+  rc = make(SOCK_STREAM, NULL, 0);
+  do_connect(rc, "rel.sock", 0);
+  ra = accept(rl, NULL, NULL);
+  rd = make(SOCK_DGRAM, "reld.sock", 0);
+  int rc2 = make(SOCK_DGRAM, NULL, 0);
+  struct sockaddr_un ra_addr;
+  socklen_t ra_len = set_addr(&ra_addr, "reld.sock", 0);
+  if (ra < 0 || sendto(rc2, "rel!", 4, 0, (struct sockaddr*)&ra_addr, ra_len) != 4)
+    wl_die("root", "rel: %s", strerror(errno));
+  close(rc2);
   snprintf(uq_name, sizeof uq_name, "kleap-unix00-uq-%d", (int)getpid());
   uq = make(SOCK_SEQPACKET, uq_name, 1);
   ad = make(SOCK_DGRAM, ad_name, 1);
@@ -321,6 +337,25 @@ int main(int argc, char** argv) {
 
   wl_check(&c, sockopt(qp[0], SO_TYPE) == SOCK_SEQPACKET, "qp[0]: SO_TYPE %d",
            sockopt(qp[0], SO_TYPE));
+  char rn[128], rn2[128], rn3[128], rn4[128];
+  name_of(rl, 0, rn, sizeof rn);
+  name_of(ra, 0, rn2, sizeof rn2);
+  name_of(rc, 1, rn3, sizeof rn3);
+  name_of(rd, 0, rn4, sizeof rn4);
+  wl_check(&c,
+           !strcmp(rn, "rel.sock") && !strcmp(rn2, "rel.sock") && !strcmp(rn3, "rel.sock") &&
+               !strcmp(rn4, "reld.sock"),
+           "relative names: rl %s ra %s rc's peer %s rd %s", rn, rn2, rn3, rn4);
+  char rb[8] = {0};
+  wl_check(&c, recv(rd, rb, sizeof rb, MSG_DONTWAIT) == 4 && !memcmp(rb, "rel!", 4),
+           "rd: its message is gone");
+  int rc3 = make(SOCK_STREAM, NULL, 0);
+  struct sockaddr_un rl_addr;
+  socklen_t rl_len = set_addr(&rl_addr, "rel.sock", 0);
+  int ra3 = -1;
+  if (connect(rc3, (struct sockaddr*)&rl_addr, rl_len) == 0) ra3 = accept(rl, NULL, NULL);
+  wl_check(&c, ra3 >= 0 && write(rc, "1", 1) == 1 && wl_read_full(ra, rb, 1) == 1,
+           "rl: a new connection by its relative name or the old one fails: %s", strerror(errno));
   char uq_now[128], uq_want[128];
   name_of(uq, 0, uq_now, sizeof uq_now);
   snprintf(uq_want, sizeof uq_want, "@%s", uq_name);

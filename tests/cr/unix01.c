@@ -9,7 +9,11 @@
  *   oob:      a stream socketpair with an out-of-band byte (MSG_OOB) pending;
  *   path-taken: a datagram socket bound to STATEDIR/s, whose socket file was unlinked
  *             and a FIFO made at its path;
- *   dir-gone: a datagram socket bound to STATEDIR/d/s, its file and directory removed.
+ *   dir-gone: a datagram socket bound to STATEDIR/d/s, its file and directory removed;
+ *   rel-moved: a datagram socket bound by the relative path "r.sock" from STATEDIR, the
+ *             task then gone to /: the directory it was bound in can't be found;
+ *   backlog-data: a stream listener on STATEDIR/l.sock with a client waiting in its
+ *             backlog that sent 7 bytes (nobody accepted: the data can't be read back).
  * `kleap check` must name the socket with the reason and `kleap dump` must fail; the
  * tree keeps running. On SIGUSR1: the fd in flight is received whole, or the outside peer
  * still answers. */
@@ -94,7 +98,22 @@ int main(int argc, char** argv) {
     wl_die("main", "socketpair: %s", strerror(errno));
   int outside = strcmp(mode, "outside") == 0, oob = strcmp(mode, "oob") == 0;
   int taken = strcmp(mode, "path-taken") == 0, dir_gone = strcmp(mode, "dir-gone") == 0;
-  if (taken || dir_gone) {
+  int rel_moved = strcmp(mode, "rel-moved") == 0, backlog = strcmp(mode, "backlog-data") == 0;
+  if (backlog) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s/l.sock", wl_statedir);
+    int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int cl = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0 || cl < 0 || bind(l, (struct sockaddr*)&a, sizeof a) != 0 || listen(l, 4) != 0 ||
+        connect(cl, (struct sockaddr*)&a, sizeof a) != 0 || write(cl, "backlog", 7) != 7)
+      wl_die("main", "backlog-data: %s", strerror(errno));
+  } else if (rel_moved) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX, .sun_path = "r.sock"};
+    int d = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fchdir(wl_dirfd) != 0 || d < 0 || bind(d, (struct sockaddr*)&a, sizeof a) != 0 ||
+        chdir("/") != 0)
+      wl_die("main", "bind r.sock: %s", strerror(errno));
+  } else if (taken || dir_gone) {
     char path[300];
     snprintf(path, sizeof path, "%s/%s", wl_statedir, taken ? "s" : "d/s");
     if (dir_gone && mkdirat(wl_dirfd, "d", 0755) != 0) wl_die("main", "mkdir: %s", strerror(errno));
@@ -130,7 +149,7 @@ int main(int argc, char** argv) {
   wl_ready("main");
   struct wl_check c;
   if (wl_await("main", &c) != 0) return 1;
-  if (taken || dir_gone) {
+  if (taken || dir_gone || rel_moved || backlog) {
     /* nothing to see: the tree ran on */
   } else if (oob) {
     char b = 0;
