@@ -62,7 +62,9 @@ namespace {
 constexpr const char* kDeletedSuffix = " (deleted)";
 
 // The data an unlinked file may hold to be carried in the set (its holes are free).
-constexpr uint64_t kGhostLimit = 1 << 20;
+// (Binaries and libraries that daemons still map after a package upgrade replaced them
+// are the common case: a few MiB each.)
+constexpr uint64_t kGhostLimit = 64 << 20;
 
 // The data runs of a file [offset, length), holes left out (SEEK_DATA/SEEK_HOLE; a
 // file system without them is one run).
@@ -476,6 +478,28 @@ Result<uint64_t> DumpInflightFile(DumpContext& ctx, UniqueFd fd, const std::stri
   return KLEAP_TRY_CTX(DumpFileObject(ctx, std::move(d)), "a file in flight to " << where);
 }
 
+std::string RefuseMappedGhost(const std::string& proc_path) {
+  UniqueFd fd(open(proc_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return "open " + proc_path + ": " + strerror(errno);
+  auto d = DescribeFd(getpid(), fd.get());
+  if (!d) return d.error().ToString();
+  if (d->type == FdType::kRegular && d->deleted) return "";
+  return d->reason.empty() ? "a mapped file deleted since, but not a regular unlinked file"
+                           : d->reason;
+}
+
+Result<uint64_t> DumpMappedGhost(DumpContext& ctx, const std::string& proc_path,
+                                 const std::string& where) {
+  UniqueFd fd(open(proc_path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return ErrnoError() << where << ": open " << proc_path;
+  FdDesc d = KLEAP_TRY_CTX(DescribeFd(getpid(), fd.get()), where);
+  if (d.type != FdType::kRegular || !d.deleted)
+    return Err(ENOTSUP) << where << ": " << d.what << ": "
+                        << (d.reason.empty() ? "not a regular unlinked file" : d.reason);
+  ctx.inflight_fds.push_back(std::move(fd));  // held until the dump ends, for kcmp
+  return KLEAP_TRY_CTX(DumpFileObject(ctx, std::move(d)), where);
+}
+
 Result<void> DumpFds(DumpContext& ctx, const TaskInfo& task, img::FdTable* table) {
   pid_t pid = task.pid;
   table->set_pid(pid);
@@ -602,23 +626,26 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
       return ErrnoError() << "set the size, owner, mode and times of deleted file " << reg.path();
     // Give it its old name for a moment, so the reopened fd reads "PATH (deleted)".
     std::string link = "/proc/self/fd/" + std::to_string(tmp.get());
-    UniqueFd keep;  // for the descriptions that name it by ghost_of
+    // Held for the descriptions and mappings that name it (ghost_of, ghost_file), read-only:
+    // a writer would keep it from becoming an executable again (PR_SET_MM_MAP refuses a
+    // file open for writing), and a reopen through /proc may still write.
+    UniqueFd keep;
     if (tmpfile) {
       fd = std::move(tmp);
-      keep =
-          UniqueFd(open(("/proc/self/fd/" + std::to_string(fd.get())).c_str(), O_RDWR | O_CLOEXEC));
+      keep = UniqueFd(
+          open(("/proc/self/fd/" + std::to_string(fd.get())).c_str(), O_RDONLY | O_CLOEXEC));
     } else if (linkat(AT_FDCWD, link.c_str(), AT_FDCWD, reg.path().c_str(), AT_SYMLINK_FOLLOW) ==
                0) {
       fd = OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0);
       int saved = errno;
-      keep = UniqueFd(open(reg.path().c_str(), O_RDWR | O_CLOEXEC));
+      keep = UniqueFd(open(reg.path().c_str(), O_RDONLY | O_CLOEXEC));
       unlink(reg.path().c_str());
       errno = saved;
       if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
     } else {
       fd = OpenLikeTask(link, flags | O_CLOEXEC, 0);
       if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
-      keep = std::move(tmp);
+      keep = UniqueFd(open(link.c_str(), O_RDONLY | O_CLOEXEC));
     }
     if (!keep) return ErrnoError() << "hold deleted file " << reg.path();
     files.ghosts[fo.id()] = std::move(keep);

@@ -18,6 +18,7 @@
 #include "engine/aio.h"
 #include "engine/base/log.h"
 #include "engine/base/page.h"
+#include "engine/files.h"
 
 namespace kleap {
 namespace {
@@ -69,7 +70,12 @@ VmaClass ClassifyVma(const MapsEntry& m, pid_t pid) {
   } else if (p[0] == '[') {
     c.reason = "special mapping " + p + " is not supported";
   } else if (EndsWith(p, " (deleted)")) {
-    c.reason = "the mapped file was deleted or replaced since it was mapped";
+    // A file deleted or replaced since it was mapped (a library after a package
+    // upgrade): carried whole, as an unlinked file (files.cc).
+    c.kind = m.shared ? img::Vma::FILE_SHARED : img::Vma::FILE_PRIVATE;
+    c.reason = pid ? RefuseMappedGhost(MapFilesPath(pid, m.start, m.end))
+                   : "a mapped file deleted since is only classified with the task's pid";
+    c.ghost = c.reason.empty();
   } else if (p[0] == '/') {
     c.kind = m.shared ? img::Vma::FILE_SHARED : img::Vma::FILE_PRIVATE;
     // Files under /dev are devices, but for regular files there (POSIX shm in /dev/shm).
@@ -248,6 +254,9 @@ Result<void> DumpMmLayout(DumpContext& ctx, const TaskInfo& task, img::MmImage* 
   if (stat(ProcPath(pid, "exe").c_str(), &est) < 0)
     return ErrnoError() << "stat exe of task " << pid;
   *mm->mutable_exe() = KLEAP_TRY(IdentifyFile(ProcPath(pid, "exe"), est));
+  if (est.st_nlink == 0 && EndsWith(exe, " (deleted)"))
+    mm->set_exe_ghost(KLEAP_TRY(
+        DumpMappedGhost(ctx, ProcPath(pid, "exe"), "task " + std::to_string(pid) + " executable")));
   // Address-space flags that only the task can be asked about.
   mm->set_thp_disabled(KLEAP_TRY_CTX(WithArch(task.arch,
                                               [&](auto a) {
@@ -334,6 +343,15 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
       case img::Vma::FILE_PRIVATE:
       case img::Vma::FILE_SHARED: {
         v->set_path(m.path);
+        if (c.ghost) {
+          v->set_ghost_file(
+              KLEAP_TRY(DumpMappedGhost(ctx, MapFilesPath(pid, m.start, m.end), where)));
+          if (c.kind == img::Vma::FILE_PRIVATE)
+            KLEAP_TRY_CTX(
+                DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf, &ctx.page_bytes),
+                where);
+          break;
+        }
         struct stat fst, pst;
         if (stat(MapFilesPath(pid, m.start, m.end).c_str(), &fst) < 0)
           return ErrnoError() << where << ": stat";

@@ -10,6 +10,7 @@ struct VmaClass {
   img::Vma::Kind kind = img::Vma::ANON_PRIVATE;
   bool skip = false;
   bool mem_file = false;  // FILE_*: a memfd or an unlinked tmpfs file, carried as a shmem object
+  bool ghost = false;     // FILE_*: a file on disk deleted since it was mapped, carried whole
   std::string reason;     // non-empty: can't be carried
 };
 // With the task's pid, memfds and unlinked tmpfs files are told apart (their map_files).

@@ -126,8 +126,24 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
   KLEAP_TRY(ValidateTimeNamespaces(plan.pstree));
   KLEAP_TRY(ValidateFileObjects(plan.files));
   KLEAP_TRY(ValidateShmem(plan));
-  std::set<uint64_t> file_ids;
-  for (auto& f : plan.files.files()) file_ids.insert(f.id());
+  std::set<uint64_t> file_ids, unlinked;
+  for (auto& f : plan.files.files()) {
+    file_ids.insert(f.id());
+    if (f.has_reg() && f.reg().deleted() && S_ISREG(f.reg().mode())) unlinked.insert(f.id());
+  }
+  // A mapping or executable carried as an unlinked file names one of files.img.
+  for (auto& [pid, mm] : plan.mms) {
+    for (auto& v : mm.vmas())
+      if (v.ghost_file() &&
+          (!unlinked.count(v.ghost_file()) ||
+           (v.kind() != img::Vma::FILE_PRIVATE && v.kind() != img::Vma::FILE_SHARED) ||
+           v.shmem_id()))
+        return Err(EINVAL) << MmImage(pid) << ": mapping " << Hex(v.start()) << ": ghost_file "
+                           << v.ghost_file() << " is no unlinked file of the set";
+    if (mm.exe_ghost() && !unlinked.count(mm.exe_ghost()))
+      return Err(EINVAL) << MmImage(pid) << ": exe_ghost " << mm.exe_ghost()
+                         << " is no unlinked file of the set";
+  }
   for (auto& [pid, table] : plan.fdtables)
     for (auto& e : table.fds()) {
       if (e.fd() < 0 || e.fd() > (1 << 20))
@@ -210,12 +226,14 @@ Result<void> CheckFileIdentities(const RestorePlan& plan, ImageReader& images) {
     return Ok();
   };
   for (auto& [pid, mm] : plan.mms) {
+    // (A shmem object of the set, or an unlinked file of it, is made anew, not found.)
     for (auto& v : mm.vmas())
       if ((v.kind() == img::Vma::FILE_PRIVATE || v.kind() == img::Vma::FILE_SHARED) &&
-          v.shmem_id() == 0)  // a shmem object of the set is made anew, not found
+          v.shmem_id() == 0 && v.ghost_file() == 0)
         KLEAP_TRY(check(v.path(), v.file(),
                         "task " + std::to_string(pid) + " mapping " + Hex(v.start())));
-    KLEAP_TRY(check(mm.exe_path(), mm.exe(), "task " + std::to_string(pid) + " executable"));
+    if (!mm.exe_ghost())
+      KLEAP_TRY(check(mm.exe_path(), mm.exe(), "task " + std::to_string(pid) + " executable"));
   }
   return Ok();
 }

@@ -16,7 +16,7 @@
  * through fd 100 moves the offset of the ro.txt fd, /dev/zero reads zeros.
  * With the argument "procfs" it also holds /proc/self/status and the directory
  * /proc/self/task open, which kleap must refuse (cr.refuse.fd00.procfs); with
- * "big-ghost" an unlinked file with 2 MiB of data, above what the set carries
+ * "big-ghost" an unlinked file with 65 MiB of data, above what the set carries
  * (cr.refuse.fd00.big-ghost). */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -156,9 +156,11 @@ int main(int argc, char** argv) {
     snprintf(path, sizeof path, "%s/big.txt", wl_statedir);
     int bfd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     static char mib[1 << 20];
-    if (bfd < 0 || write(bfd, mib, sizeof mib) != sizeof mib ||
-        write(bfd, mib, sizeof mib) != sizeof mib || unlink(path) != 0)
-      wl_die("main", "big.txt: %s", strerror(errno));
+    memset(mib, 'b', sizeof mib);
+    for (int i = 0; i < 65; i++)
+      if (bfd < 0 || write(bfd, mib, sizeof mib) != sizeof mib)
+        wl_die("main", "big.txt: %s", strerror(errno));
+    if (unlink(path) != 0) wl_die("main", "big.txt: %s", strerror(errno));
   }
 
   track("STATEDIR directory", open(wl_statedir, O_RDONLY | O_DIRECTORY), 0);
