@@ -39,7 +39,8 @@ std::vector<Problem> CheckTaskState(pid_t pid) {
     }
   auto cwd = ReadLink(ProcPath(pid, "cwd"));
   if (cwd && cwd->size() > 10 && cwd->compare(cwd->size() - 10, 10, " (deleted)") == 0)
-    out.push_back({pid, "cwd", *cwd, "the working directory was deleted"});
+    if (std::string why = RefuseMappedGhost(ProcPath(pid, "cwd")); !why.empty())
+      out.push_back({pid, "cwd", *cwd, "the working directory was deleted: " + why});
   auto ns = CheckNamespaces(pid);
   out.insert(out.end(), ns.begin(), ns.end());
   auto timers = CheckTimers(pid);

@@ -15,6 +15,7 @@
 #include "engine/context.h"
 #include "engine/core.h"
 #include "engine/creds.h"
+#include "engine/files.h"
 #include "engine/locks.h"
 #include "engine/remote_mem.h"
 #include "engine/seccomp.h"
@@ -179,6 +180,10 @@ Result<void> DumpCore(DumpContext& ctx, const TaskInfo& task, img::TaskCore* cor
   core->set_umask(
       uint32_t(KLEAP_TRY(ParseNumber(umask, 8, "Umask of task " + std::to_string(pid)))));
   core->set_cwd(KLEAP_TRY(ReadLink(ProcPath(pid, "cwd"))));
+  if (core->cwd().size() > 10 &&
+      core->cwd().compare(core->cwd().size() - 10, 10, " (deleted)") == 0)
+    core->set_cwd_ghost(KLEAP_TRY(
+        DumpMappedGhost(ctx, ProcPath(pid, "cwd"), "task " + std::to_string(pid) + " cwd")));
   core->set_root(KLEAP_TRY(ReadLink(ProcPath(pid, "root"))));
   // /proc/PID/limits, not prlimit(): reading another uid's limits needs CAP_SYS_RESOURCE.
   auto limits = KLEAP_TRY(ParseLimits(KLEAP_TRY(ReadFileToString(ProcPath(pid, "limits")))));

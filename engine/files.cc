@@ -262,9 +262,21 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd, pid_t numbers_of) {
     }
   } else if (S_ISDIR(d.st.st_mode)) {
     d.type = FdType::kDirectory;
-    if (EndsWith(d.link, kDeletedSuffix)) {
-      d.type = FdType::kUnsupported;
-      d.reason = "a deleted directory can't be reopened";
+    if (EndsWith(d.link, kDeletedSuffix) && d.st.st_nlink == 0) {
+      // Removed while open (empty, then): made again at its path and removed again, so
+      // its path must be free and its parent there.
+      d.deleted = true;
+      std::string path = d.link.substr(0, d.link.size() - strlen(kDeletedSuffix));
+      std::string parent = path.substr(0, path.rfind('/'));
+      struct stat pst;
+      if (path.empty() || path[0] != '/')
+        d.reason = "a deleted directory without a path";
+      else if (lstat(path.c_str(), &pst) == 0)
+        d.reason =
+            "a deleted directory whose path names another file now: it can't be made "
+            "again there";
+      else if (stat(parent.empty() ? "/" : parent.c_str(), &pst) != 0 || !S_ISDIR(pst.st_mode))
+        d.reason = "a deleted directory whose parent is gone too: it can't be made again";
     }
   } else if (S_ISCHR(d.st.st_mode)) {
     if (CarriedCharDevice(d.st.st_rdev)) {
@@ -428,10 +440,15 @@ Result<void> DumpRegFile(DumpContext& ctx, const FdDesc& d, img::FileObject* fo)
     // processes): made once at restore, and reopened.
     auto [it, first] = ctx.ghost_ids.emplace(
         std::make_pair(uint64_t(d.st.st_dev), uint64_t(d.st.st_ino)), fo->id());
-    if (first)
-      KLEAP_TRY(DumpGhostContent(ctx, d, fo->id(), reg));
-    else
+    if (!first) {
       reg->set_ghost_of(it->second);
+    } else if (S_ISDIR(d.st.st_mode)) {
+      reg->set_uid(d.st.st_uid);  // empty: its owner and times are all it holds
+      reg->set_gid(d.st.st_gid);
+      reg->set_atime_ns(int64_t(d.st.st_atim.tv_sec) * 1000000000 + d.st.st_atim.tv_nsec);
+    } else {
+      KLEAP_TRY(DumpGhostContent(ctx, d, fo->id(), reg));
+    }
   }
   return Ok();
 }
@@ -483,8 +500,8 @@ std::string RefuseMappedGhost(const std::string& proc_path) {
   if (!fd) return "open " + proc_path + ": " + strerror(errno);
   auto d = DescribeFd(getpid(), fd.get());
   if (!d) return d.error().ToString();
-  if (d->type == FdType::kRegular && d->deleted) return "";
-  return d->reason.empty() ? "a mapped file deleted since, but not a regular unlinked file"
+  if ((d->type == FdType::kRegular || d->type == FdType::kDirectory) && d->deleted) return "";
+  return d->reason.empty() ? "deleted since, but not a regular file or directory without a name"
                            : d->reason;
 }
 
@@ -493,9 +510,10 @@ Result<uint64_t> DumpMappedGhost(DumpContext& ctx, const std::string& proc_path,
   UniqueFd fd(open(proc_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return ErrnoError() << where << ": open " << proc_path;
   FdDesc d = KLEAP_TRY_CTX(DescribeFd(getpid(), fd.get()), where);
-  if (d.type != FdType::kRegular || !d.deleted)
+  if ((d.type != FdType::kRegular && d.type != FdType::kDirectory) || !d.deleted)
     return Err(ENOTSUP) << where << ": " << d.what << ": "
-                        << (d.reason.empty() ? "not a regular unlinked file" : d.reason);
+                        << (d.reason.empty() ? "not a regular file or directory without a name"
+                                             : d.reason);
   ctx.inflight_fds.push_back(std::move(fd));  // held until the dump ends, for kcmp
   return KLEAP_TRY_CTX(DumpFileObject(ctx, std::move(d)), where);
 }
@@ -563,7 +581,10 @@ Result<void> ValidateRegFile(const img::FileObject& fo) {
   if (reg.ghost_of() && (!reg.deleted() || !reg.ghost_blob().empty() || reg.ghost_of() >= fo.id()))
     return bad() << "ghost_of " << reg.ghost_of() << " on a file that holds its own content, "
                  << "or not an earlier file";
-  if (reg.deleted() && (!S_ISREG(reg.mode()) || (reg.ghost_blob().empty() && !reg.ghost_of())))
+  if (reg.deleted() && S_ISDIR(reg.mode()) && (!reg.ghost_blob().empty() || reg.ghost_runs_size()))
+    return bad() << "a deleted directory with content";
+  if (reg.deleted() && !S_ISDIR(reg.mode()) &&
+      (!S_ISREG(reg.mode()) || (reg.ghost_blob().empty() && !reg.ghost_of())))
     return bad() << "deleted, but no regular file with its content";
   uint64_t end = 0, data = 0;
   for (auto& r : reg.ghost_runs()) {
@@ -591,6 +612,24 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
                          << reg.ghost_of() << " is no unlinked file";
     fd = OpenLikeTask("/proc/self/fd/" + std::to_string(it->second.get()), flags | O_CLOEXEC, 0);
     if (!fd) return ErrnoError() << "reopen deleted file " << reg.path();
+  } else if (reg.deleted() && S_ISDIR(reg.mode())) {
+    // A directory removed while open: made at its path, opened, removed again.
+    if (mkdir(reg.path().c_str(), 0700) < 0)
+      return ErrnoError() << "make deleted directory " << reg.path() << " again";
+    fd = OpenLikeTask(reg.path(), flags | O_CLOEXEC, 0);
+    int saved = errno;
+    UniqueFd keep(open(reg.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (rmdir(reg.path().c_str()) < 0 || !fd || !keep) {
+      if (!fd || !keep) errno = saved;
+      return ErrnoError() << "make deleted directory " << reg.path() << " again";
+    }
+    timespec times[2] = {{time_t(reg.atime_ns() / 1000000000), long(reg.atime_ns() % 1000000000)},
+                         {time_t(reg.identity().mtime_ns() / 1000000000),
+                          long(reg.identity().mtime_ns() % 1000000000)}};
+    if (fchown(keep.get(), reg.uid(), reg.gid()) < 0 ||
+        fchmod(keep.get(), reg.mode() & 07777) < 0 || futimens(keep.get(), times) < 0)
+      return ErrnoError() << "set the owner, mode and times of deleted directory " << reg.path();
+    files.ghosts[fo.id()] = std::move(keep);
   } else if (reg.deleted()) {
     std::string dir = reg.path().substr(0, reg.path().rfind('/'));
     if (dir.empty()) dir = "/";

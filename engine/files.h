@@ -59,8 +59,9 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd, pid_t numbers_of = 0);
 // `receiver` is the task holding that socket.
 Result<uint64_t> DumpInflightFile(DumpContext& ctx, UniqueFd fd, const std::string& where,
                                   pid_t receiver);
-// A file deleted since it was mapped or run, opened by kleap through /proc (map_files,
-// exe): dumped once as an unlinked file (files.img), its id.
+// A file deleted since it was mapped or run, or a working directory removed since,
+// opened by kleap through /proc (map_files, exe, cwd): dumped once as an unlinked file
+// or deleted directory (files.img), its id.
 Result<uint64_t> DumpMappedGhost(DumpContext& ctx, const std::string& proc_path,
                                  const std::string& where);
 // Why a deleted file opened at proc_path can't be carried ("" when it can).

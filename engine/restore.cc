@@ -287,7 +287,10 @@ Result<void> RestoreSession::SetUpVmMember(TaskPlan& t) {
   }
   if (!t.fs_shared()) {
     KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kUmask, t.core->umask()), "task " << pid << ": umask");
-    for (auto [nr, path] : {std::pair{long(X64Arch::kChdir), &t.core->cwd()},
+    const std::string cwd = t.core->cwd_ghost()
+                                ? KLEAP_TRY(GhostPath(plan_, files_, t.core->cwd_ghost()))
+                                : t.core->cwd();
+    for (auto [nr, path] : {std::pair{long(X64Arch::kChdir), &cwd},
                             std::pair{long(X64Arch::kChroot), &t.core->root()}}) {
       if (nr == X64Arch::kChroot && *path == "/") continue;
       if (path->size() >= ScratchPage::kDataSize)

@@ -164,29 +164,16 @@ struct Forker : ForkContext {
         bool may_write =
             v.kind() == img::Vma::FILE_SHARED &&
             std::find(v.vm_flags().begin(), v.vm_flags().end(), "mw") != v.vm_flags().end();
-        std::string path = v.ghost_file() ? KLEAP_TRY(GhostPath(v.ghost_file())) : v.path();
+        std::string path =
+            v.ghost_file() ? KLEAP_TRY(GhostPath(plan, files, v.ghost_file())) : v.path();
         KLEAP_TRY(
             place(open(path.c_str(), (may_write ? O_RDWR : O_RDONLY) | O_CLOEXEC), want, v.path()));
       }
     }
     const img::MmImage& mm = *t.mm->image;
-    std::string exe = mm.exe_ghost() ? KLEAP_TRY(GhostPath(mm.exe_ghost())) : mm.exe_path();
+    std::string exe =
+        mm.exe_ghost() ? KLEAP_TRY(GhostPath(plan, files, mm.exe_ghost())) : mm.exe_path();
     return place(open(exe.c_str(), O_RDONLY | O_CLOEXEC), t.helpers.exe_fd, mm.exe_path());
-  }
-
-  // An unlinked file of the set that the controller made again (files.img), reached through
-  // the controller's /proc: the task closed its copies of the controller's fds.
-  Result<std::string> GhostPath(uint64_t file_id) {
-    const img::FileObject* fo = nullptr;
-    for (auto& f : plan.files.files())
-      if (f.id() == file_id) fo = &f;
-    if (!fo || !fo->has_reg() || !fo->reg().deleted())
-      return Err(EINVAL) << "file " << file_id << " is no unlinked file of the set";
-    auto it = files.ghosts.find(fo->reg().ghost_of() ? fo->reg().ghost_of() : fo->id());
-    if (it == files.ghosts.end())
-      return Err(EINVAL) << "unlinked file " << file_id << " was not made";
-    return "/proc/" + std::to_string(files.mem_files_pid) + "/fd/" +
-           std::to_string(it->second.get());
   }
 
   // A zombie, once its session and group are in place (others may be joining its
@@ -416,7 +403,10 @@ struct Forker : ForkContext {
       // move them.
       for (size_t m : t.fs->members) WaitFor(shared->slots[m].helpers_done);
       umask(t.core->umask());
-      if (chdir(t.core->cwd().c_str()) < 0) Fail(i, ErrnoError() << "chdir " << t.core->cwd());
+      auto cwd = t.core->cwd_ghost() ? GhostPath(plan, files, t.core->cwd_ghost())
+                                     : Result<std::string>(t.core->cwd());
+      if (!cwd) Fail(i, std::move(cwd).error());
+      if (chdir(cwd->c_str()) < 0) Fail(i, ErrnoError() << "chdir " << t.core->cwd());
       if (t.core->root() != "/" && chroot(t.core->root().c_str()) < 0)
         Fail(i, ErrnoError() << "chroot " << t.core->root());
     }
@@ -433,6 +423,18 @@ struct Forker : ForkContext {
 };
 
 }  // namespace
+
+Result<std::string> GhostPath(const RestorePlan& plan, const OpenFiles& files, uint64_t file_id) {
+  const img::FileObject* fo = nullptr;
+  for (auto& f : plan.files.files())
+    if (f.id() == file_id) fo = &f;
+  if (!fo || !fo->has_reg() || !fo->reg().deleted())
+    return Err(EINVAL) << "file " << file_id << " is no unlinked file of the set";
+  auto it = files.ghosts.find(fo->reg().ghost_of() ? fo->reg().ghost_of() : fo->id());
+  if (it == files.ghosts.end())
+    return Err(EINVAL) << "unlinked file " << file_id << " was not made";
+  return "/proc/" + std::to_string(files.mem_files_pid) + "/fd/" + std::to_string(it->second.get());
+}
 
 void RunTask(const ForkContext& ctx, size_t i) {
   Forker f{ctx};

@@ -69,6 +69,9 @@ struct ForkContext {
 // Task i's part of the fork, in this process: its session, group, children, threads and
 // fds, then it parks for the controller. Never returns: a failure is written to its slot.
 [[noreturn]] void RunTask(const ForkContext& ctx, size_t i);
+// An unlinked file or deleted directory of the set (files.img) that the controller made
+// again, as a path any task can open or chdir to: the controller's /proc/PID/fd/N.
+Result<std::string> GhostPath(const RestorePlan& plan, const OpenFiles& files, uint64_t file_id);
 // clone3 with set_tid = want (0: any pid).
 pid_t CloneAt(pid_t want, int exit_signal, uint64_t flags = 0);
 
