@@ -115,6 +115,7 @@ Result<DumpStats> DumpTree(const DumpOptions& opts, ImageWriter& images) {
     ps->set_comm(t.comm);
     ps->set_exit_signal(t.exit_signal);
     ps->set_stopped(t.stopped);
+    if (t.stopped && t.stop_signal != SIGSTOP) ps->set_stop_signal(uint32_t(t.stop_signal));
     if (auto s = sharing.by_pid.find(t.pid); s != sharing.by_pid.end()) {
       ps->set_files_share_with(uint32_t(s->second.files_with));
       ps->set_fs_share_with(uint32_t(s->second.fs_with));

@@ -64,6 +64,21 @@ extern "C" long kleap_clone_process(struct clone_args* args, size_t size);
 
 namespace kleap {
 namespace {
+
+// The signal that stops a task again: its own stop signal while that still stops it (its
+// default action, not blocked), else SIGSTOP, which always does (said in the log).
+int StopSignalFor(const img::TaskCore& core, uint32_t sig) {
+  if (sig == 0) return SIGSTOP;
+  bool dfl = true;
+  for (auto& a : core.sigactions())
+    if (a.signo() == sig) dfl = a.handler() == 0;
+  bool blocked = core.threads_size() && (core.threads(0).blocked() >> (sig - 1)) & 1;
+  if (dfl && !blocked) return int(sig);
+  KLOG(kWarning) << "task " << core.pid() << ": stopped by signal " << sig
+                 << ", which would not stop it now; stopped with SIGSTOP";
+  return SIGSTOP;
+}
+
 class RestoreSession {
  public:
   RestoreSession(const RestoreOptions& opts, ImageReader& images, RestorePlan& plan)
@@ -472,11 +487,17 @@ Result<RestoreResult> RestoreSession::Run() {
   KLEAP_TRY(lock_.Remove());
   // Resume everything at once: the destructors write the final registers and masks.
   threads_.clear();
-  // A task that was stopped gets SIGSTOP while it is still held: it stops again on the
-  // way out of the ptrace stop, before it runs any code of its own.
-  for (auto& t : tasks_)
-    if (t.ps->stopped() && !t.ps->zombie() && kill(t.ps->pid(), SIGSTOP) < 0)
-      return ErrnoError() << "task " << t.ps->pid() << ": stop it again";
+  // A task that was stopped gets its stop signal while it is still held: it stops again
+  // on the way out of the ptrace stop, before it runs any code of its own, and its parent's
+  // waitid reports that signal. SIGTSTP, SIGTTIN and SIGTTOU stop it only as they did
+  // before the dump: with their default action and not blocked (kept then, checked
+  // below), in a process group that is not orphaned (the tree's shape is the dump's).
+  for (auto& t : tasks_) {
+    if (!t.ps->stopped() || t.ps->zombie()) continue;
+    int sig = StopSignalFor(*t.core, t.ps->stop_signal());
+    if (kill(t.ps->pid(), sig) < 0)
+      return ErrnoError() << "task " << t.ps->pid() << ": stop it again with signal " << sig;
+  }
   for (pid_t tid : seized_) {
     auto r = pt::Detach(tid);
     if (!r) return std::move(r).error().Context("resume");

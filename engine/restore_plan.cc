@@ -48,6 +48,11 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
     if (t.exit_signal() < 0 || t.exit_signal() > 64)
       return Err(EINVAL) << "pstree.img: task " << t.pid() << ": bad exit signal "
                          << t.exit_signal();
+    if (t.stop_signal() &&
+        (!t.stopped() ||
+         (t.stop_signal() != SIGTSTP && t.stop_signal() != SIGTTIN && t.stop_signal() != SIGTTOU)))
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << ": bad stop signal "
+                         << t.stop_signal();
     if (t.zombie()) {
       int st = t.exit_status();
       bool exited = (st & 0x7f) == 0, signaled = (st & 0x7f) > 0 && (st & 0x7f) < 0x7f;

@@ -152,6 +152,7 @@ Result<void> SeizedTree::SeizeTask(pid_t pid, pid_t ppid) {
         return std::move(r).error().Context("freeze task " + std::to_string(pid) + " (" + t.comm +
                                             ")");
       }
+      if (tid == pid && t.stopped) t.stop_signal = *r;
       seized.insert(tid);
       seized_order_.push_back(tid);
       // Its filters must not judge what kleap injects; they act again once it is let go.

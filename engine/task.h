@@ -29,6 +29,7 @@ struct TaskInfo {
   bool zombie = false;
   int exit_status = 0;
   bool stopped = false;  // in a group stop (state T) before kleap seized it
+  int stop_signal = 0;   // the signal that stopped it (its leader's seize tells)
 };
 
 // Lists the tree through /proc without stopping anything: parents before children.

@@ -52,7 +52,7 @@ Result<int> WaitStop(pid_t tid) {
   return status;
 }
 
-Result<void> SeizeAndStop(pid_t tid, bool exit_kill) {
+Result<int> SeizeAndStop(pid_t tid, bool exit_kill) {
   KLEAP_TRY(Seize(tid, exit_kill));
   KLEAP_TRY(Interrupt(tid));
   // A thread in uninterruptible sleep (a FUSE request, a dead NFS server) never stops:
@@ -83,7 +83,8 @@ Result<void> SeizeAndStop(pid_t tid, bool exit_kill) {
     }
     if (WIFEXITED(st) || WIFSIGNALED(st))
       return Err(ESRCH) << "thread " << tid << " exited while being stopped";
-    if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP) return Ok();
+    // (A thread in a group stop reports the signal that stopped it; else SIGTRAP.)
+    if (WIFSTOPPED(st) && (st >> 16) == PTRACE_EVENT_STOP) return WSTOPSIG(st);
     if (WIFSTOPPED(st)) {
       // A signal-delivery stop: let the signal through; the interrupt stop follows.
       if (Ptrace(PTRACE_CONT, tid, 0, uint64_t(WSTOPSIG(st))) < 0)

@@ -85,8 +85,10 @@ Result<void> Seize(pid_t tid, bool exit_kill);
 Result<void> Interrupt(pid_t tid);
 // Waits for the next stop of a seized thread; an exit is an error naming the thread.
 Result<int> WaitStop(pid_t tid);
-// Seize + interrupt + wait: the thread ends in a ptrace stop.
-Result<void> SeizeAndStop(pid_t tid, bool exit_kill);
+// Seize + interrupt + wait: the thread ends in a ptrace stop. Returns the stop's signal:
+// the one that stopped it when it was in a group stop (SIGSTOP, SIGTSTP, SIGTTIN,
+// SIGTTOU), else SIGTRAP.
+Result<int> SeizeAndStop(pid_t tid, bool exit_kill);
 Result<void> Detach(pid_t tid);
 // After SIGKILL: collects the exit of every traced thread so the tasks can go away.
 // A leader's exit is reported only after its other threads', so those come first.

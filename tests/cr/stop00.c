@@ -1,10 +1,11 @@
 /* stop00: stopped processes (SIGSTOP, or ^Z's SIGTSTP).
  *   a child with a second thread, stopped by SIGSTOP, its stop not yet waited for
  *   (waitid WNOWAIT);
- *   a child stopped by SIGTSTP (its default action), whose stop was waited for.
+ *   a child stopped by SIGTSTP (its default action), its stop not yet waited for either.
  * Each child is in a process group of its own.
- * After the restore both are stopped again (State: T), each thread too, before the
- * root lets them go on with SIGCONT; then each answers (its own checks run) and exits. */
+ * After the restore both are stopped again (State: T), each thread too, and waitid
+ * reports each with the signal that stopped it (SIGSTOP, SIGTSTP), before the root lets
+ * them go on with SIGCONT; then each answers (its own checks run) and exits. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -76,9 +77,9 @@ int main(int argc, char** argv) {
   char why[256];
   if (wl_wait_children(why, sizeof why) != 0) wl_die("root", "%s", why);
   siginfo_t si;
-  int st;
   if (kill(a, SIGSTOP) != 0 || waitid(P_PID, a, &si, WSTOPPED | WNOWAIT) != 0 ||
-      kill(b, SIGTSTP) != 0 || waitpid(b, &st, WUNTRACED) != b || !WIFSTOPPED(st))
+      kill(b, SIGTSTP) != 0 || waitid(P_PID, b, &si, WSTOPPED | WNOWAIT) != 0 ||
+      si.si_status != SIGTSTP)
     wl_die("root", "stop the children: %s", strerror(errno));
   char sa[8], sb[8];
   states(a, sa, sizeof sa);
@@ -93,8 +94,17 @@ int main(int argc, char** argv) {
   wl_check(&c, strcmp(sa, "TT") == 0, "the SIGSTOPped child's threads are '%s', want 'TT'", sa);
   wl_check(&c, strcmp(sb, "T") == 0, "the SIGTSTPped child is '%s', want 'T'", sb);
   /* Its stop was not waited for: the report is there. */
-  wl_check(&c, waitid(P_PID, a, &si, WSTOPPED | WNOHANG) == 0 && si.si_pid == a,
-           "no stop report for the SIGSTOPped child");
+  memset(&si, 0, sizeof si);
+  wl_check(&c,
+           waitid(P_PID, a, &si, WSTOPPED | WNOHANG | WNOWAIT) == 0 && si.si_pid == a &&
+               si.si_status == SIGSTOP,
+           "the SIGSTOPped child's stop report: pid %d signal %d", (int)si.si_pid, si.si_status);
+  memset(&si, 0, sizeof si);
+  wl_check(&c,
+           waitid(P_PID, b, &si, WSTOPPED | WNOHANG | WNOWAIT) == 0 && si.si_pid == b &&
+               si.si_status == SIGTSTP,
+           "the SIGTSTPped child's stop report: pid %d signal %d, want SIGTSTP", (int)si.si_pid,
+           si.si_status);
   if (kill(a, SIGCONT) != 0 || kill(b, SIGCONT) != 0)
     wl_check(&c, 0, "SIGCONT: %s", strerror(errno));
   if (wl_reap_children(5000, why, sizeof why) != 0) wl_check(&c, 0, "root: %s", why);
