@@ -347,7 +347,11 @@ Result<void> CreateMemFiles(const RestorePlan& plan, ImageReader& images, OpenFi
     uint32_t add = o.seals() & ~uint32_t(have);
     if (add && fcntl(fd.get(), F_ADD_SEALS, add) < 0)
       return ErrnoError() << "seal " << what << " with " << Hex(add);
-    out->mem_files[o.id()] = std::move(fd);
+    // Held read-only from now on (a reopen through /proc may still write): a writer
+    // would keep a task from having it as its executable again (PR_SET_MM_MAP).
+    UniqueFd ro(open(("/proc/self/fd/" + std::to_string(fd.get())).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ro) return ErrnoError() << "hold " << what << " read-only";
+    out->mem_files[o.id()] = std::move(ro);
   }
   return Ok();
 }

@@ -5,11 +5,13 @@
 #include "engine/mm.h"
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/prctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -254,7 +256,11 @@ Result<void> DumpMmLayout(DumpContext& ctx, const TaskInfo& task, img::MmImage* 
   if (stat(ProcPath(pid, "exe").c_str(), &est) < 0)
     return ErrnoError() << "stat exe of task " << pid;
   *mm->mutable_exe() = KLEAP_TRY(IdentifyFile(ProcPath(pid, "exe"), est));
-  if (est.st_nlink == 0 && EndsWith(exe, " (deleted)"))
+  struct statfs fs;
+  bool on_shmem = statfs(ProcPath(pid, "exe").c_str(), &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+  if (est.st_nlink == 0 && on_shmem)
+    mm->set_exe_shmem(ctx.ShmemId(est.st_dev, est.st_ino));
+  else if (est.st_nlink == 0 && EndsWith(exe, " (deleted)"))
     mm->set_exe_ghost(KLEAP_TRY(
         DumpMappedGhost(ctx, ProcPath(pid, "exe"), "task " + std::to_string(pid) + " executable")));
   // Address-space flags that only the task can be asked about.

@@ -171,8 +171,15 @@ struct Forker : ForkContext {
       }
     }
     const img::MmImage& mm = *t.mm->image;
-    std::string exe =
-        mm.exe_ghost() ? KLEAP_TRY(GhostPath(plan, files, mm.exe_ghost())) : mm.exe_path();
+    std::string exe = mm.exe_path();
+    if (mm.exe_ghost()) exe = KLEAP_TRY(GhostPath(plan, files, mm.exe_ghost()));
+    if (mm.exe_shmem()) {
+      auto it = files.mem_files.find(mm.exe_shmem());
+      if (it == files.mem_files.end())
+        return Err(EINVAL) << "executable: unknown memory file " << mm.exe_shmem();
+      exe = "/proc/" + std::to_string(files.mem_files_pid) + "/fd/" +
+            std::to_string(it->second.get());
+    }
     return place(open(exe.c_str(), O_RDONLY | O_CLOEXEC), t.helpers.exe_fd, mm.exe_path());
   }
 

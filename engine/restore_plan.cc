@@ -145,6 +145,13 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
            v.shmem_id()))
         return Err(EINVAL) << MmImage(pid) << ": mapping " << Hex(v.start()) << ": ghost_file "
                            << v.ghost_file() << " is no unlinked file of the set";
+    bool exe_shmem_known = false;
+    for (auto& o : plan.shmem.objects())
+      if (o.id() == mm.exe_shmem() && o.kind() != img::ShmemObject::ANON_SHARED)
+        exe_shmem_known = true;
+    if (mm.exe_shmem() && (!exe_shmem_known || mm.exe_ghost()))
+      return Err(EINVAL) << MmImage(pid) << ": exe_shmem " << mm.exe_shmem()
+                         << " is no memory file of the set";
     if (mm.exe_ghost() && !unlinked.count(mm.exe_ghost()))
       return Err(EINVAL) << MmImage(pid) << ": exe_ghost " << mm.exe_ghost()
                          << " is no unlinked file of the set";
@@ -237,7 +244,7 @@ Result<void> CheckFileIdentities(const RestorePlan& plan, ImageReader& images) {
           v.shmem_id() == 0 && v.ghost_file() == 0)
         KLEAP_TRY(check(v.path(), v.file(),
                         "task " + std::to_string(pid) + " mapping " + Hex(v.start())));
-    if (!mm.exe_ghost())
+    if (!mm.exe_ghost() && !mm.exe_shmem())
       KLEAP_TRY(check(mm.exe_path(), mm.exe(), "task " + std::to_string(pid) + " executable"));
   }
   return Ok();

@@ -7,7 +7,9 @@
  *   then deleted.
  * After the restore: the executable and the mappings still read "(deleted)", every byte
  * is as it was, a write through the shared mapping shows through the fd (one inode), and
- * the fd's file has no name (st_nlink 0). */
+ * the fd's file has no name (st_nlink 0). With `shm` both files are made in /dev/shm
+ * instead (a tmpfs: carried as memory files, as they are in a guest whose STATEDIR is a
+ * tmpfs). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -36,11 +38,13 @@ static void copy_self(const char* to) {
 int main(int argc, char** argv) {
   wl_init(argc, argv);
   char bin[512], data[512];
-  snprintf(bin, sizeof bin, "%s/ghostmap00.bin", wl_statedir);
-  snprintf(data, sizeof data, "%s/data", wl_statedir);
-  if (argc < 3 || strcmp(argv[2], "--copied") != 0) {
+  int shm = argc > 2 && strstr(argv[2], "shm") != NULL;
+  const char* dir = shm ? "/dev/shm" : wl_statedir;
+  snprintf(bin, sizeof bin, "%s/ghostmap00-%d.bin", dir, (int)getpid());
+  snprintf(data, sizeof data, "%s/ghostmap00-%d.data", dir, (int)getpid());
+  if (argc < 3 || strstr(argv[2], "copied") == NULL) {
     copy_self(bin);
-    char* args[] = {bin, argv[1], "--copied", NULL};
+    char* args[] = {bin, argv[1], shm ? "shm-copied" : "copied", NULL};
     execv(bin, args);
     wl_die("main", "exec the copy: %s", strerror(errno));
   }
