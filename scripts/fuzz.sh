@@ -143,7 +143,7 @@ check_files=(engine/restore_plan.cc engine/leaders.cc engine/share.cc engine/tim
   engine/sock_unix.cc engine/sock_inet.cc engine/sock_netlink.cc engine/ipc.cc engine/aio.cc
   engine/timers.cc engine/seccomp.cc engine/locks.cc engine/images/image_set.cc
   engine/inspect.cc engine/net/netconf.cc)
-check_funcs='kleap::(net::)?(Validate[A-Za-z]*|LoadPlan|CheckPlan|PlanTasks|AssignHelperFds|TaskPlan::table_prev|TaskCreators|CheckPageBlobSizes|VerifyBlobs|SharedSeccompPrefix|InspectImages|ShowNetImage|UnframeMessage|ImageReader::(ReadMessage|VerifyImage|Find)|OpenDirImageSet|\(anonymous namespace\)::(PlanSharing|DirImageReader::[A-Za-z]+|DirBlobReader::(ReadAt|Map|Unmap)|MessageFor|IsRawBlob|ValidName))\('
+check_funcs='kleap::(net::)?(Validate[A-Za-z]*|LoadPlan|CheckPlan|PlanTasks|AssignHelperFds|TaskPlan::table_prev|TaskCreators|CheckPageBlobSizes|VerifyBlobs|CheckFileIdentities|CheckPidsFree|SharedSeccompPrefix|InspectImages|ShowNetImage|UnframeMessage|ImageReader::(ReadMessage|VerifyImage|Find)|OpenDirImageSet|\(anonymous namespace\)::(PlanSharing|DirImageReader::[A-Za-z]+|DirBlobReader::(ReadAt|Map|Unmap)|MessageFor|IsRawBlob))\('
 
 # Configures (once) and builds images_fuzz and its seed writer in a CMake build dir.
 #   cmake_build DIR FLAGS TARGET...
@@ -228,8 +228,8 @@ run_images() {
     >"$cov/files.txt"
   awk -v re="$check_funcs" -v top="$top/" '
     FNR == NR {  # files.txt: Filename Regions Missed Cover Functions Missed Executed Lines Missed Cover ...
-      if ($1 ~ /\.cc$/) { f = $1; sub(/^.*engine\//, "engine/", f); whole_l[f] = $8; whole_lm[f] = $9;
-                          whole_f[f] = $5; whole_fm[f] = $6 }
+      # (llvm-cov leaves out the prefix the files share: the names end the paths)
+      if ($1 ~ /\.cc$/) { whole_l[$1] = $8; whole_lm[$1] = $9; whole_f[$1] = $5; whole_fm[$1] = $6 }
       next
     }
     /^File / { file = $2; gsub(/[\047:]/, "", file); sub(top, "", file); next }
@@ -242,10 +242,12 @@ run_images() {
     }
     END {
       for (i = 1; i <= k; i++) {
-        f = order[i]; tl += L[f]; tlm += LM[f]; tf += F[f]; tfh += FH[f]
+        f = order[i]; tl += L[f]; tlm += LM[f]; tf += F[f]; tfh += FH[f]; w = ""
+        for (n in whole_l)
+          if (("/" f) ~ ("/" n "$") && length(n) > length(w)) w = n
         printf "  %-28s lines %5d/%-5d %5.1f%%  functions %3d/%-3d   [file: lines %s/%s, functions %s/%s]\n",
           f, L[f] - LM[f], L[f], L[f] ? 100 * (L[f] - LM[f]) / L[f] : 0, FH[f], F[f],
-          whole_l[f] - whole_lm[f], whole_l[f], whole_f[f] - whole_fm[f], whole_f[f]
+          whole_l[w] - whole_lm[w], whole_l[w], whole_f[w] - whole_fm[w], whole_f[w]
       }
       printf "  %-28s lines %5d/%-5d %5.1f%%  functions %3d/%-3d\n", "all checks", tl - tlm, tl,
         tl ? 100 * (tl - tlm) / tl : 0, tfh, tf
