@@ -47,24 +47,25 @@ struct opts {
   struct sockaddr_in addr;
 };
 
+/* An int option's value, -1 when it can't be read (ENOPROTOOPT: UDP_CORK on TCP). */
+static int opt(int fd, int level, int name) {
+  int v = 0;
+  socklen_t l = sizeof v;
+  return getsockopt(fd, level, name, &v, &l) == 0 ? v : -1;
+}
+
 static void read_opts(int fd, struct opts* o) {
   memset(o, 0, sizeof *o);
-  socklen_t l = sizeof(int);
-  getsockopt(fd, SOL_SOCKET, SO_DONTROUTE, &o->dontroute, &l);
-  l = sizeof(int);
-  getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &o->keepalive, &l);
-  l = sizeof(int);
-  if (getsockopt(fd, SOL_SOCKET, SO_BUF_LOCK, &o->buflock, &l) != 0) o->buflock = -1;
-  l = sizeof(int);
-  getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &o->sndbuf, &l);
-  l = sizeof(int);
-  getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &o->rcvbuf, &l);
-  l = 0;
+  o->dontroute = opt(fd, SOL_SOCKET, SO_DONTROUTE);
+  o->keepalive = opt(fd, SOL_SOCKET, SO_KEEPALIVE);
+  o->buflock = opt(fd, SOL_SOCKET, SO_BUF_LOCK);
+  o->sndbuf = opt(fd, SOL_SOCKET, SO_SNDBUF);
+  o->rcvbuf = opt(fd, SOL_SOCKET, SO_RCVBUF);
+  socklen_t l = 0;
   o->filter_len = getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, NULL, &l) == 0 ? (int)l : -1;
+  o->cork = opt(fd, IPPROTO_UDP, UDP_CORK);
   l = sizeof o->linger;
   getsockopt(fd, SOL_SOCKET, SO_LINGER, &o->linger, &l);
-  l = sizeof(int);
-  getsockopt(fd, IPPROTO_UDP, UDP_CORK, &o->cork, &l); /* ENOPROTOOPT on TCP: stays 0 */
   l = sizeof o->dev;
   getsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, o->dev, &l);
   l = sizeof o->addr;
@@ -97,15 +98,10 @@ struct more_opts {
 };
 
 static void read_ip_opts(int fd, struct more_opts* o) {
-  memset(o, 0, sizeof *o);
-  socklen_t l = sizeof(int);
-  getsockopt(fd, SOL_SOCKET, SO_NO_CHECK, &o->nocheck, &l);
-  l = sizeof(int);
-  getsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &o->tsns, &l);
-  l = sizeof(int);
-  getsockopt(fd, IPPROTO_IP, IP_RECVTOS, &o->recvtos, &l);
-  l = sizeof(int);
-  getsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &o->mcttl, &l);
+  o->nocheck = opt(fd, SOL_SOCKET, SO_NO_CHECK);
+  o->tsns = opt(fd, SOL_SOCKET, SO_TIMESTAMPNS);
+  o->recvtos = opt(fd, IPPROTO_IP, IP_RECVTOS);
+  o->mcttl = opt(fd, IPPROTO_IP, IP_MULTICAST_TTL);
 }
 
 static int bound(int type) {
