@@ -51,9 +51,10 @@ struct DumpContext {
     ino_t ino;
   };
   std::vector<SeenFile> seen_files;
-  // Files in flight that kleap received by peeking (SCM_RIGHTS): open until the dump
-  // ends, so seen_files can name them by kleap's fd.
-  std::vector<UniqueFd> inflight_fds;
+  // Files kleap opened itself to dump them (in flight, received by a peek; deleted but
+  // mapped, run or a cwd, opened through /proc): open until the dump ends, so seen_files
+  // can name them by kleap's fd.
+  std::vector<UniqueFd> held_fds;
   // Unlinked files carried so far, by (dev, inode): the file object holding the content.
   std::map<std::pair<uint64_t, uint64_t>, uint64_t> ghost_ids;
   img::FileTable files;

@@ -491,7 +491,7 @@ Result<uint64_t> DumpInflightFile(DumpContext& ctx, UniqueFd fd, const std::stri
     return Err(ENOTSUP) << "a file in flight to " << where << " (SCM_RIGHTS): " << d.what << ": "
                         << d.reason;
   // (An in-flight file carries no close-on-exec flag: the receiver picks it.)
-  ctx.inflight_fds.push_back(std::move(fd));
+  ctx.held_fds.push_back(std::move(fd));
   return KLEAP_TRY_CTX(DumpFileObject(ctx, std::move(d)), "a file in flight to " << where);
 }
 
@@ -514,7 +514,7 @@ Result<uint64_t> DumpMappedGhost(DumpContext& ctx, const std::string& proc_path,
     return Err(ENOTSUP) << where << ": " << d.what << ": "
                         << (d.reason.empty() ? "not a regular file or directory without a name"
                                              : d.reason);
-  ctx.inflight_fds.push_back(std::move(fd));  // held until the dump ends, for kcmp
+  ctx.held_fds.push_back(std::move(fd));  // held until the dump ends, for kcmp
   return KLEAP_TRY_CTX(DumpFileObject(ctx, std::move(d)), where);
 }
 

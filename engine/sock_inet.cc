@@ -468,9 +468,9 @@ std::string RefuseInetSock(const FdDesc& d) {
 
 namespace {
 
-// Lists the namespace's inet sockets of a family and protocol in the given states
-// (sock_diag: nothing is touched).
-Result<void> InetDiag(int family, int protocol, uint32_t states,
+// Lists the namespace's inet sockets of a family and protocol in the given states, on
+// local port sport (0: any) (sock_diag: nothing is touched).
+Result<void> InetDiag(int family, int protocol, uint32_t states, uint16_t sport,
                       const std::function<void(const inet_diag_msg&, int attr_len)>& each) {
   struct {
     nlmsghdr h;
@@ -479,6 +479,7 @@ Result<void> InetDiag(int family, int protocol, uint32_t states,
   req.r.sdiag_family = uint8_t(family);
   req.r.sdiag_protocol = uint8_t(protocol);
   req.r.idiag_states = states;
+  req.r.id.idiag_sport = htons(sport);  // 0: every port
   return SockDiag(&req, sizeof req, true, "INET_DIAG", [&](const nlmsghdr& h) {
     if (h.nlmsg_len < NLMSG_LENGTH(sizeof(inet_diag_msg))) return;
     each(*static_cast<const inet_diag_msg*>(NLMSG_DATA(&h)),
@@ -491,16 +492,17 @@ std::map<uint16_t, int> TimeWaitPorts() {
   std::map<uint16_t, int> out;
   for (int family : {AF_INET, AF_INET6})
     // Only notes come of this: a failed query leaves them out.
-    (void)InetDiag(family, IPPROTO_TCP, 1u << kTimeWait,
+    (void)InetDiag(family, IPPROTO_TCP, 1u << kTimeWait, 0,
                    [&](const inet_diag_msg& m, int) { out[ntohs(m.id.idiag_sport)]++; });
   return out;
 }
 
 // A UDP socket's shutdown(2) state (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2), which only
-// sock_diag shows: found by inode among the namespace's UDP sockets of its family.
-Result<uint32_t> UdpShutdown(int family, ino_t ino) {
+// sock_diag shows: found by inode among the namespace's UDP sockets of its family on its
+// port (the kernel filters by port: only that port's sockets answer, not the whole table).
+Result<uint32_t> UdpShutdown(int family, uint16_t port, ino_t ino) {
   std::optional<uint32_t> found;
-  KLEAP_TRY(InetDiag(family, IPPROTO_UDP, ~0u, [&](const inet_diag_msg& m, int len) {
+  KLEAP_TRY(InetDiag(family, IPPROTO_UDP, ~0u, port, [&](const inet_diag_msg& m, int len) {
     if (m.idiag_inode != ino) return;
     found = 0;
     for (auto* a = reinterpret_cast<const rtattr*>(&m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
@@ -571,7 +573,7 @@ Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo
   } else {
     s->set_state(kEstablished);  // connected, unless it has no peer
     if (port) {
-      s->set_shutdown(KLEAP_TRY(UdpShutdown(k.family, d.st.st_ino)));
+      s->set_shutdown(KLEAP_TRY(UdpShutdown(k.family, uint16_t(port), d.st.st_ino)));
     } else {
       // sock_diag lists bound sockets only. poll shows a receive shutdown (POLLRDHUP, and
       // POLLHUP for both); a send shutdown alone on an unbound socket shows nowhere.
