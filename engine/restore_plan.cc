@@ -32,12 +32,17 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
   std::set<pid_t> pids, tids, helpers;
   for (auto& h : plan.pstree.helpers()) helpers.insert(h.pid());
   for (auto& t : plan.pstree.tasks()) {
-    // The parent first, so that a task can't be its own parent.
+    if (t.pid() <= 0 || pids.count(t.pid()))
+      return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
+    // The parent first, so that a task can't be its own parent; only the root has none
+    // in the set (its ppid is 0), and every other task is made by one.
+    if (!pids.empty() && t.ppid() == 0)
+      return Err(EINVAL) << "pstree.img: task " << t.pid() << " has no parent, and only the "
+                         << "first task, the root, may have none";
     if (t.ppid() != 0 && !pids.count(t.ppid()))
       return Err(EINVAL) << "pstree.img: task " << t.pid() << " comes before its parent "
                          << t.ppid();
-    if (t.pid() <= 0 || !pids.insert(t.pid()).second)
-      return Err(EINVAL) << "pstree.img: bad or repeated pid " << t.pid();
+    pids.insert(t.pid());
     if (t.tids_size() == 0 || t.tids(0) != t.pid())
       return Err(EINVAL) << "pstree.img: task " << t.pid() << ": leader is not the first thread";
     for (int tid : t.tids())

@@ -24,7 +24,8 @@ class StoreImageWriter : public ImageWriter {
   StoreImageWriter(std::unique_ptr<memstore::Region> r, std::unique_ptr<memstore::StoreWriter> w)
       : region_(std::move(r)), w_(std::move(w)) {}
   Result<std::unique_ptr<BlobWriter>> CreateBlob(const std::string& name) override {
-    if (name == kInventoryName) return Err(EINVAL) << "bad image name '" << name << "'";
+    if (!ValidImageName(name) || name == kInventoryName)
+      return Err(EINVAL) << "bad image name '" << name << "'";
     auto b = KLEAP_TRY(w_->CreateBlob(name));
     return std::unique_ptr<BlobWriter>(new StoreBlobSink(std::move(b)));
   }
@@ -94,7 +95,7 @@ class StoreImageReader : public ImageReader {
     if (inventory_.format_version() != kImageFormatVersion)
       return Err(EINVAL) << "store " << region_->spec() << ": image format version "
                          << inventory_.format_version();
-    return Ok();
+    return CheckInventory("store " + region_->spec());
   }
   Result<std::unique_ptr<BlobReader>> OpenBlob(const std::string& name) override {
     const img::ImageEntry* e = Find(name);

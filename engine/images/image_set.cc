@@ -10,6 +10,7 @@
 
 #include <dirent.h>
 #include <cstring>
+#include <set>
 
 #include "engine/base/clock.h"
 #include "engine/base/proc.h"
@@ -36,6 +37,15 @@ img::Inventory NewInventory() {
   inv.set_boot_id(BootId());
   return inv;
 }
+// Names kleap writes: printable ASCII, no '/', no leading '.' (".", "..", the temporary
+// inventory). A name read back is held to the same rule, so it can't reach outside the set.
+bool ValidImageName(const std::string& name) {
+  if (name.empty() || name.size() >= 200 || name[0] == '.') return false;
+  for (char c : name)
+    if (c <= ' ' || c > '~' || c == '/') return false;
+  return true;
+}
+
 namespace {
 
 constexpr char kFrameMagic[8] = {'K', 'L', 'E', 'A', 'P', 'I', 'M', '1'};
@@ -56,10 +66,6 @@ Result<void> WriteAll(int fd, const void* data, size_t len, const std::string& w
   return Ok();
 }
 
-bool ValidName(const std::string& name) {
-  return !name.empty() && name.size() < 200 && name.find('/') == std::string::npos &&
-         name[0] != '.';
-}
 
 class DirBlobWriter : public BlobWriter {
  public:
@@ -101,7 +107,7 @@ class DirImageWriter : public ImageWriter {
  public:
   explicit DirImageWriter(std::string dir) : dir_(std::move(dir)) {}
   Result<std::unique_ptr<BlobWriter>> CreateBlob(const std::string& name) override {
-    if (!ValidName(name) || name == kInventoryName)
+    if (!ValidImageName(name) || name == kInventoryName)
       return Err(EINVAL) << "bad image name '" << name << "'";
     std::string path = dir_ + "/" + name;
     UniqueFd fd(open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
@@ -199,7 +205,7 @@ class DirImageReader : public ImageReader {
     if (inventory_.format_version() != kImageFormatVersion)
       return Err(EINVAL) << path << ": format version " << inventory_.format_version()
                          << ", this kleap reads " << kImageFormatVersion;
-    return Ok();
+    return CheckInventory(dir_);
   }
   Result<std::unique_ptr<BlobReader>> OpenBlob(const std::string& name) override {
     const img::ImageEntry* e = Find(name);
@@ -262,6 +268,33 @@ Result<void> ImageWriter::WriteMessage(const std::string& name,
   auto w = KLEAP_TRY(CreateBlob(name));
   KLEAP_TRY(w->Write(bytes.data(), bytes.size()));
   return w->Close();
+}
+
+Result<void> ImageReader::CheckInventory(const std::string& where) const {
+  auto shown = [](const std::string& name) {  // a crafted name may hold anything
+    std::string out;
+    for (unsigned char c : name.substr(0, 64)) {
+      if (c >= 0x20 && c < 0x7f && c != '\\') {
+        out += char(c);
+      } else {
+        char hex[5];
+        snprintf(hex, sizeof hex, "\\x%02x", c);
+        out += hex;
+      }
+    }
+    return name.size() > 64 ? out + "..." : out;
+  };
+  std::set<std::string> seen;
+  for (int i = 0; i < inventory_.images_size(); ++i) {
+    const std::string& name = inventory_.images(i).name();
+    if (!ValidImageName(name) || name == kInventoryName)
+      return Err(EINVAL) << where << ": " << kInventoryName << ": entry " << i
+                         << " has a bad image name '" << shown(name) << "'";
+    if (!seen.insert(name).second)
+      return Err(EINVAL) << where << ": " << kInventoryName << ": image " << name
+                         << " is listed twice";
+  }
+  return Ok();
 }
 
 const img::ImageEntry* ImageReader::Find(const std::string& name) const {

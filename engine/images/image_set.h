@@ -60,6 +60,9 @@ class BlobReader {
   virtual Result<const uint8_t*> Map(uint64_t off, size_t len) = 0;
 };
 
+// Names kleap writes and reads back: printable ASCII, no '/', no leading '.'.
+bool ValidImageName(const std::string& name);
+
 class ImageReader {
  public:
   virtual ~ImageReader() = default;
@@ -78,6 +81,10 @@ class ImageReader {
   Result<void> VerifyImage(const std::string& name);
 
  protected:
+  // After inventory_ is read: every name is one a writer takes (no '/', no leading
+  // '.', so no name reaches outside the set) and none is listed twice. `where` names
+  // the set in the error.
+  Result<void> CheckInventory(const std::string& where) const;
   img::Inventory inventory_;
 };
 

@@ -132,10 +132,9 @@ std::string Frame(const std::string& payload) {
   return out + payload;
 }
 
-// As the directory reader takes names (image_set.cc's ValidName).
+// As the readers take names (CheckInventory).
 bool SafeName(const std::string& n) {
-  return !n.empty() && n.size() < 200 && n.find('/') == std::string::npos && n[0] != '.' &&
-         n.find('\0') == std::string::npos && n != kInventoryName;
+  return ValidImageName(n) && n != kInventoryName;
 }
 
 uint64_t AddCapped(uint64_t a, uint64_t b) {

@@ -158,6 +158,39 @@ TEST_F(ImageSetTest, UnlistedImageIsRefused) {
   EXPECT_NE(m.error().ToString().find("not listed in the inventory"), std::string::npos);
 }
 
+// An inventory is untrusted: a name in it that reaches outside the set (images_fuzz
+// found `../x` opened as a page blob), or one listed twice, refuses the whole set.
+TEST_F(ImageSetTest, BadNamesInTheInventoryAreRefused) {
+  WriteSet();
+  std::ofstream(dir_ + "/../kleap-image-test-outside") << "outside";
+  for (const std::string& bad :
+       std::vector<std::string>{"../kleap-image-test-outside", "", ".hidden", "a/b",
+                                "inventory.img", std::string("a\nb\0c", 5), "pstree.img"}) {
+    img::Inventory inv;
+    {
+      std::ifstream in(dir_ + "/inventory.img");
+      std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      ASSERT_TRUE(UnframeMessage("inventory.img", bytes, &inv));
+    }
+    inv.add_images()->set_name(bad);
+    {
+      std::ofstream out(dir_ + "/inventory.img", std::ios::trunc);
+      out << FrameMessage(inv);
+    }
+    auto r = OpenDirImageSet(dir_);
+    ASSERT_FALSE(r) << "'" << bad << "' was taken";
+    std::string why = r.error().ToString();
+    EXPECT_NE(why.find(bad == "pstree.img" ? "image pstree.img is listed twice"
+                                           : "inventory.img: entry 2 has a bad image name"),
+              std::string::npos)
+        << why;
+    inv.mutable_images()->RemoveLast();
+    std::ofstream(dir_ + "/inventory.img", std::ios::trunc) << FrameMessage(inv);
+  }
+  std::remove((dir_ + "/../kleap-image-test-outside").c_str());
+  ASSERT_TRUE(OpenDirImageSet(dir_));
+}
+
 TEST_F(ImageSetTest, DumpNeedsAnEmptyDirectory) {
   std::ofstream(dir_ + "/leftover") << "x";
   auto w = CreateDirImageSet(dir_);

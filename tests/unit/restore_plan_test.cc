@@ -69,6 +69,13 @@ TEST(ValidatePlan, TheTreesShape) {
         << Message(ValidatePlan(plan));
   }
   {
+    // A second task with no parent: nothing would create it (images_fuzz found it).
+    RestorePlan plan = ThreeTasks();
+    plan.pstree.mutable_tasks(1)->set_ppid(0);
+    EXPECT_NE(Message(ValidatePlan(plan)).find("task 101 has no parent"), std::string::npos)
+        << Message(ValidatePlan(plan));
+  }
+  {
     RestorePlan plan = ThreeTasks();
     plan.pstree.mutable_tasks(1)->set_pid(100);
     EXPECT_NE(Message(ValidatePlan(plan)).find("bad or repeated pid 100"), std::string::npos);
