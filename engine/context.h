@@ -73,6 +73,10 @@ struct DumpContext {
     return it->second;
   }
   uint64_t page_bytes = 0;
+  // The pages of each task's private anonymous mappings that more than one mapping
+  // holds, (address, page frame), ascending: its children's pages are compared with
+  // them (mm.cc, Pagemap.parent_runs). Parents are dumped first (pstree order).
+  std::map<pid_t, std::vector<std::pair<uint64_t, uint64_t>>> cow_frames;
   // Every image written so far, for CheckPlan before the commit.
   RestorePlan written;
   // Declared last, so a failed dump takes the sockets out of repair mode first.
@@ -119,6 +123,12 @@ struct OpenFiles {
   std::shared_ptr<void> unix_restore;
   std::map<uint64_t, UniqueFd> mem_files;  // shmem id -> the memfd/tmpfs file (not anon shared)
   pid_t mem_files_pid = 0;                 // the process holding mem_files
+  // shmem id -> the description memfd_create made, held by mem_files_pid. Unlike a
+  // reopen through /proc it is no writer of the inode, which an exec of the memfd
+  // needs (ETXTBSY otherwise); it goes to the first read-write fd of the memfd, and to
+  // its writable shared mappings (memfd.cc).
+  std::map<uint64_t, UniqueFd> memfd_created;
+  std::set<uint64_t> memfd_created_given;
 };
 
 // The kernel's O_LARGEFILE: glibc defines O_LARGEFILE as 0 on x86_64.

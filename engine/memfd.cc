@@ -352,6 +352,7 @@ Result<void> CreateMemFiles(const RestorePlan& plan, ImageReader& images, OpenFi
     UniqueFd ro(open(("/proc/self/fd/" + std::to_string(fd.get())).c_str(), O_RDONLY | O_CLOEXEC));
     if (!ro) return ErrnoError() << "hold " << what << " read-only";
     out->mem_files[o.id()] = std::move(ro);
+    if (o.kind() == img::ShmemObject::MEMFD) out->memfd_created[o.id()] = std::move(fd);
   }
   return Ok();
 }
@@ -364,10 +365,22 @@ Result<UniqueFd> OpenMemfd(const img::FileObject& fo, ImageReader&, OpenFiles& f
   std::string self = "/proc/self/fd/" + std::to_string(it->second.get());
   int flags = int(mf.flags()) & ~(O_CREAT | O_EXCL | O_TRUNC | O_NOCTTY | O_CLOEXEC);
   UniqueFd fd;
+  // The description memfd_create made is read-write with O_LARGEFILE, and F_SETFL sets
+  // the rest.
+  constexpr int kSettable = O_APPEND | O_NONBLOCK | O_DIRECT | O_NOATIME;
+  auto created = files.memfd_created.find(mf.shmem_id());
+  if (created != files.memfd_created.end() &&
+      (flags & ~(kSettable | O_ASYNC)) == (O_RDWR | kKernelOLargefile) &&
+      files.memfd_created_given.insert(mf.shmem_id()).second) {
+    fd.reset(fcntl(created->second.get(), F_DUPFD_CLOEXEC, 0));
+    if (!fd) return ErrnoError() << "dup memfd " << mf.shmem_id();
+    if (fcntl(fd.get(), F_SETFL, flags & kSettable) < 0)
+      return ErrnoError() << "memfd " << mf.shmem_id() << ": set flags " << Hex(flags);
+  }
   // O_NOFOLLOW (shm_open's) can't go through the /proc link: an unlinked tmpfs file is
   // named at its path for a moment again and opened there.
   std::string link = KLEAP_TRY(ReadLink(self));
-  if ((flags & O_NOFOLLOW) && !StartsWith(link, kMemfdPrefix) && EndsWith(link, kDeleted)) {
+  if (!fd && (flags & O_NOFOLLOW) && !StartsWith(link, kMemfdPrefix) && EndsWith(link, kDeleted)) {
     std::string path = link.substr(0, link.size() - strlen(kDeleted));
     if (linkat(AT_FDCWD, self.c_str(), AT_FDCWD, path.c_str(), AT_SYMLINK_FOLLOW) == 0) {
       fd = OpenLikeTask(path, flags | O_CLOEXEC, 0);

@@ -26,6 +26,7 @@ namespace kleap {
 namespace {
 
 constexpr uint64_t kPmPresent = 1ull << 63, kPmSwapped = 1ull << 62, kPmFileOrShared = 1ull << 61;
+constexpr uint64_t kPmExclusive = 1ull << 56, kPmFrame = (1ull << 55) - 1;
 constexpr size_t kCopyChunk = 1u << 20;
 constexpr size_t kRestoreWindow = 8u << 20;          // mapped blob window: bounds kleap's RSS
 constexpr int kMembarrierGetRegistrations = 1 << 9;  // Linux 6.3
@@ -120,7 +121,8 @@ std::vector<Problem> CheckMappings(pid_t pid) {
 
 namespace {
 
-// Copies [vaddr, vaddr+len) of a task into a blob, through a buffer that stays in cache.
+// Copies [vaddr, vaddr+len) of a task into a blob, through a buffer that stays in cache:
+// with process_vm_readv when `readable`, else through /proc/PID/mem.
 Result<void> CopyOut(pid_t pid, uint64_t vaddr, uint64_t len, bool readable, BlobWriter* blob,
                      std::vector<uint8_t>& buf) {
   while (len) {
@@ -136,22 +138,48 @@ Result<void> CopyOut(pid_t pid, uint64_t vaddr, uint64_t len, bool readable, Blo
   return Ok();
 }
 
+// A private anonymous mapping's pages against the parent's (copy-on-write sharing): the
+// frames the parent holds in more than one mapping, and this task's for its children.
+struct CowScan {
+  const std::vector<std::pair<uint64_t, uint64_t>>* parent = nullptr;
+  std::vector<std::pair<uint64_t, uint64_t>>* mine = nullptr;
+  size_t at = 0;  // in parent: the first entry not below the address scanned
+  bool SharedWithParent(uint64_t addr, uint64_t frame) {
+    if (!parent) return false;
+    while (at < parent->size() && (*parent)[at].first < addr) ++at;
+    return at < parent->size() && (*parent)[at].first == addr && (*parent)[at].second == frame;
+  }
+};
+
 // Finds the pages of a VMA that only the task holds, from /proc/PID/pagemap.
 Result<void> DumpVmaPages(pid_t pid, int pagemap_fd, const MapsEntry& m, bool file_backed,
                           BlobWriter* blob, img::Pagemap* pm, std::vector<uint8_t>& buf,
-                          uint64_t* bytes) {
+                          uint64_t* bytes, CowScan* cow = nullptr) {
   constexpr size_t kBatch = 8192;
   std::vector<uint64_t> ents(kBatch);
-  uint64_t run_start = 0, run_pages = 0;
+  uint64_t run_start = 0, run_pages = 0, shared_start = 0, shared_pages = 0;
+  // A run with a page that another mapping holds too (or that is swapped out, which
+  // pagemap can't tell) is read through /proc/PID/mem: process_vm_readv pins the pages,
+  // and a pin of a shared anonymous page copies it (the kernel's unsharing since 5.19),
+  // which would break copy-on-write sharing in the tree even if it runs on.
+  bool run_via_mem = false;
   auto flush = [&]() -> Result<void> {
     if (!run_pages) return Ok();
     img::PageRun* r = pm->add_runs();
     r->set_vaddr(run_start);
     r->set_nr_pages(run_pages);
-    KLEAP_TRY(CopyOut(pid, run_start, run_pages * kPage, m.read, blob, buf));
+    KLEAP_TRY(CopyOut(pid, run_start, run_pages * kPage, m.read && !run_via_mem, blob, buf));
+    run_via_mem = false;
     *bytes += run_pages * kPage;
     run_pages = 0;
     return Ok();
+  };
+  auto flush_shared = [&]() {
+    if (!shared_pages) return;
+    img::PageRun* r = pm->add_parent_runs();
+    r->set_vaddr(shared_start);
+    r->set_nr_pages(shared_pages);
+    shared_pages = 0;
   };
   for (uint64_t a = m.start; a < m.end;) {
     size_t n = size_t(std::min<uint64_t>(kBatch, (m.end - a) / kPage));
@@ -170,8 +198,23 @@ Result<void> DumpVmaPages(pid_t pid, int pagemap_fd, const MapsEntry& m, bool fi
       } else if (run_pages) {
         KLEAP_TRY(flush());
       }
+      if (want && !(e & kPmExclusive)) run_via_mem = true;
+      // A frame shows only to CAP_SYS_ADMIN; 0 when it doesn't.
+      uint64_t frame = e & kPmFrame;
+      bool multi = cow && want && (e & kPmPresent) && !(e & kPmExclusive) && frame;
+      if (multi && cow->mine) cow->mine->emplace_back(a, frame);
+      if (multi && cow->SharedWithParent(a, frame)) {
+        if (!shared_pages || shared_start + shared_pages * kPage != a) {
+          flush_shared();
+          shared_start = a;
+        }
+        ++shared_pages;
+      } else {
+        flush_shared();
+      }
     }
   }
+  flush_shared();
   return flush();
 }
 
@@ -307,6 +350,11 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
     bool mem_file;
   };
   std::vector<ShmemTodo> shmem_todo;
+  // Pages shared with the parent since a fork, found by frame.
+  CowScan cow;
+  if (auto p = ctx.cow_frames.find(task.ppid); task.ppid && p != ctx.cow_frames.end())
+    cow.parent = &p->second;
+  cow.mine = &ctx.cow_frames[pid];
 
   for (auto& m : maps) {
     VmaClass c = ClassifyVma(m, pid);
@@ -353,9 +401,9 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
           v->set_ghost_file(
               KLEAP_TRY(DumpMappedGhost(ctx, MapFilesPath(pid, m.start, m.end), where)));
           if (c.kind == img::Vma::FILE_PRIVATE)
-            KLEAP_TRY_CTX(
-                DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf, &ctx.page_bytes),
-                where);
+            KLEAP_TRY_CTX(DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf,
+                                       &ctx.page_bytes, &cow),
+                          where);
           break;
         }
         struct stat fst, pst;
@@ -368,9 +416,9 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
           v->set_shmem_id(id);
           shmem_todo.push_back({m, where, id, true});
           if (c.kind == img::Vma::FILE_PRIVATE)
-            KLEAP_TRY_CTX(
-                DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf, &ctx.page_bytes),
-                where);
+            KLEAP_TRY_CTX(DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf,
+                                       &ctx.page_bytes, &cow),
+                          where);
           break;
         }
         if (stat(m.path.c_str(), &pst) < 0 || pst.st_ino != fst.st_ino || pst.st_dev != fst.st_dev)
@@ -381,9 +429,9 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
           it = ident_cache.emplace(key, KLEAP_TRY_CTX(IdentifyFile(m.path, fst), where)).first;
         *v->mutable_file() = it->second;
         if (c.kind == img::Vma::FILE_PRIVATE)
-          KLEAP_TRY_CTX(
-              DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf, &ctx.page_bytes),
-              where);
+          KLEAP_TRY_CTX(DumpVmaPages(pid, pagemap.get(), m, true, blob.get(), &pm, buf,
+                                     &ctx.page_bytes, &cow),
+                        where);
         break;
       }
       case img::Vma::ANON_PRIVATE:
@@ -391,7 +439,7 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
         // empty, as if dropped, and costs the set nothing.
         if (m.HasFlag("dp")) break;
         KLEAP_TRY_CTX(
-            DumpVmaPages(pid, pagemap.get(), m, false, blob.get(), &pm, buf, &ctx.page_bytes),
+            DumpVmaPages(pid, pagemap.get(), m, false, blob.get(), &pm, buf, &ctx.page_bytes, &cow),
             where);
         break;
       default:
@@ -411,6 +459,69 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm) {
 }
 
 // ---- restore ----
+
+bool HasVmFlag(const img::Vma& v, std::string_view f) {
+  return std::find(v.vm_flags().begin(), v.vm_flags().end(), f) != v.vm_flags().end();
+}
+
+static uint64_t AnonMapFlags(const img::Vma& v) {
+  return (HasVmFlag(v, "dp") ? kMapDroppable : MAP_PRIVATE) | MAP_ANONYMOUS |
+         (v.growsdown() ? MAP_GROWSDOWN : 0) | (HasVmFlag(v, "nr") ? MAP_NORESERVE : 0);
+}
+
+Result<void> FillCowVma(const img::MmImage& mm, const img::Pagemap& pm, int vma, BlobReader& blob,
+                        bool inherited, int fd) {
+  const img::Vma& v = mm.vmas(vma);
+  std::string where = "mapping " + Hex(v.start()) + "-" + Hex(v.end());
+  if (!inherited) {
+    void* want = reinterpret_cast<void*>(v.start());
+    uint64_t flags =
+        fd < 0 ? AnonMapFlags(v) : MAP_PRIVATE | (HasVmFlag(v, "nr") ? MAP_NORESERVE : 0);
+    void* got = mmap(want, v.end() - v.start(), PROT_READ | PROT_WRITE,
+                     int(flags | MAP_FIXED_NOREPLACE), fd, off_t(fd < 0 ? 0 : v.pgoff()));
+    if (got == MAP_FAILED) return ErrnoError() << where << ": mmap";
+    if (got != want) {
+      munmap(got, v.end() - v.start());
+      return Err(EEXIST) << where << ": mapped at " << Hex(uint64_t(got));
+    }
+  }
+  auto shared = pm.parent_runs().begin();
+  uint64_t blob_off = 0, gap = v.start();
+  auto zap = [&](uint64_t to) -> Result<void> {
+    if (inherited && to > gap && madvise(reinterpret_cast<void*>(gap), to - gap, MADV_DONTNEED) < 0)
+      return ErrnoError() << where << ": drop the parent's pages at " << Hex(gap);
+    return Ok();
+  };
+  auto fill = [&](uint64_t from, uint64_t to, uint64_t off) -> Result<void> {
+    if (to > from) KLEAP_TRY_CTX(blob.ReadAt(off, reinterpret_cast<void*>(from), to - from), where);
+    return Ok();
+  };
+  for (auto& r : pm.runs()) {
+    uint64_t start = r.vaddr(), end = r.vaddr() + r.nr_pages() * kPage;
+    if (end <= v.start()) {
+      blob_off += end - start;
+      continue;
+    }
+    if (start >= v.end()) break;
+    KLEAP_TRY(zap(start));
+    gap = end;
+    // The run less the pages shared with the parent, which the inherited copy has.
+    uint64_t at = start;
+    while (inherited && shared != pm.parent_runs().end() && shared->vaddr() < end) {
+      uint64_t s0 = shared->vaddr(), s1 = s0 + shared->nr_pages() * kPage;
+      if (s1 <= at) {
+        ++shared;
+        continue;
+      }
+      KLEAP_TRY(fill(at, s0, blob_off + (at - start)));
+      at = s1;
+      ++shared;
+    }
+    KLEAP_TRY(fill(at, end, blob_off + (at - start)));
+    blob_off += end - start;
+  }
+  return zap(v.end());
+}
 
 Result<ScratchPage> PickScratch(const img::MmImage& mm) {
   auto ours = KLEAP_TRY(ReadMaps(getpid()));
@@ -450,10 +561,6 @@ Result<void> RestoreMmFlags(RemoteSyscalls& rs, const img::MmImage& mm, const st
       KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMembarrier, bit, 0, 0),
                     who << ": membarrier register " << Hex(bit));
   return Ok();
-}
-
-bool HasVmFlag(const img::Vma& v, std::string_view f) {
-  return std::find(v.vm_flags().begin(), v.vm_flags().end(), f) != v.vm_flags().end();
 }
 
 // The advice and locks a mapping had (smaps VmFlags), given again once its pages are in.
@@ -518,11 +625,23 @@ Result<void> RestoreMm(MmRestore& r) {
   constexpr ArchKind k64 = ArchKind::kX86_64;
   std::string who = "task " + std::to_string(r.pid);
 
-  // Nothing of the restorer's own layout stays but the scratch page.
-  const uint64_t scratch = r.scratch.base.addr(), scratch_end = scratch + ScratchPage::kSize;
-  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, 0, scratch), who << ": unmap the restorer");
-  KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, scratch_end, X64Arch::kTaskSize - scratch_end),
-                who << ": unmap the restorer");
+  // Nothing of the restorer's own layout stays but the scratch page and the mappings
+  // the task filled before its fork (FillCowVma).
+  {
+    std::vector<std::pair<uint64_t, uint64_t>> keep{
+        {r.scratch.base.addr(), r.scratch.base.addr() + ScratchPage::kSize}};
+    for (int k : r.kept) keep.emplace_back(mm.vmas(k).start(), mm.vmas(k).end());
+    std::sort(keep.begin(), keep.end());
+    uint64_t from = 0;
+    for (auto [start, end] : keep) {
+      if (start > from)
+        KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, from, start - from),
+                      who << ": unmap the restorer");
+      from = std::max(from, end);
+    }
+    KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMunmap, from, X64Arch::kTaskSize - from),
+                  who << ": unmap the restorer");
+  }
   KLEAP_TRY(RestoreVdso(r));
 
   auto blob = KLEAP_TRY(r.images->OpenBlob(r.pagemap->blob()));
@@ -543,13 +662,21 @@ Result<void> RestoreMm(MmRestore& r) {
     while (run < runs.size() && runs[run].vaddr() >= v.start() && runs[run].vaddr() < v.end())
       ++run;
     bool has_pages = run > first;
+    if (std::binary_search(r.kept.begin(), r.kept.end(), i)) {
+      // Made and filled before the fork; it shares pages with the parent or a child.
+      for (int k = first; k < run; ++k) blob_off += runs[k].nr_pages() * kPage;
+      if (v.prot() != (PROT_READ | PROT_WRITE))
+        KLEAP_TRY_CTX(rs.Call(k64, X64Arch::kMprotect, v.start(), len, v.prot()),
+                      where << ": mprotect");
+      KLEAP_TRY(ApplyVmFlags(rs, v, where));
+      continue;
+    }
     uint32_t prot = v.prot() | (has_pages ? PROT_READ | PROT_WRITE : 0);
     uint64_t flags = MAP_FIXED, off = 0;
     RemoteFd fd(-1);
     switch (v.kind()) {
       case img::Vma::ANON_PRIVATE:
-        flags |= (HasVmFlag(v, "dp") ? kMapDroppable : MAP_PRIVATE) | MAP_ANONYMOUS |
-                 (v.growsdown() ? MAP_GROWSDOWN : 0);
+        flags |= AnonMapFlags(v);
         break;
       case img::Vma::ANON_SHARED:
       case img::Vma::FILE_SHARED:

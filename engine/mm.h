@@ -35,6 +35,8 @@ struct MmRestore {
   const img::Pagemap* pagemap = nullptr;
   ImageReader* images = nullptr;
   const MmHelpers* helpers = nullptr;
+  // Mappings the task already holds whole (FillCowVma), by index: kept as they are.
+  std::vector<int> kept;
   bool force_vdso_proxy = false;
   uint64_t page_bytes = 0;  // out
 };
@@ -43,6 +45,17 @@ Result<void> DumpMm(DumpContext& ctx, const TaskInfo& task, img::MmImage* mm);
 
 // Replaces the whole address space of the task with the dumped one.
 Result<void> RestoreMm(MmRestore& r);
+
+// Copy-on-write sharing, in the task itself before it forks its children: makes its
+// private mapping `vma` at its place (anonymous, or of `fd`) and fills it with the task's
+// own pages, or, `inherited` from the parent's copy, writes only the pages it does not
+// share with the parent (Pagemap.parent_runs) and drops the ones it lacks. The children
+// it forks then inherit the pages they share with it. RestoreMm keeps the mapping (kept).
+Result<void> FillCowVma(const img::MmImage& mm, const img::Pagemap& pm, int vma, BlobReader& blob,
+                        bool inherited, int fd = -1);
+
+// A VmFlags name of smaps ("dd", "wf", ...) the mapping had.
+bool HasVmFlag(const img::Vma& v, std::string_view f);
 
 // Picks a scratch page address that is free in the dumped layout and in ours, below 4 GiB
 // so that both syscall instructions can run from it.

@@ -113,6 +113,8 @@ class RestoreSession {
   std::vector<LeaderHelper> leaders_;
   SharedState* shared_ = nullptr;
   size_t shared_size_ = 0;
+  size_t cow_flags_ = 0;
+  std::atomic<uint8_t>* cow_kept_ = nullptr;  // in shared_'s mapping
   std::map<pid_t, std::unique_ptr<RemoteSyscalls>> threads_;
   std::vector<pid_t> seized_;
   pid_t root_ = 0;
@@ -128,6 +130,7 @@ Result<void> RestoreSession::Prepare() {
   ForkPlan fork = KLEAP_TRY(PlanTasks(plan_));
   tasks_ = std::move(fork.tasks);
   leaders_ = std::move(fork.leaders);
+  cow_flags_ = fork.cow_flags;
   // Helper fds and staging sit above every target fd; make sure we may open them.
   rlimit nofile;
   getrlimit(RLIMIT_NOFILE, &nofile);
@@ -145,12 +148,17 @@ Result<void> RestoreSession::Prepare() {
 }
 
 Result<void> RestoreSession::ForkAll() {
-  shared_size_ = (sizeof(SharedState) + tasks_.size() * sizeof(Slot) + 4095) & ~size_t(4095);
+  // The slots, then a flag for each mapping kept from before a fork (TaskPlan::cow).
+  size_t slots_end = sizeof(SharedState) + tasks_.size() * sizeof(Slot);
+  shared_size_ = (slots_end + cow_flags_ + 4095) & ~size_t(4095);
   void* p = mmap(nullptr, shared_size_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return ErrnoError() << "map restore state";
   shared_ = static_cast<SharedState*>(p);
+  cow_kept_ = reinterpret_cast<std::atomic<uint8_t>*>(static_cast<char*>(p) + slots_end);
   ForkContext fork_ctx{plan_, files_, shmem_, tasks_, shared_};
   fork_ctx.leaders = &leaders_;
+  fork_ctx.images = &images_;
+  fork_ctx.cow_kept = cow_kept_;
   // The root's own time namespace is made here; kleap's later children (helpers) are
   // born in kleap's own again.
   UniqueFd kleap_time;
@@ -276,6 +284,8 @@ Result<void> RestoreSession::RebuildMm(TaskPlan& t) {
   mr.pagemap = &Lookup(plan_.pagemaps, pid);
   mr.images = &images_;
   mr.helpers = &t.helpers;
+  for (auto& c : t.cow)
+    if (cow_kept_[c.flag].load()) mr.kept.push_back(c.vma);
   mr.force_vdso_proxy = opts_.force_vdso_proxy;
   if (opts_.as_init && pid == 1) init_replaced_ = true;
   KLEAP_TRY(RestoreMm(mr));

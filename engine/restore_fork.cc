@@ -67,6 +67,14 @@ namespace {
 
 // The code of a task being created, over what it knows (ForkContext).
 struct Forker : ForkContext {
+  // Mappings this process holds whole for its children (PrepareCow); a child gets the
+  // list with its copy of the memory.
+  struct KeptVma {
+    uint64_t start, end;
+    size_t flag;
+  };
+  std::vector<KeptVma> kept_vmas;
+
   [[noreturn]] void Exit1() {
     if (is_init && init_fallback) {
       const char* why = shared->abort_reason[0] ? shared->abort_reason : shared->slots[0].error;
@@ -123,6 +131,48 @@ struct Forker : ForkContext {
     return Ok();
   }
 
+  // A new fd (close-on-exec) of the file a mapping maps.
+  Result<UniqueFd> OpenVmaFile(const img::Vma& v) {
+    std::string path;
+    int mode = O_RDONLY | O_CLOEXEC;
+    if (v.kind() == img::Vma::ANON_SHARED) {
+      auto it = shmem.find(v.shmem_id());
+      if (it == shmem.end())
+        return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown shared memory "
+                           << v.shmem_id();
+      path = MapFilesPath(0, it->second.addr, it->second.addr + it->second.size);
+      mode = O_RDWR | O_CLOEXEC;
+    } else {
+      // Read-only unless the mapping may write (a write-sealed memfd refuses writable ones).
+      if (v.kind() == img::Vma::FILE_SHARED && HasVmFlag(v, "mw")) mode = O_RDWR | O_CLOEXEC;
+      auto created = files.memfd_created.find(v.shmem_id());
+      if (mode & O_RDWR && created != files.memfd_created.end()) {
+        // A memfd's writable shared mapping: of the description memfd_create made, as
+        // it was (files.memfd_created), taken from the controller.
+        UniqueFd pidfd(int(syscall(SYS_pidfd_open, files.mem_files_pid, 0)));
+        UniqueFd fd(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), created->second.get(), 0))
+                          : -1);
+        if (!fd) return ErrnoError() << "take memfd " << v.shmem_id() << " from the controller";
+        return fd;
+      }
+      if (v.shmem_id()) {
+        // A memfd or unlinked tmpfs file the controller made, a description of its own
+        // through the controller's /proc: the task closes its copies of the controller's fds.
+        auto it = files.mem_files.find(v.shmem_id());
+        if (it == files.mem_files.end())
+          return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown memory file "
+                             << v.shmem_id();
+        path = "/proc/" + std::to_string(files.mem_files_pid) + "/fd/" +
+               std::to_string(it->second.get());
+      } else {
+        path = v.ghost_file() ? KLEAP_TRY(GhostPath(plan, files, v.ghost_file())) : v.path();
+      }
+    }
+    UniqueFd fd(open(path.c_str(), mode));
+    if (!fd) return ErrnoError() << "open " << (v.path().empty() ? path : v.path());
+    return fd;
+  }
+
   // Opens the files the task's mappings need, at the numbers AssignHelperFds chose.
   Result<void> OpenHelpers(const TaskPlan& t) {
     // Nothing of the controller's stays above the task's own fds (a shared table's holder
@@ -138,37 +188,8 @@ struct Forker : ForkContext {
     };
     for (auto& [i, want] : t.helpers.vma_fd) {
       const img::Vma& v = t.mm->image->vmas(int(i));
-      if (v.kind() == img::Vma::ANON_SHARED) {
-        auto it = shmem.find(v.shmem_id());
-        if (it == shmem.end())
-          return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown shared memory "
-                             << v.shmem_id();
-        std::string path = MapFilesPath(0, it->second.addr, it->second.addr + it->second.size);
-        KLEAP_TRY(place(open(path.c_str(), O_RDWR | O_CLOEXEC), want, path));
-      } else if (v.shmem_id()) {
-        // A memfd or unlinked tmpfs file the controller made: a description of its own, read-only
-        // unless the mapping may write (a write-sealed memfd refuses writable ones).
-        auto it = files.mem_files.find(v.shmem_id());
-        if (it == files.mem_files.end())
-          return Err(EINVAL) << "mapping " << Hex(v.start()) << ": unknown memory file "
-                             << v.shmem_id();
-        bool may_write =
-            v.kind() == img::Vma::FILE_SHARED &&
-            std::find(v.vm_flags().begin(), v.vm_flags().end(), "mw") != v.vm_flags().end();
-        // (Through the controller's /proc: the task closed its copies of the controller's fds.)
-        std::string path = "/proc/" + std::to_string(files.mem_files_pid) + "/fd/" +
-                           std::to_string(it->second.get());
-        KLEAP_TRY(
-            place(open(path.c_str(), (may_write ? O_RDWR : O_RDONLY) | O_CLOEXEC), want, v.path()));
-      } else {
-        bool may_write =
-            v.kind() == img::Vma::FILE_SHARED &&
-            std::find(v.vm_flags().begin(), v.vm_flags().end(), "mw") != v.vm_flags().end();
-        std::string path =
-            v.ghost_file() ? KLEAP_TRY(GhostPath(plan, files, v.ghost_file())) : v.path();
-        KLEAP_TRY(
-            place(open(path.c_str(), (may_write ? O_RDWR : O_RDONLY) | O_CLOEXEC), want, v.path()));
-      }
+      UniqueFd fd = KLEAP_TRY(OpenVmaFile(v));
+      KLEAP_TRY(place(fd.release(), want, v.path()));
     }
     const img::MmImage& mm = *t.mm->image;
     std::string exe = mm.exe_path();
@@ -181,6 +202,44 @@ struct Forker : ForkContext {
             std::to_string(it->second.get());
     }
     return place(open(exe.c_str(), O_RDONLY | O_CLOEXEC), t.helpers.exe_fd, mm.exe_path());
+  }
+
+  // Copy-on-write sharing (TaskPlan::cow), before the task forks anything: of the
+  // mappings its creator kept, it fills the ones it inherits as its own and drops the
+  // others; then it makes and fills the ones its children share with it. A mapping that
+  // can't be made here (the restorer's own memory is in the way) is left to RestoreMm,
+  // as if nothing were shared.
+  void PrepareCow(size_t i) {
+    TaskPlan& t = tasks[i];
+    std::vector<KeptVma> mine;
+    std::unique_ptr<BlobReader> blob;
+    auto fill = [&](const TaskPlan::CowVma& c, bool inherited) -> Result<void> {
+      const img::Vma& v = t.mm->image->vmas(c.vma);
+      if (!blob) blob = KLEAP_TRY(images->OpenBlob(Lookup(plan.pagemaps, t.ps->pid()).blob()));
+      UniqueFd file;
+      if (!inherited && v.kind() == img::Vma::FILE_PRIVATE) file = KLEAP_TRY(OpenVmaFile(v));
+      KLEAP_TRY(FillCowVma(*t.mm->image, Lookup(plan.pagemaps, t.ps->pid()), c.vma, *blob,
+                           inherited, file ? file.get() : -1));
+      mine.push_back({v.start(), v.end(), c.flag});
+      cow_kept[c.flag].store(1);
+      return Ok();
+    };
+    for (auto& k : kept_vmas) {
+      auto c = std::find_if(t.cow.begin(), t.cow.end(),
+                            [&](auto& c) { return c.parent_flag == long(k.flag); });
+      if (c != t.cow.end()) {
+        if (auto r = fill(*c, true); !r) Fail(i, r.error());
+      } else {
+        munmap(reinterpret_cast<void*>(k.start), k.end - k.start);
+      }
+    }
+    for (auto& c : t.cow) {
+      if (!c.for_children || cow_kept[c.flag].load()) continue;
+      if (auto r = fill(c, false); !r)
+        KLOG(kDebug) << "task " << t.ps->pid()
+                     << ": not shared with its children: " << r.error().ToString();
+    }
+    kept_vmas = std::move(mine);
   }
 
   // A zombie, once its session and group are in place (others may be joining its
@@ -359,6 +418,7 @@ struct Forker : ForkContext {
     }
     if (t.ps->pgid() == t.ps->pid() && t.ps->sid() != t.ps->pid() && setpgid(0, 0) < 0)
       Fail(i, ErrnoError() << "setpgid");
+    if (!t.ps->zombie() && !t.vm_shared()) PrepareCow(i);
     // Children in the task's own time namespace come first (Prepare sorts them), then
     // the task makes the one it had unshared, for the others and its later children.
     bool time_ns_made = false;

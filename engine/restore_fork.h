@@ -60,6 +60,10 @@ struct ForkContext {
   std::vector<TaskPlan>& tasks;
   SharedState* shared;
   std::vector<LeaderHelper>* leaders = nullptr;
+  // The pages of mappings filled before a fork (TaskPlan::cow), and a flag for each in
+  // shared memory: set by the task that holds its copy whole, for RestoreMm.
+  ImageReader* images = nullptr;
+  std::atomic<uint8_t>* cow_kept = nullptr;
   // This process is PID 1 restoring a whole system (RestoreOptions::as_init): it must
   // never exit, and falls back instead.
   bool is_init = false;

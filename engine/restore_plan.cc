@@ -119,6 +119,21 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
                              << " of " << r.nr_pages() << " pages lies outside its mapping";
         prev = r.vaddr() + r.nr_pages() * 4096;
       }
+      // Pages shared with the parent: ascending, each inside one run.
+      auto& pm = Lookup(plan.pagemaps, t.pid());
+      prev = 0;
+      int k = 0;
+      for (auto& r : pm.parent_runs()) {
+        while (k < pm.runs_size() && pm.runs(k).vaddr() + pm.runs(k).nr_pages() * 4096 <= r.vaddr())
+          ++k;
+        if (r.vaddr() % 4096 || r.vaddr() < prev || r.nr_pages() == 0 || k == pm.runs_size() ||
+            r.vaddr() < pm.runs(k).vaddr() ||
+            r.nr_pages() > pm.runs(k).nr_pages() - (r.vaddr() - pm.runs(k).vaddr()) / 4096)
+          return Err(EINVAL) << PagemapImage(t.pid()) << ": page run at " << Hex(r.vaddr())
+                             << " of " << r.nr_pages()
+                             << " pages shared with the parent lies outside the task's pages";
+        prev = r.vaddr() + r.nr_pages() * 4096;
+      }
     }
     uint64_t prev_end = 0;
     for (auto& v : mm.vmas()) {
@@ -353,6 +368,64 @@ Result<void> PlanSharing(const RestorePlan& plan, const std::map<pid_t, pid_t>& 
   return Ok();
 }
 
+// Copy-on-write sharing: a child's mapping whose pages it still shares with its parent
+// is inherited whole when the parent fills its own copy of it before the fork. Both
+// must be the same private mapping (anonymous, or of the same file at the same offset)
+// that a fork copies (not MADV_DONTFORK, MADV_WIPEONFORK or droppable).
+bool Forkable(const img::Vma& v) {
+  return (v.kind() == img::Vma::ANON_PRIVATE || v.kind() == img::Vma::FILE_PRIVATE) &&
+         !HasVmFlag(v, "dd") && !HasVmFlag(v, "wf") && !HasVmFlag(v, "dp");
+}
+bool SameMapping(const img::Vma& a, const img::Vma& b) {
+  return a.start() == b.start() && a.end() == b.end() && a.kind() == b.kind() &&
+         a.path() == b.path() && a.pgoff() == b.pgoff() && a.ghost_file() == b.ghost_file() &&
+         a.shmem_id() == b.shmem_id() && Forkable(a) && Forkable(b);
+}
+
+size_t PlanCow(const RestorePlan& plan, std::vector<TaskPlan>& tasks,
+               const std::map<pid_t, size_t>& index) {
+  std::map<std::pair<size_t, int>, size_t> flags;
+  auto entry = [&](size_t task, int vma) -> TaskPlan::CowVma& {
+    auto [it, added] = flags.emplace(std::make_pair(task, vma), flags.size());
+    auto& cow = tasks[task].cow;
+    for (auto& c : cow)
+      if (c.vma == vma) return c;
+    cow.push_back({vma, it->second, -1, false});
+    return cow.back();
+  };
+  auto own_mm = [&](const TaskPlan& t) {
+    return !t.ps->zombie() && t.mm && t.mm->owner == t.index;
+  };
+  for (auto& t : tasks) {
+    if (!own_mm(t)) continue;
+    auto pm = plan.pagemaps.find(t.ps->pid());
+    auto p = index.find(t.ps->ppid());
+    if (pm == plan.pagemaps.end() || pm->second.parent_runs().empty() || p == index.end() ||
+        !own_mm(tasks[p->second]))
+      continue;
+    const TaskPlan& parent = tasks[p->second];
+    const img::MmImage& mine = *t.mm->image;
+    const img::MmImage& theirs = *parent.mm->image;
+    int v = 0, w = 0;
+    for (auto& r : pm->second.parent_runs()) {
+      while (v < mine.vmas_size() && mine.vmas(v).end() <= r.vaddr()) ++v;
+      if (v == mine.vmas_size()) break;
+      const img::Vma& vma = mine.vmas(v);
+      if (r.vaddr() < vma.start() || !Forkable(vma)) continue;
+      while (w < theirs.vmas_size() && theirs.vmas(w).end() <= vma.start()) ++w;
+      if (w == theirs.vmas_size()) break;
+      const img::Vma& pv = theirs.vmas(w);
+      if (!SameMapping(vma, pv)) continue;
+      entry(p->second, w).for_children = true;
+      size_t parent_flag = flags.at({p->second, w});
+      entry(t.index, v).parent_flag = long(parent_flag);
+    }
+  }
+  for (auto& t : tasks)
+    std::sort(t.cow.begin(), t.cow.end(), [](auto& a, auto& b) { return a.vma < b.vma; });
+  return flags.size();
+}
+
 }  // namespace
 
 Result<ForkPlan> PlanTasks(const RestorePlan& plan) {
@@ -391,6 +464,7 @@ Result<ForkPlan> PlanTasks(const RestorePlan& plan) {
   // An address space's scratch page goes with the last of its tasks rebuilt.
   for (auto& t : tasks)
     if (t.mm) t.mm->last = t.index;
+  out.cow_flags = PlanCow(plan, tasks, index);
   // A parent creates its children in its own time namespace before it makes another.
   for (auto& t : tasks)
     std::stable_sort(t.children.begin(), t.children.end(), [&](size_t a, size_t b) {

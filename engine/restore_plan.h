@@ -86,6 +86,15 @@ struct TaskPlan {
   // previous placer's (AssignHelperFds). A task in its parent's address space has none.
   int helper_from = 0, helper_end = 0;
   MmHelpers helpers;
+  // Private anonymous mappings kept whole from before a fork, so that the pages a child
+  // shares with its parent (Pagemap.parent_runs) stay one copy (PlanCow).
+  struct CowVma {
+    int vma = 0;                // in the task's MmImage
+    size_t flag = 0;            // in ForkContext::cow_kept: set once the task holds it whole
+    long parent_flag = -1;      // the parent's copy, inherited at the fork, when it has one
+    bool for_children = false;  // a child of the task shares pages of it
+  };
+  std::vector<CowVma> cow;             // by vma
   std::vector<size_t> children;        // tasks it creates, its own time namespace's first
   std::vector<size_t> leader_helpers;  // helpers of gone leaders it creates (LeaderHelper)
   bool by_helper = false;              // created by a session helper, which exits
@@ -111,6 +120,7 @@ struct LeaderHelper {
 struct ForkPlan {
   std::vector<TaskPlan> tasks;  // pstree order: each after the one that creates it
   std::vector<LeaderHelper> leaders;
+  size_t cow_flags = 0;  // TaskPlan::CowVma::flag below this
 };
 
 // Plans the fork of a validated plan. A scratch page is picked for each address space

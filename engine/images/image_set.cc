@@ -66,7 +66,6 @@ Result<void> WriteAll(int fd, const void* data, size_t len, const std::string& w
   return Ok();
 }
 
-
 class DirBlobWriter : public BlobWriter {
  public:
   DirBlobWriter(UniqueFd fd, std::string path, std::string name,

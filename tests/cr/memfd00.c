@@ -12,7 +12,11 @@
  *   POSIX shm "/kleap-memfd00-l-PID", still linked: 2 pages + 100 bytes, mapped shared,
  *     fd at offset 11;
  *   POSIX shm "/kleap-memfd00-u-PID", shm_unlink()ed while open and mapped: 3 pages + 5
- *     bytes, fd at offset 77.
+ *     bytes, fd at offset 77;
+ *   memfd S "kleap-memfd00-s": the script "#!/bin/true", mapped shared and writable; run
+ *     through its fd (execveat(fd, "", AT_EMPTY_PATH)) before the dump and after the
+ *     restore, which fails (ETXTBSY) if any description of it but memfd_create's own
+ *     may write it.
  * After SIGUSR1 both check: contents byte for byte, sizes, seals, that sealed operations
  * still fail, the fds' offsets and access modes, the names in /proc/self/maps and
  * /proc/self/fd; then the parent writes a token through its shared mappings of A and of
@@ -30,6 +34,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "workload.h"
@@ -51,8 +56,23 @@
 #define TOKEN_C2P 0x5eed0002u
 
 static size_t pg;
-static int fd_a = -1, fd_a_ro = -1, fd_b = -1, fd_c = -1, fd_l = -1, fd_u = -1;
-static unsigned char *a_shared, *a_priv, *b_map, *l_map, *u_map;
+static int fd_a = -1, fd_a_ro = -1, fd_b = -1, fd_c = -1, fd_l = -1, fd_u = -1, fd_s = -1;
+static unsigned char *a_shared, *a_priv, *b_map, *l_map, *u_map, *s_map;
+
+/* Runs memfd S through its fd in a child: 0 when it exited 0, else the child's errno. */
+static int run_script(void) {
+  pid_t pid = fork();
+  if (pid < 0) return errno;
+  if (pid == 0) {
+    char* argv[] = {"kleap-memfd00-s", NULL};
+    char* envp[] = {NULL};
+    syscall(SYS_execveat, fd_s, "", argv, envp, AT_EMPTY_PATH);
+    _exit(errno & 0x7f);
+  }
+  int st;
+  if (waitpid(pid, &st, 0) != pid) return errno;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
 static char l_name[64], u_name[64];
 static unsigned char* expect_a; /* the whole content of A as set up */
 static struct wl_check chk;
@@ -352,6 +372,12 @@ int main(int argc, char** argv) {
   if (lseek(fd_u, 77, SEEK_SET) != 77) die("seek unlinked shm");
   free(tmp);
 
+  fd_s = memfd_create("kleap-memfd00-s", 0);
+  if (fd_s < 0) die("memfd_create S");
+  pwrite_all(fd_s, "#!/bin/true\n", 12, 0);
+  s_map = map(pg, PROT_READ | PROT_WRITE, MAP_SHARED, fd_s);
+  if (run_script() != 0) wl_skip("execveat of a memfd script: %s", strerror(run_script()));
+
   pid_t child = wl_fork();
   if (child < 0) die("fork");
   if (child == 0) return child_main();
@@ -379,6 +405,9 @@ int main(int argc, char** argv) {
   fill(want, pg, 9);
   check_bytes("memfd A private page 0 after the child wrote its copy", a_priv, want, pg);
   check_bytes("memfd A page 0 after the child wrote its private copy", a_shared, expect_a, pg);
+  int err = run_script();
+  wl_check(&chk, err == 0, "parent: execveat of memfd S: %s", strerror(err));
+  wl_check(&chk, memcmp(s_map, "#!/bin/true\n", 12) == 0, "parent: memfd S's mapping differs");
   shm_unlink(l_name);
   return wl_check_result("parent", &chk);
 }
