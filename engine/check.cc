@@ -8,6 +8,7 @@
 #include "engine/ipc.h"
 #include "engine/leaders.h"
 #include "engine/locks.h"
+#include "engine/pidfd.h"
 #include "engine/share.h"
 #include "engine/sock_unix.h"
 #include "engine/timens.h"
@@ -65,6 +66,7 @@ std::vector<Problem> CheckTasks(const std::vector<TaskInfo>& tasks) {
   out.insert(out.end(), ttys.begin(), ttys.end());
   for (auto&& p : CheckIpc(tasks)) out.push_back(std::move(p));
   for (auto&& p : CheckFileOwners(tasks)) out.push_back(std::move(p));
+  for (auto&& p : CheckPidfds(tasks)) out.push_back(std::move(p));
   for (auto& t : tasks)
     if (!t.zombie)
       for (auto&& part : {CheckTaskState(t.pid), CheckFds(t.pid), CheckMappings(t.pid)})

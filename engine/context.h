@@ -129,6 +129,13 @@ struct OpenFiles {
   // its writable shared mappings (memfd.cc).
   std::map<uint64_t, UniqueFd> memfd_created;
   std::set<uint64_t> memfd_created_given;
+  // Pidfds of tasks of the set, by file id: (pid, flags). Their by_id fd is a
+  // placeholder until OpenLivePidfds; a task takes the pidfd from the controller
+  // (mem_files_pid) with pidfd_getfd (pidfd.h).
+  std::map<uint64_t, std::pair<pid_t, uint32_t>> live_pidfds;
+  // Dead processes' pidfds come from children that exited, one per Pidfd.dead_id, reaped
+  // once every pidfd of them is open (ReapPidfdChildren).
+  std::map<uint64_t, pid_t> pidfd_dead;
 };
 
 // The kernel's O_LARGEFILE: glibc defines O_LARGEFILE as 0 on x86_64.

@@ -24,6 +24,7 @@
 #include "engine/base/page.h"
 #include "engine/files.h"
 #include "engine/fown.h"
+#include "engine/pidfd.h"
 #include "engine/sock_inet.h"
 #include "engine/sock_unix.h"
 #include "engine/tty.h"
@@ -128,6 +129,7 @@ constexpr struct {
     {"[signalfd]", FdType::kSignalfd, nullptr},
     {"[eventpoll]", FdType::kEpoll, nullptr},
     {"inotify", FdType::kInotify, nullptr},
+    {"[pidfd]", FdType::kPidfd, nullptr},
     {"[fanotify]", FdType::kUnsupported, "fanotify is not supported"},
     {"[io_uring]", FdType::kUnsupported, "io_uring is not supported"},
 };
@@ -172,6 +174,7 @@ constexpr FdKind kFdKinds[] = {
     {FdType::kMemfd, img::FileObject::kMemfd, nullptr, DumpMemfd, ValidateMemfd, OpenMemfd},
     {FdType::kNetlinkSocket, img::FileObject::kNetlinkSock, RefuseNetlinkSock, DumpNetlinkSock,
      ValidateNetlinkSock, OpenNetlinkSock},
+    {FdType::kPidfd, img::FileObject::kPidfd, nullptr, DumpPidfd, ValidatePidfd, OpenPidfd},
 };
 
 const FdKind* KindOf(FdType t) {
@@ -739,12 +742,28 @@ Result<void> OpenFileObjects(const RestorePlan& plan, ImageReader& images, OpenF
   for (auto& fo : plan.files.files()) {
     const FdKind* k = KindOf(fo.kind_case());
     if (!k) return Err(EINVAL) << "files.img: file " << fo.id() << " has no known kind";
-    out->by_id[fo.id()] = KLEAP_TRY(k->open(fo, images, *out));
+    auto fd = k->open(fo, images, *out);
+    if (!fd) {
+      ReapPidfdChildren(*out);
+      return std::move(fd).error();
+    }
+    out->by_id[fo.id()] = std::move(*fd);
   }
+  ReapPidfdChildren(*out);
   KLEAP_TRY(RegisterEpollTargets(plan.files, *out));
   KLEAP_TRY(FinishPtys(plan.files, *out));
   KLEAP_TRY(FillUnixSockets(out));
   return Ok();
+}
+
+void ForEachTreeFd(const std::vector<TaskInfo>& tasks,
+                   const std::function<void(const TaskInfo&, int fd)>& fn) {
+  for (auto& t : tasks) {
+    if (t.zombie) continue;
+    auto fds = ListFds(t.pid);
+    if (!fds) continue;
+    for (int fd : *fds) fn(t, fd);
+  }
 }
 
 long LocalFdSyscall(long nr, long a1, long a2, long a3) {
@@ -769,8 +788,19 @@ Result<void> InstallFds(const img::FdTable& table, const OpenFiles& files, int k
     auto it = files.by_id.find(e.file_id());
     if (it == files.by_id.end())
       return Err(EINVAL) << "fd " << e.fd() << ": file " << e.file_id() << " was not opened";
-    int s = int(KLEAP_TRY_CTX(call(SYS_fcntl, it->second.get(), F_DUPFD_CLOEXEC, top),
-                              "stage fd " << e.fd()));
+    int from = it->second.get(), taken = -1;
+    if (files.live_pidfds.count(e.file_id())) {
+      // A pidfd the controller opened after this task's fork: taken from it, the same
+      // open file description (OpenLivePidfds).
+      long ctl = KLEAP_TRY_CTX(call(SYS_pidfd_open, files.mem_files_pid, 0, 0),
+                               "fd " << e.fd() << ": pidfd_open the controller");
+      auto got = call(SYS_pidfd_getfd, ctl, from, 0);
+      sys(SYS_close, ctl, 0, 0);
+      taken = from = int(KLEAP_TRY_CTX(std::move(got), "fd " << e.fd() << ": take its pidfd"));
+    }
+    auto staged_at = call(SYS_fcntl, from, F_DUPFD_CLOEXEC, top);
+    if (taken >= 0) sys(SYS_close, taken, 0, 0);
+    int s = int(KLEAP_TRY_CTX(std::move(staged_at), "stage fd " << e.fd()));
     top = s + 1;
     staged.push_back({s, &e});
   }

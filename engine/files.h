@@ -4,6 +4,8 @@
 // timerfd.cc, signalfd.cc, epoll.cc, inotify.cc.
 #pragma once
 
+#include <functional>
+
 #include <sys/stat.h>
 
 #include <string>
@@ -29,6 +31,7 @@ enum class FdType {
   kInetSocket,
   kMemfd,  // a memfd or an unlinked tmpfs file: a shmem object of the set
   kNetlinkSocket,
+  kPidfd,
   kUnsupported,
 };
 
@@ -76,6 +79,10 @@ Result<void> ValidateAnonFlags(const img::FileObject& fo, const char* kind, uint
                                uint32_t accmode);
 // A copy of a task's fd in this process (pidfd_getfd): the same open file description.
 Result<UniqueFd> GrabFd(pid_t pid, int fd);
+// Calls fn for every fd of every task of the tree that is no zombie; the fds of a task
+// that can't be listed are left out (CheckFds names it).
+void ForEachTreeFd(const std::vector<TaskInfo>& tasks,
+                   const std::function<void(const TaskInfo&, int fd)>& fn);
 
 // ---- per kind: dump fills the FileObject's kind, open makes it in the controller ----
 

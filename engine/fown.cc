@@ -74,22 +74,17 @@ std::vector<Problem> CheckFileOwners(const std::vector<TaskInfo>& tasks) {
   for (auto& t : tasks)
     if (!t.zombie) known.Add(t.pid, t.pgid, t.tids);
   std::vector<Problem> out;
-  for (auto& t : tasks) {
-    if (t.zombie) continue;
-    auto fds = ListFds(t.pid);
-    if (!fds) continue;  // CheckFds names it
-    for (int fd : *fds) {
-      auto copy = GrabFd(t.pid, fd);
-      if (!copy) continue;  // gone meanwhile
-      f_owner_ex o{};
-      if (fcntl(copy->get(), F_GETOWN_EX, &o) < 0 || !o.pid) continue;
-      if (known.Has(o.type, o.pid)) continue;
-      auto link = ReadLink(ProcPath(t.pid, "fd/" + std::to_string(fd)));
-      out.push_back({t.pid, "fd " + std::to_string(fd), link ? *link : "?",
-                     "its signals (O_ASYNC, F_SETOWN) go to " + OwnerName(o.type, o.pid) +
-                         ", which is not in the tree"});
-    }
-  }
+  ForEachTreeFd(tasks, [&](const TaskInfo& t, int fd) {
+    auto copy = GrabFd(t.pid, fd);
+    if (!copy) return;  // gone meanwhile
+    f_owner_ex o{};
+    if (fcntl(copy->get(), F_GETOWN_EX, &o) < 0 || !o.pid) return;
+    if (known.Has(o.type, o.pid)) return;
+    auto link = ReadLink(ProcPath(t.pid, "fd/" + std::to_string(fd)));
+    out.push_back({t.pid, "fd " + std::to_string(fd), link ? *link : "?",
+                   "its signals (O_ASYNC, F_SETOWN) go to " + OwnerName(o.type, o.pid) +
+                       ", which is not in the tree"});
+  });
   return out;
 }
 

@@ -138,6 +138,24 @@ Result<void> CopyOut(pid_t pid, uint64_t vaddr, uint64_t len, bool readable, Blo
   return Ok();
 }
 
+// The frame of the kernel's shared zero page, which a read of untouched anonymous memory
+// maps; 0 when pagemap shows no frames (no CAP_SYS_ADMIN). Such a page is nothing of
+// the task's: it is not dumped, and reads zero after the restore as it did before.
+uint64_t ZeroPageFrame() {
+  static const uint64_t frame = [] {
+    void* p = mmap(nullptr, kPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return uint64_t(0);
+    (void)*static_cast<volatile const char*>(p);
+    uint64_t e = 0, f = 0;
+    UniqueFd pm(open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
+    if (pm && pread(pm.get(), &e, 8, off_t(uint64_t(p) / kPage * 8)) == 8 && (e & kPmPresent))
+      f = e & kPmFrame;
+    munmap(p, kPage);
+    return f;
+  }();
+  return frame;
+}
+
 // A private anonymous mapping's pages against the parent's (copy-on-write sharing): the
 // frames the parent holds in more than one mapping, and this task's for its children.
 struct CowScan {
@@ -157,6 +175,7 @@ Result<void> DumpVmaPages(pid_t pid, int pagemap_fd, const MapsEntry& m, bool fi
                           uint64_t* bytes, CowScan* cow = nullptr) {
   constexpr size_t kBatch = 8192;
   std::vector<uint64_t> ents(kBatch);
+  const uint64_t zero = ZeroPageFrame();
   uint64_t run_start = 0, run_pages = 0, shared_start = 0, shared_pages = 0;
   // A run with a page that another mapping holds too (or that is swapped out, which
   // pagemap can't tell) is read through /proc/PID/mem: process_vm_readv pins the pages,
@@ -188,7 +207,8 @@ Result<void> DumpVmaPages(pid_t pid, int pagemap_fd, const MapsEntry& m, bool fi
       return ErrnoError() << "read pagemap of pid " << pid << " at " << Hex(a);
     for (size_t i = 0; i < n; ++i, a += kPage) {
       uint64_t e = ents[i];
-      bool want = (e & (kPmPresent | kPmSwapped)) && !(file_backed && (e & kPmFileOrShared));
+      bool want = (e & (kPmPresent | kPmSwapped)) && !(file_backed && (e & kPmFileOrShared)) &&
+                  !(zero && (e & kPmPresent) && (e & kPmFrame) == zero);
       if (want && run_pages && run_start + run_pages * kPage == a) {
         ++run_pages;
       } else if (want) {

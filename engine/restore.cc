@@ -48,6 +48,7 @@
 #include "engine/leaders.h"
 #include "engine/locks.h"
 #include "engine/mm.h"
+#include "engine/pidfd.h"
 #include "engine/restore_fork.h"
 #include "engine/restore_plan.h"
 #include "engine/seccomp.h"
@@ -188,6 +189,7 @@ Result<void> RestoreSession::ForkAll() {
       RunTask(fork_ctx, 0);
     }
     in_controller_ = true;
+    files_.mem_files_pid = getpid();  // the controller holds the files (PID 1 gave them)
     root = 1;
   } else {
     root = CloneAt(tasks_[0].ps->pid(), SIGCHLD);
@@ -222,6 +224,8 @@ Result<void> RestoreSession::ForkAll() {
     }
   };
   KLEAP_TRY(wait_for(SlotState::kCreated));
+  // Every task exists: the pidfds of tasks can be opened, before any task installs its fds.
+  KLEAP_TRY(OpenLivePidfds(files_));
   shared_->phase.store(ForkPhase::kJoinGroups);
   if (!leaders_.empty()) {
     // Every task in its group: the leaders' helpers may go, and their children come

@@ -18,6 +18,7 @@
 #include "engine/leaders.h"
 #include "engine/locks.h"
 #include "engine/mm.h"
+#include "engine/pidfd.h"
 #include "engine/restore_plan.h"
 #include "engine/seccomp.h"
 #include "engine/share.h"
@@ -185,6 +186,7 @@ Result<void> ValidatePlan(const RestorePlan& plan) {
                            << e.file_id();
     }
   KLEAP_TRY(ValidateFileOwners(plan));
+  KLEAP_TRY(ValidatePidfds(plan));
   return Ok();
 }
 

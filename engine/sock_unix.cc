@@ -380,16 +380,11 @@ std::string RefuseUnixSock(const FdDesc& d) {
 std::vector<Problem> CheckUnixPeers(const std::vector<TaskInfo>& tasks) {
   std::vector<Problem> out;
   std::map<uint32_t, std::pair<pid_t, int>> mine;  // every socket the tree holds
-  for (auto& t : tasks) {
-    if (t.zombie) continue;
-    auto fds = ListFds(t.pid);
-    if (!fds) continue;  // CheckFds names it
-    for (int fd : *fds) {
-      auto link = ReadLink(ProcPath(t.pid, "fd/" + std::to_string(fd)));
-      if (!link || link->rfind("socket:[", 0) != 0) continue;
+  ForEachTreeFd(tasks, [&](const TaskInfo& t, int fd) {
+    auto link = ReadLink(ProcPath(t.pid, "fd/" + std::to_string(fd)));
+    if (link && link->rfind("socket:[", 0) == 0)
       mine.emplace(uint32_t(strtoul(link->c_str() + 8, nullptr, 10)), std::make_pair(t.pid, fd));
-    }
-  }
+  });
   // Sockets in flight to those (SCM_RIGHTS), and in flight to those in turn, are the
   // tree's too: the dump carries them. Peeked as dump peeks (kleap gets copies).
   std::vector<UniqueFd> held;                  // kleap's copies, open until the check ends
