@@ -2,8 +2,10 @@
 
 #include <linux/filter.h>
 #include <linux/sock_diag.h>
+#include <sys/time.h>
 #include <unistd.h>
 
+#include <tuple>
 #include <vector>
 
 #include "engine/base/unique_fd.h"
@@ -63,6 +65,24 @@ Result<void> SockDiag(void* req, size_t len, bool dump, const std::string& what,
     }
     if (!dump) return Ok();
   }
+}
+
+Result<int64_t> GetTimeout(int fd, int name, const char* what) {
+  timeval tv{};
+  socklen_t len = sizeof tv;
+  if (getsockopt(fd, SOL_SOCKET, name, &tv, &len) < 0) return ErrnoError() << "getsockopt " << what;
+  return int64_t(tv.tv_sec) * 1000000 + tv.tv_usec;
+}
+
+Result<void> SetTimeouts(int fd, int64_t rcv_us, int64_t snd_us) {
+  for (auto [name, us, label] : {std::tuple{SO_RCVTIMEO, rcv_us, "SO_RCVTIMEO"},
+                                 std::tuple{SO_SNDTIMEO, snd_us, "SO_SNDTIMEO"}}) {
+    if (!us) continue;
+    timeval tv{time_t(us / 1000000), suseconds_t(us % 1000000)};
+    if (setsockopt(fd, SOL_SOCKET, name, &tv, sizeof tv) < 0)
+      return ErrnoError() << "setsockopt " << label;
+  }
+  return Ok();
 }
 
 }  // namespace kleap

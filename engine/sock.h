@@ -24,6 +24,11 @@ inline Result<void> SetInt(int fd, int level, int name, int v, const char* what)
   return Ok();
 }
 
+// SO_RCVTIMEO or SO_SNDTIMEO in microseconds (0: none).
+Result<int64_t> GetTimeout(int fd, int name, const char* what);
+// Sets both again where they are not 0.
+Result<void> SetTimeouts(int fd, int64_t rcv_us, int64_t snd_us);
+
 // A classic BPF filter attached with SO_ATTACH_FILTER, as its instructions; empty when
 // there is none. An eBPF program can't be read back: an error.
 Result<std::string> ReadFilter(int fd);

@@ -1,4 +1,4 @@
-// Inet sockets: TCP and UDP over IPv4 and IPv6.
+// Inet sockets: TCP, UDP, UDP-Lite and ping sockets over IPv4 and IPv6.
 //
 // Dump reads a socket through a copy of the task's fd (pidfd_getfd), never through the
 // task. A listening or not yet connected TCP socket and a UDP socket are their
@@ -34,6 +34,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include "engine/base/log.h"
 #include "engine/context.h"
@@ -44,6 +45,20 @@
 
 namespace kleap {
 namespace {
+
+// UDP-Lite's checksum coverage (linux/udp.h, not in glibc's netinet/udp.h).
+constexpr int kUdpliteSendCscov = 10, kUdpliteRecvCscov = 11;
+
+// Ping sockets (SOCK_DGRAM of IPPROTO_ICMP or ICMPV6): their "port" is the echo id.
+bool IsPing(int protocol) {
+  return protocol == IPPROTO_ICMP || protocol == IPPROTO_ICMPV6;
+}
+// The datagram inet sockets carried: UDP, UDP-Lite and ping sockets.
+bool IsDatagram(int family, int protocol) {
+  return protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE ||
+         (family == AF_INET && protocol == IPPROTO_ICMP) ||
+         (family == AF_INET6 && protocol == IPPROTO_ICMPV6);
+}
 
 // Kernel TCP states (include/net/tcp_states.h).
 enum TcpState {
@@ -102,6 +117,8 @@ constexpr OptName kSockOpts[] = {
     {SOL_SOCKET, SO_SELECT_ERR_QUEUE},
     {SOL_SOCKET, SO_ZEROCOPY},
     {IPPROTO_UDP, UDP_CORK},
+    {IPPROTO_UDPLITE, kUdpliteSendCscov},
+    {IPPROTO_UDPLITE, kUdpliteRecvCscov},
     {IPPROTO_TCP, TCP_NODELAY},
     {IPPROTO_TCP, TCP_CORK},
     {IPPROTO_TCP, TCP_KEEPIDLE},
@@ -144,9 +161,10 @@ bool OptApplies(const OptName& o, int family, int protocol) {
   if ((o.level == IPPROTO_IP &&
        (o.name == IP_MULTICAST_TTL || o.name == IP_MULTICAST_LOOP || o.name == IP_MULTICAST_ALL)) ||
       (o.level == IPPROTO_IPV6 && (o.name == IPV6_MULTICAST_HOPS || o.name == IPV6_MULTICAST_LOOP)))
-    return protocol == IPPROTO_UDP;
+    return protocol != IPPROTO_TCP;
   if (o.level == IPPROTO_TCP) return protocol == IPPROTO_TCP;
-  if (o.level == IPPROTO_UDP) return protocol == IPPROTO_UDP;
+  if (o.level == IPPROTO_UDP) return protocol == IPPROTO_UDP || protocol == IPPROTO_UDPLITE;
+  if (o.level == IPPROTO_UDPLITE) return protocol == IPPROTO_UDPLITE;
   if (o.level == IPPROTO_IPV6) return family == AF_INET6;
   return true;
 }
@@ -177,8 +195,12 @@ std::string Endpoint(int family, const std::string& addr, uint32_t port) {
 // "tcp socket 7 (10.0.0.1:80 -> 10.0.0.2:4711, ESTABLISHED)" for messages.
 std::string Describe(const img::FileObject& fo) {
   const img::InetSock& s = fo.inet_sock();
-  std::string out = std::string(IsTcp(s) ? "tcp" : "udp") + (s.family() == AF_INET6 ? "6" : "") +
-                    " socket " + std::to_string(fo.id()) + " (" +
+  const char* name = IsTcp(s)                          ? "tcp"
+                     : s.protocol() == IPPROTO_UDPLITE ? "udplite"
+                     : IsPing(int(s.protocol()))       ? "ping"
+                                                       : "udp";
+  std::string out = std::string(name) + (s.family() == AF_INET6 ? "6" : "") + " socket " +
+                    std::to_string(fo.id()) + " (" +
                     Endpoint(int(s.family()), s.local_addr(), s.local_port());
   if (s.peer_port()) out += " -> " + Endpoint(int(s.family()), s.peer_addr(), s.peer_port());
   if (IsTcp(s)) out += std::string(", ") + StateName(s.state());
@@ -386,9 +408,10 @@ Result<void> RestoreConnection(int fd, const img::InetSock& s) {
   return SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE");
 }
 
-// Every inet socket of a task: the local endpoint of each.
+// Every inet socket of a task: the local endpoint of each. (A ping socket has no port
+// to lock: an echo reply during the freeze is lost, as the network could have lost it.)
 void AddEndpoint(std::vector<net::LockedEndpoint>* out, const img::InetSock& s) {
-  if (s.local_port() == 0) return;  // nothing can reach it
+  if (s.local_port() == 0 || IsPing(int(s.protocol()))) return;  // nothing can reach it
   out->push_back({int(s.family()), int(s.protocol()), s.local_addr(), uint16_t(s.local_port())});
 }
 
@@ -406,7 +429,7 @@ std::string ClassifySocket(FdDesc* d) {
     d->type = FdType::kInetSocket;
     return "";
   }
-  if (inet && k->type == SOCK_DGRAM && k->protocol == IPPROTO_UDP) {
+  if (inet && k->type == SOCK_DGRAM && IsDatagram(k->family, k->protocol)) {
     d->type = FdType::kInetSocket;
     return "";
   }
@@ -416,7 +439,7 @@ std::string ClassifySocket(FdDesc* d) {
   if (k->family == AF_PACKET)
     return "packet sockets are not carried: their rings, filters and fanout groups can't be read "
            "back";
-  if (inet) return "only TCP and UDP inet sockets are carried";
+  if (inet) return "only TCP, UDP, UDP-Lite and ping inet sockets are carried";
   if (k->family == AF_NETLINK) {
     d->type = FdType::kNetlinkSocket;
     return "";
@@ -430,7 +453,7 @@ std::string RefuseInetSock(const FdDesc& d) {
   int fd = grabbed->get();
   auto k = SocketKind(fd);
   if (!k) return k.error().ToString();
-  if (k->protocol == IPPROTO_UDP) {
+  if (k->protocol != IPPROTO_TCP) {
     // Data held back by UDP_CORK (or MSG_MORE) is in the kernel's pending frame, which
     // nothing can read back.
     int outq = 0;
@@ -497,12 +520,41 @@ std::map<uint16_t, int> TimeWaitPorts() {
   return out;
 }
 
-// A UDP socket's shutdown(2) state (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2), which only
-// sock_diag shows: found by inode among the namespace's UDP sockets of its family on its
+// The peer a ping socket is connected to, which getpeername doesn't tell (it has no
+// port): its line in /proc/net/icmp or icmp6, found by inode. Empty when it has none.
+Result<std::string> PingPeer(int family, ino_t ino) {
+  const char* path = family == AF_INET6 ? "/proc/net/icmp6" : "/proc/net/icmp";
+  std::string text = KLEAP_TRY(ReadFileToString(path));
+  std::istringstream in(text);
+  std::string line;
+  std::getline(in, line);  // the header
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::vector<std::string> tok;
+    for (std::string t; f >> t;) tok.push_back(t);
+    if (tok.size() < 10 || tok[9] != std::to_string(ino)) continue;
+    if (tok[3] != "01") return std::string();  // not TCP_ESTABLISHED: not connected
+    std::string hex = tok[2].substr(0, tok[2].find(':'));
+    size_t words = family == AF_INET6 ? 4 : 1;
+    if (hex.size() != 8 * words) break;
+    std::string addr;
+    for (size_t w = 0; w < words; ++w) {
+      // Each 32-bit word as the kernel holds it, printed as a number: its bytes in memory
+      // order again here.
+      uint32_t v = uint32_t(strtoul(hex.substr(8 * w, 8).c_str(), nullptr, 16));
+      addr.append(reinterpret_cast<const char*>(&v), 4);
+    }
+    return addr;
+  }
+  return Err(ENOENT) << "ping socket inode " << ino << " is not in " << path;
+}
+
+// A UDP or UDP-Lite socket's shutdown(2) state (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2), which
+// only sock_diag shows: found by inode among the namespace's sockets of its family on its
 // port (the kernel filters by port: only that port's sockets answer, not the whole table).
-Result<uint32_t> UdpShutdown(int family, uint16_t port, ino_t ino) {
+Result<uint32_t> UdpShutdown(int family, int protocol, uint16_t port, ino_t ino) {
   std::optional<uint32_t> found;
-  KLEAP_TRY(InetDiag(family, IPPROTO_UDP, ~0u, port, [&](const inet_diag_msg& m, int len) {
+  KLEAP_TRY(InetDiag(family, protocol, ~0u, port, [&](const inet_diag_msg& m, int len) {
     if (m.idiag_inode != ino) return;
     found = 0;
     for (auto* a = reinterpret_cast<const rtattr*>(&m + 1); RTA_OK(a, len); a = RTA_NEXT(a, len))
@@ -572,17 +624,21 @@ Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo
     }
   } else {
     s->set_state(kEstablished);  // connected, unless it has no peer
-    if (port) {
-      s->set_shutdown(KLEAP_TRY(UdpShutdown(k.family, uint16_t(port), d.st.st_ino)));
+    if (port && !IsPing(k.protocol)) {
+      s->set_shutdown(KLEAP_TRY(UdpShutdown(k.family, k.protocol, uint16_t(port), d.st.st_ino)));
     } else {
-      // sock_diag lists bound sockets only. poll shows a receive shutdown (POLLRDHUP, and
-      // POLLHUP for both); a send shutdown alone on an unbound socket shows nowhere.
+      // sock_diag lists bound UDP sockets only (no ping sockets). poll shows a receive
+      // shutdown (POLLRDHUP, and POLLHUP for both); a send shutdown alone shows nowhere.
       pollfd p{fd, POLLIN | POLLRDHUP, 0};
       if (poll(&p, 1, 0) == 1 && (p.revents & POLLRDHUP))
         s->set_shutdown((p.revents & POLLHUP) ? 3 : 1);
     }
   }
-  if (s->state() == kEstablished || s->state() == kFinWait1 || s->state() == kFinWait2) {
+  if (IsPing(k.protocol)) {
+    std::string peer = KLEAP_TRY_CTX(PingPeer(k.family, d.st.st_ino), "ping socket");
+    s->set_peer_addr(peer);
+    if (peer.empty()) s->set_state(kClose);
+  } else if (s->state() == kEstablished || s->state() == kFinWait1 || s->state() == kFinWait2) {
     std::string peer;
     uint32_t pport = 0;
     auto named = ReadName(fd, true, k.family, &peer, &pport, &scope);
@@ -598,6 +654,8 @@ Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo
   s->set_scope_id(scope);
   s->set_sndbuf(uint32_t(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF"))));
   s->set_rcvbuf(uint32_t(KLEAP_TRY(GetInt(fd, SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF"))));
+  s->set_rcvtimeo_us(KLEAP_TRY(GetTimeout(fd, SO_RCVTIMEO, "SO_RCVTIMEO")));
+  s->set_sndtimeo_us(KLEAP_TRY(GetTimeout(fd, SO_SNDTIMEO, "SO_SNDTIMEO")));
   // Options: those that differ from a new socket's.
   UniqueFd fresh(socket(k.family, k.type | SOCK_CLOEXEC, k.protocol));
   if (!fresh) return ErrnoError() << "make a socket to compare options with";
@@ -659,7 +717,7 @@ Result<void> ValidateInetSock(const img::FileObject& fo) {
   size_t alen = s.family() == AF_INET ? 4 : s.family() == AF_INET6 ? 16 : 0;
   if (!alen) return bad() << "family " << s.family();
   bool tcp = s.type() == SOCK_STREAM && s.protocol() == IPPROTO_TCP;
-  bool udp = s.type() == SOCK_DGRAM && s.protocol() == IPPROTO_UDP;
+  bool udp = s.type() == SOCK_DGRAM && IsDatagram(int(s.family()), int(s.protocol()));
   if (!tcp && !udp) return bad() << "type " << s.type() << " protocol " << s.protocol();
   if (s.local_addr().size() != alen || s.local_port() > 65535 || s.peer_port() > 65535)
     return bad() << "local address";
@@ -667,8 +725,11 @@ Result<void> ValidateInetSock(const img::FileObject& fo) {
   bool state_ok = connected || s.state() == kClose || (tcp && s.state() == kListen);
   if (!state_ok || (udp && s.state() != kEstablished && s.state() != kClose))
     return bad() << "state " << s.state();
-  if (connected && (s.peer_addr().size() != alen || s.peer_port() == 0 || s.local_port() == 0))
+  // (A ping socket has no ports: its local one is the echo id, maybe none yet.)
+  if (connected && (s.peer_addr().size() != alen ||
+                    (!IsPing(int(s.protocol())) && (s.peer_port() == 0 || s.local_port() == 0))))
     return bad() << "a connection needs both endpoints";
+  if (s.rcvtimeo_us() < 0 || s.sndtimeo_us() < 0) return bad() << "timeouts";
   if (s.backlog() > (1u << 20)) return bad() << "backlog " << s.backlog();
   for (auto& o : s.opts())
     if (!Known(o.level(), o.name())) return bad() << "option " << o.level() << "/" << o.name();
@@ -708,6 +769,9 @@ Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles
   const img::InetSock& s = fo.inet_sock();
   std::string what = Describe(fo);
   UniqueFd fd(socket(int(s.family()), int(s.type()) | SOCK_CLOEXEC, int(s.protocol())));
+  if (!fd && errno == EACCES && IsPing(int(s.protocol())))
+    return ErrnoError() << what << ": socket: the restorer's group is outside "
+                        << "net.ipv4.ping_group_range";
   if (!fd) return ErrnoError() << what << ": socket";
   int reuse = 0, freebind = 0;
   for (auto& o : s.opts()) {
@@ -719,6 +783,7 @@ Result<UniqueFd> OpenInetSock(const img::FileObject& fo, ImageReader&, OpenFiles
   linger l{s.linger() ? 1 : 0, s.linger_s()};
   if (setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l) < 0)
     return ErrnoError() << what << ": SO_LINGER";
+  KLEAP_TRY_CTX(SetTimeouts(fd.get(), s.rcvtimeo_us(), s.sndtimeo_us()), what);
   if (!s.bind_device().empty() && setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE,
                                              s.bind_device().data(), s.bind_device().size()) < 0)
     return ErrnoError() << what << ": SO_BINDTODEVICE " << s.bind_device();

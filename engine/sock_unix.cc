@@ -193,13 +193,6 @@ std::string Holder(uint32_t ino) {
   return "no task";
 }
 
-Result<int64_t> GetTimeout(int fd, int name, const char* what) {
-  timeval tv{};
-  socklen_t len = sizeof tv;
-  if (getsockopt(fd, SOL_SOCKET, name, &tv, &len) < 0) return ErrnoError() << "getsockopt " << what;
-  return int64_t(tv.tv_sec) * 1000000 + tv.tv_usec;
-}
-
 // Puts the socket's SO_PEEK_OFF back however the peeking ends.
 class PeekOffGuard {
  public:
@@ -910,13 +903,7 @@ Result<void> UnixRestore::Finish(Sock& k) {
     if (want && uint32_t(KLEAP_TRY(GetInt(fd, SOL_SOCKET, get, name))) != want)
       KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, force, int(want / 2), name), what);
   }
-  for (auto [name, us, label] : {std::tuple{SO_RCVTIMEO, s.rcvtimeo_us(), "SO_RCVTIMEO"},
-                                 std::tuple{SO_SNDTIMEO, s.sndtimeo_us(), "SO_SNDTIMEO"}}) {
-    if (!us) continue;
-    timeval tv{time_t(us / 1000000), suseconds_t(us % 1000000)};
-    if (setsockopt(fd, SOL_SOCKET, name, &tv, sizeof tv) < 0)
-      return ErrnoError() << what << ": setsockopt " << label;
-  }
+  KLEAP_TRY_CTX(SetTimeouts(fd, s.rcvtimeo_us(), s.sndtimeo_us()), what);
   if (s.peek_off() != -1)
     KLEAP_TRY_CTX(SetInt(fd, SOL_SOCKET, SO_PEEK_OFF, s.peek_off(), "SO_PEEK_OFF"), what);
   if ((s.shutdown() & kRcvShutdown) && shutdown(fd, SHUT_RD) < 0)

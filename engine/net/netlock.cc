@@ -30,11 +30,13 @@ std::string AddrMatch(const LockedEndpoint& e, const char* dir) {
 Result<void> LockEndpoints(const std::vector<LockedEndpoint>& endpoints) {
   std::set<std::string> in, out;
   for (auto& e : endpoints) {
-    if (e.protocol != IPPROTO_TCP && e.protocol != IPPROTO_UDP)
+    if (e.protocol != IPPROTO_TCP && e.protocol != IPPROTO_UDP && e.protocol != IPPROTO_UDPLITE)
       return Err(EINVAL) << "network lock: protocol " << e.protocol;
     if (!e.addr.empty() && e.addr.size() != 4 && e.addr.size() != 16)
       return Err(EINVAL) << "network lock: bad address length " << e.addr.size();
-    std::string proto = e.protocol == IPPROTO_TCP ? "tcp" : "udp";
+    std::string proto = e.protocol == IPPROTO_TCP   ? "tcp"
+                        : e.protocol == IPPROTO_UDP ? "udp"
+                                                    : "udplite";
     std::string port = std::to_string(e.port);
     in.insert(AddrMatch(e, "daddr") + proto + " dport " + port + " drop");
     out.insert(AddrMatch(e, "saddr") + proto + " sport " + port + " drop");

@@ -11,7 +11,11 @@
  *      shut down for sending (shutdown(SHUT_WR) on a socket with no peer);
  *   r: UDP connected to w, shut down for receiving;
  *   p1, p2: TCP listening on one port of 127.0.0.1, both bound with SO_REUSEPORT, which
- *      p1 then clears.
+ *      p1 then clears;
+ *   ul: UDP-Lite bound to 127.0.0.1: checksum coverage 20 sent and 12 required, a receive
+ *      timeout of 1.5 s and a send timeout of 0.25 s (where the kernel has UDP-Lite);
+ *   pg: a ping socket (SOCK_DGRAM, IPPROTO_ICMP) connected to 127.0.0.1, where
+ *      net.ipv4.ping_group_range lets the test's group make one (said in the log if not).
  * With the argument `corked`, u holds 7 bytes in its cork: check and dump must refuse it.
  * With `over`, a TCP connection on loopback (to a listener of its own) is shut down by both
  * ends until the accepted
@@ -20,7 +24,8 @@
  * After the restore every option reads back the same (getsockopt; the filters by their
  * length, SO_GET_FILTER), the addresses are the same, and a datagram of 10 bytes to u
  * arrives cut to 5 by its filter; a send on w fails with EPIPE, and poll on r gives
- * POLLRDHUP at once. */
+ * POLLRDHUP at once; ul's options and timeouts read the same and a datagram to it
+ * arrives; an echo request on pg gets its reply. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,9 +34,11 @@
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <poll.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "workload.h"
@@ -112,6 +119,37 @@ static int bound(int type) {
   return fd;
 }
 
+#define UDPLITE_SEND_CSCOV 10
+#define UDPLITE_RECV_CSCOV 11
+
+struct lite_opts {
+  int send_cscov, recv_cscov;
+  struct timeval rcvtimeo, sndtimeo;
+};
+
+static void read_lite(int fd, struct lite_opts* o) {
+  memset(o, 0, sizeof *o);
+  o->send_cscov = opt(fd, IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV);
+  o->recv_cscov = opt(fd, IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV);
+  socklen_t len = sizeof o->rcvtimeo;
+  getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &o->rcvtimeo, &len);
+  len = sizeof o->sndtimeo;
+  getsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &o->sndtimeo, &len);
+}
+
+/* An ICMP echo request of id `id` on a ping socket, and its reply within 3 s. */
+static int ping(int fd, int seq) {
+  struct {
+    uint8_t type, code;
+    uint16_t sum, id, seq;
+  } req = {8 /* ICMP_ECHO */, 0, 0, 0, htons((uint16_t)seq)}, rep;
+  if (send(fd, &req, sizeof req, 0) != (ssize_t)sizeof req) return 0;
+  struct pollfd p = {fd, POLLIN, 0};
+  if (poll(&p, 1, 3000) != 1) return 0;
+  return recv(fd, &rep, sizeof rep, 0) == (ssize_t)sizeof rep && rep.type == 0 &&
+         rep.seq == htons((uint16_t)seq);
+}
+
 static void set(int fd, int name, const void* v, socklen_t len, const char* what) {
   if (setsockopt(fd, SOL_SOCKET, name, v, len) != 0)
     wl_die("main", "setsockopt %s: %s", what, strerror(errno));
@@ -185,6 +223,33 @@ int main(int argc, char** argv) {
       wl_die("main", "no end-of-file on the connection");
     wl_sleep_ms(100); /* the last ACK */
   }
+  int ul = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_UDPLITE);
+  struct lite_opts oul;
+  struct sockaddr_in ula = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t ulal = sizeof ula;
+  if (ul < 0) {
+    wl_log("ul: no UDP-Lite socket here (%s): left out", strerror(errno));
+  } else {
+    int send_cov = 20, recv_cov = 12;
+    struct timeval rto = {1, 500000}, sto = {0, 250000};
+    if (bind(ul, (struct sockaddr*)&ula, sizeof ula) != 0 ||
+        getsockname(ul, (struct sockaddr*)&ula, &ulal) != 0 ||
+        setsockopt(ul, IPPROTO_UDPLITE, UDPLITE_SEND_CSCOV, &send_cov, sizeof send_cov) != 0 ||
+        setsockopt(ul, IPPROTO_UDPLITE, UDPLITE_RECV_CSCOV, &recv_cov, sizeof recv_cov) != 0)
+      wl_die("main", "ul: %s", strerror(errno));
+    set(ul, SO_RCVTIMEO, &rto, sizeof rto, "SO_RCVTIMEO");
+    set(ul, SO_SNDTIMEO, &sto, sizeof sto, "SO_SNDTIMEO");
+    read_lite(ul, &oul);
+  }
+  int pg = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_ICMP);
+  if (pg < 0) {
+    wl_log("pg: no ping socket for this group (%s; net.ipv4.ping_group_range): left out",
+           strerror(errno));
+  } else {
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(pg, (struct sockaddr*)&lo, sizeof lo) != 0 || !ping(pg, 1))
+      wl_die("main", "pg: no echo reply before the dump: %s", strerror(errno));
+  }
   set(l, SO_KEEPALIVE, &one, sizeof one, "SO_KEEPALIVE");
   set(l, SO_LINGER, &off3, sizeof off3, "SO_LINGER");
   if (listen(l, 5) != 0) wl_die("main", "listen: %s", strerror(errno));
@@ -235,5 +300,22 @@ int main(int argc, char** argv) {
     }
   wl_check(&c, n == 5 && memcmp(buf, "01234", 5) == 0,
            "u: got %zd bytes through its filter, want 5", n);
+  if (ul >= 0) {
+    struct lite_opts now;
+    read_lite(ul, &now);
+    wl_check(&c, memcmp(&now, &oul, sizeof now) == 0,
+             "ul: coverage %d/%d, timeouts %ld.%06ld/%ld.%06ld s; were %d/%d, %ld.%06ld/%ld.%06ld",
+             now.send_cscov, now.recv_cscov, (long)now.rcvtimeo.tv_sec, (long)now.rcvtimeo.tv_usec,
+             (long)now.sndtimeo.tv_sec, (long)now.sndtimeo.tv_usec, oul.send_cscov, oul.recv_cscov,
+             (long)oul.rcvtimeo.tv_sec, (long)oul.rcvtimeo.tv_usec, (long)oul.sndtimeo.tv_sec,
+             (long)oul.sndtimeo.tv_usec);
+    int us = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_UDPLITE);
+    ssize_t got = -1;
+    if (us >= 0 && sendto(us, "lite", 4, 0, (struct sockaddr*)&ula, sizeof ula) == 4)
+      got = recv(ul, buf, sizeof buf, 0); /* its receive timeout bounds the wait */
+    wl_check(&c, got == 4 && memcmp(buf, "lite", 4) == 0, "ul: a datagram to it gave %zd (%s)", got,
+             strerror(errno));
+  }
+  if (pg >= 0) wl_check(&c, ping(pg, 2), "pg: no echo reply after the restore");
   return wl_check_result("main", &c);
 }
