@@ -499,6 +499,7 @@ Result<RestoreResult> RestoreSession::Run() {
   // Last, so that nothing the restore does sends their signals.
   KLEAP_TRY(SetFileOwners(plan_, files_));
   KLEAP_TRY(lock_.Remove());
+  KLEAP_TRY(SendPeerFins(plan_.files, files_));
   // Resume everything at once: the destructors write the final registers and masks.
   threads_.clear();
   // A task that was stopped gets its stop signal while it is still held: it stops again

@@ -21,6 +21,8 @@
 #include <linux/sockios.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/ip.h>
+#include <netinet/ip6.h>
 #include <netinet/tcp.h>
 #include <netinet/udp.h>
 #include <poll.h>
@@ -74,6 +76,13 @@ enum TcpState {
   kListen,
   kClosing,
 };
+
+// A connection, carried through repair mode: established, or closed by one side or both
+// with a FIN not acknowledged yet on ours (TIME_WAIT belongs to the kernel).
+bool Connected(uint32_t state) {
+  return state == kEstablished || state == kFinWait1 || state == kFinWait2 || state == kCloseWait ||
+         state == kLastAck || state == kClosing;
+}
 
 constexpr const char* kStateNames[] = {"?",          "ESTABLISHED", "SYN_SENT",  "SYN_RECV",
                                        "FIN_WAIT1",  "FIN_WAIT2",   "TIME_WAIT", "CLOSE",
@@ -179,8 +188,7 @@ bool IsTcp(const img::InetSock& s) {
 }
 // Connections restored through repair mode.
 bool Repaired(const img::InetSock& s) {
-  return IsTcp(s) &&
-         (s.state() == kEstablished || s.state() == kFinWait1 || s.state() == kFinWait2);
+  return IsTcp(s) && Connected(s.state());
 }
 
 std::string Endpoint(int family, const std::string& addr, uint32_t port) {
@@ -310,12 +318,14 @@ Result<void> DumpConnection(int fd, uint32_t state, img::TcpConn* c) {
   uint32_t write_seq = KLEAP_TRY(QueueSeq(fd, TCP_SEND_QUEUE));
   // The FIN of a shut-down connection takes a sequence number and sits in the send
   // queue until acknowledged; restore sends it again by shutdown().
-  bool fin = state == kFinWait1 || state == kFinWait2;
+  bool fin = state == kFinWait1 || state == kFinWait2 || state == kLastAck || state == kClosing;
   if (fin) {
     write_seq--;
     if (outq > 0) outq--;
     if (notsent > 0) notsent--;
   }
+  // The peer's FIN took a sequence number too: restore sends it in again.
+  bool fin_in = state == kCloseWait || state == kLastAck || state == kClosing;
   if (outq < 0 || notsent < 0 || notsent > outq || inq < 0 || uint32_t(outq) > kMaxQueue ||
       uint32_t(inq) > kMaxQueue)
     return Err(EIO) << "queue sizes out of range (out " << outq << ", not sent " << notsent
@@ -324,7 +334,8 @@ Result<void> DumpConnection(int fd, uint32_t state, img::TcpConn* c) {
   c->set_snd_una(write_seq - uint32_t(outq));
   c->set_unsent(uint32_t(notsent));
   c->set_send_queue(KLEAP_TRY(PeekQueue(fd, TCP_SEND_QUEUE, uint32_t(outq), "send")));
-  uint32_t rcv_nxt = KLEAP_TRY(QueueSeq(fd, TCP_RECV_QUEUE));
+  uint32_t rcv_nxt = KLEAP_TRY(QueueSeq(fd, TCP_RECV_QUEUE)) - (fin_in ? 1 : 0);
+  c->set_fin_received(fin_in);
   c->set_rcv_seq(rcv_nxt - uint32_t(inq));
   c->set_recv_queue(KLEAP_TRY(PeekQueue(fd, TCP_RECV_QUEUE, uint32_t(inq), "receive")));
   KLEAP_TRY(SetInt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE, "TCP_REPAIR_QUEUE"));
@@ -347,6 +358,9 @@ Result<void> DumpConnection(int fd, uint32_t state, img::TcpConn* c) {
   c->set_snd_wnd(w.snd_wnd);
   c->set_max_window(w.max_window);
   c->set_rcv_wnd(w.rcv_wnd);
+  // The window last advertised may count the peer's FIN, which the restored connection
+  // has not received yet: the kernel takes no rcv_wup after rcv_nxt.
+  if (fin_in && int32_t(w.rcv_wup - rcv_nxt) > 0) w.rcv_wup = rcv_nxt;
   c->set_rcv_wup(w.rcv_wup);
   return Ok();
 }
@@ -469,6 +483,9 @@ std::string RefuseInetSock(const FdDesc& d) {
     case kEstablished:
     case kFinWait1:
     case kFinWait2:
+    case kCloseWait:
+    case kLastAck:
+    case kClosing:
     case kListen:
       return "";
     case kClose:
@@ -484,8 +501,8 @@ std::string RefuseInetSock(const FdDesc& d) {
       return std::string("a connection being set up (") + StateName(ti->tcpi_state) +
              ") can't be carried; retry when it is established";
     default:
-      return std::string("a connection the peer has closed (") + StateName(ti->tcpi_state) +
-             ") is not carried yet";
+      return std::string("a connection in state ") + StateName(ti->tcpi_state) +
+             " can't be carried";
   }
 }
 
@@ -638,7 +655,7 @@ Result<void> DumpInetSock(DumpContext& ctx, const FdDesc& d, img::FileObject* fo
     std::string peer = KLEAP_TRY_CTX(PingPeer(k.family, d.st.st_ino), "ping socket");
     s->set_peer_addr(peer);
     if (peer.empty()) s->set_state(kClose);
-  } else if (s->state() == kEstablished || s->state() == kFinWait1 || s->state() == kFinWait2) {
+  } else if (Connected(s->state())) {
     std::string peer;
     uint32_t pport = 0;
     auto named = ReadName(fd, true, k.family, &peer, &pport, &scope);
@@ -721,7 +738,7 @@ Result<void> ValidateInetSock(const img::FileObject& fo) {
   if (!tcp && !udp) return bad() << "type " << s.type() << " protocol " << s.protocol();
   if (s.local_addr().size() != alen || s.local_port() > 65535 || s.peer_port() > 65535)
     return bad() << "local address";
-  bool connected = s.state() == kEstablished || s.state() == kFinWait1 || s.state() == kFinWait2;
+  bool connected = Connected(s.state());
   bool state_ok = connected || s.state() == kClose || (tcp && s.state() == kListen);
   if (!state_ok || (udp && s.state() != kEstablished && s.state() != kClose))
     return bad() << "state " << s.state();
@@ -747,6 +764,9 @@ Result<void> ValidateInetSock(const img::FileObject& fo) {
   if (c.snd_wscale() > kMaxWscale || c.rcv_wscale() > kMaxWscale) return bad() << "window scale";
   if (c.mss_clamp() > 65535) return bad() << "mss " << c.mss_clamp();
   if (c.fin_sent() && s.state() == kEstablished) return bad() << "a FIN in ESTABLISHED";
+  if (c.fin_received() !=
+      (tcp && (s.state() == kCloseWait || s.state() == kLastAck || s.state() == kClosing)))
+    return bad() << "the peer's FIN in state " << s.state();
   if (s.shutdown() > 3 || (s.shutdown() && IsTcp(s))) return bad() << "shutdown " << s.shutdown();
   return ValidateAnonFlags(fo, "inet socket", s.flags(), O_RDWR);
 }
@@ -885,9 +905,117 @@ Result<void> FinishSockets(const img::FileTable& files, const OpenFiles& open) {
     const std::string& q = s.tcp().send_queue();
     KLEAP_TRY_CTX(WriteQueue(fd, -1, q, q.size() - s.tcp().unsent(), q.size(), "send"),
                   Describe(fo));
-    if (s.tcp().fin_sent() && shutdown(fd, SHUT_WR) < 0)
+    // (In LAST_ACK the peer's FIN came first: SendPeerFins shuts it down after it.)
+    if (s.tcp().fin_sent() && s.state() != kLastAck && shutdown(fd, SHUT_WR) < 0)
       return ErrnoError() << Describe(fo) << ": shutdown";
     KLEAP_TRY_CTX(SetBufferSizes(fd, s), Describe(fo));
+  }
+  return Ok();
+}
+
+namespace {
+
+uint16_t Checksum(const void* data, size_t len, uint32_t sum = 0) {
+  auto* p = static_cast<const uint8_t*>(data);
+  for (; len > 1; p += 2, len -= 2) sum += uint32_t(p[0] << 8 | p[1]);
+  if (len) sum += uint32_t(p[0] << 8);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return uint16_t(~sum);
+}
+
+bool V4Mapped(const std::string& a) {
+  static const char kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, char(0xff), char(0xff)};
+  return a.size() == 16 && std::equal(kMapped, kMapped + 12, a.data());
+}
+
+// The peer's FIN (and ACK of what it had received): from peer to local, at the sequence
+// number after the receive queue, acknowledging snd_una, with the peer's window.
+Result<void> SendPeerFin(const img::InetSock& s) {
+  const img::TcpConn& c = s.tcp();
+  tcphdr th{};
+  th.source = htons(uint16_t(s.peer_port()));
+  th.dest = htons(uint16_t(s.local_port()));
+  th.seq = htonl(c.rcv_seq() + uint32_t(c.recv_queue().size()));
+  th.ack_seq = htonl(c.snd_una());
+  th.doff = sizeof th / 4;
+  th.fin = 1;
+  th.ack = 1;
+  th.window = htons(uint16_t(std::min<uint32_t>(0xffff, c.snd_wnd() >> c.snd_wscale())));
+  bool v4 = s.family() == AF_INET || (V4Mapped(s.local_addr()) && V4Mapped(s.peer_addr()));
+  std::string src = s.peer_addr(), dst = s.local_addr();
+  if (v4 && src.size() == 16) src = src.substr(12), dst = dst.substr(12);
+  // The checksum over the pseudo-header: addresses, protocol, length.
+  std::string pseudo = src + dst;
+  uint8_t tail[8] = {0};
+  if (v4) {
+    tail[1] = IPPROTO_TCP;
+    tail[3] = sizeof th;
+    pseudo.append(reinterpret_cast<char*>(tail), 4);
+  } else {
+    tail[3] = sizeof th;
+    tail[7] = IPPROTO_TCP;
+    pseudo.append(reinterpret_cast<char*>(tail), 8);
+  }
+  pseudo.append(reinterpret_cast<const char*>(&th), sizeof th);
+  th.check = htons(Checksum(pseudo.data(), pseudo.size()));
+  std::string pkt;
+  SockAddr to{};
+  if (v4) {
+    iphdr ih{};
+    ih.version = 4;
+    ih.ihl = sizeof ih / 4;
+    ih.ttl = 64;
+    ih.protocol = IPPROTO_TCP;
+    ih.tot_len = htons(uint16_t(sizeof ih + sizeof th));
+    memcpy(&ih.saddr, src.data(), 4);
+    memcpy(&ih.daddr, dst.data(), 4);
+    pkt.assign(reinterpret_cast<const char*>(&ih), sizeof ih);
+    to = KLEAP_TRY(MakeAddr(AF_INET, dst, 0, 0));
+  } else {
+    ip6_hdr ih{};
+    ih.ip6_flow = htonl(6u << 28);
+    ih.ip6_plen = htons(sizeof th);
+    ih.ip6_nxt = IPPROTO_TCP;
+    ih.ip6_hops = 64;
+    memcpy(&ih.ip6_src, src.data(), 16);
+    memcpy(&ih.ip6_dst, dst.data(), 16);
+    pkt.assign(reinterpret_cast<const char*>(&ih), sizeof ih);
+    to = KLEAP_TRY(MakeAddr(AF_INET6, dst, 0, s.scope_id()));
+  }
+  pkt.append(reinterpret_cast<const char*>(&th), sizeof th);
+  // IPPROTO_RAW: the header is ours (IP_HDRINCL, and IPV6_HDRINCL on IPv6).
+  UniqueFd raw(socket(v4 ? AF_INET : AF_INET6, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW));
+  if (!raw) return ErrnoError() << "raw socket for the peer's FIN";
+  if (sendto(raw.get(), pkt.data(), pkt.size(), 0, reinterpret_cast<sockaddr*>(&to.ss), to.len) !=
+      ssize_t(pkt.size()))
+    return ErrnoError() << "send the peer's FIN";
+  return Ok();
+}
+
+}  // namespace
+
+Result<void> SendPeerFins(const img::FileTable& files, const OpenFiles& open) {
+  for (auto& fo : files.files()) {
+    if (!fo.has_inet_sock() || !Repaired(fo.inet_sock()) || !fo.inet_sock().tcp().fin_received())
+      continue;
+    const img::InetSock& s = fo.inet_sock();
+    auto it = open.by_id.find(fo.id());
+    if (it == open.by_id.end()) return Err(EINVAL) << Describe(fo) << " was not opened";
+    int fd = it->second.get();
+    uint32_t want = s.state() == kClosing ? kClosing : kCloseWait;
+    KLEAP_TRY_CTX(SendPeerFin(s), Describe(fo));
+    // The segment goes through loopback at once; its softirq may still be running.
+    uint32_t now = 0;
+    for (int i = 0; i < 500; ++i) {
+      now = KLEAP_TRY_CTX(TcpInfo(fd), Describe(fo)).tcpi_state;
+      if (now == want) break;
+      usleep(1000);
+    }
+    if (now != want)
+      return Err(EIO) << Describe(fo) << ": the peer's FIN was not taken (state " << StateName(now)
+                      << "; a firewall rule may drop it)";
+    if (s.state() == kLastAck && shutdown(fd, SHUT_WR) < 0)
+      return ErrnoError() << Describe(fo) << ": shutdown";
   }
   return Ok();
 }

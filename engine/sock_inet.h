@@ -71,5 +71,10 @@ std::vector<std::string> SocketNotes(const std::vector<TaskInfo>& tasks);
 // (a task may clear it once bound; binding again needs it on, for a moment).
 void PlanReusePort(const img::FileTable& files, OpenFiles* open);
 Result<void> FinishSockets(const img::FileTable& files, const OpenFiles& open);
+// Restore, once the lock is removed: a connection whose peer had closed it (CLOSE_WAIT,
+// LAST_ACK, CLOSING) gets the peer's FIN again, as a segment from the peer's address
+// made on a raw socket (repair mode can't queue a FIN), and reaches its state; one in
+// LAST_ACK then sends its own FIN.
+Result<void> SendPeerFins(const img::FileTable& files, const OpenFiles& open);
 
 }  // namespace kleap
