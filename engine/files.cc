@@ -242,6 +242,12 @@ Result<FdDesc> DescribeFd(pid_t pid, int fd, pid_t numbers_of) {
     d.type = FdType::kPipe;
   } else if (S_ISFIFO(d.st.st_mode)) {
     d.type = FdType::kFifo;
+    d.deleted = d.st.st_nlink == 0 && EndsWith(d.link, kDeletedSuffix);
+    // An unlinked one is made again beside its path: its directory must still be there.
+    std::string dir = d.link.substr(0, d.link.rfind('/'));
+    struct stat ds;
+    if (d.deleted && !dir.empty() && (stat(dir.c_str(), &ds) != 0 || !S_ISDIR(ds.st_mode)))
+      d.reason = "an unlinked FIFO whose directory " + dir + " is gone";
   } else if (ClassifyMemFile(&d)) {
     // a memfd or an unlinked tmpfs file: d says how it is carried, or why not
   } else if ((S_ISREG(d.st.st_mode) || S_ISDIR(d.st.st_mode)) && OnProcfs(path)) {
@@ -720,7 +726,13 @@ Result<UniqueFd> OpenRegFile(const img::FileObject& fo, ImageReader& images, Ope
 
 Result<void> ValidateFileObjects(const img::FileTable& files) {
   std::set<uint64_t> ids, pipes;
-  for (auto& p : files.pipes()) pipes.insert(p.id());
+  for (auto& p : files.pipes()) {
+    pipes.insert(p.id());
+    if (p.fifo() && (p.fifo_path().empty() || p.fifo_path()[0] != '/' ||
+                     p.fifo_path().find('\0') != std::string::npos))
+      return Err(EINVAL) << "files.img: FIFO " << p.id() << ": path is not absolute";
+    if (p.mode() & ~07777u) return Err(EINVAL) << "files.img: FIFO " << p.id() << ": mode";
+  }
   for (auto& fo : files.files()) {
     if (!ids.insert(fo.id()).second)
       return Err(EINVAL) << "files.img: two files with id " << fo.id();

@@ -1,7 +1,10 @@
 // Pipes and FIFOs: the data buffered in them, their size, and ends shared between tasks.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include "engine/base/log.h"
@@ -13,7 +16,7 @@ namespace {
 
 // Copies what is buffered in a pipe without consuming it: tee() into a pipe of our own.
 Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id, bool fifo,
-                          const std::string& fifo_path) {
+                          const std::string& fifo_path, const struct stat& st, bool deleted) {
   for (auto& p : ctx.files.pipes())
     if (p.id() == pipe_id) return Ok();
   // A fresh read end on the same pipe; O_NONBLOCK so that a FIFO open never waits.
@@ -43,6 +46,12 @@ Result<void> DumpPipeData(DumpContext& ctx, pid_t pid, int fd, uint64_t pipe_id,
   p->set_data(data);
   p->set_fifo(fifo);
   if (fifo) p->set_fifo_path(fifo_path);
+  if (deleted) {
+    p->set_fifo_deleted(true);
+    p->set_mode(st.st_mode & 07777);
+    p->set_uid(st.st_uid);
+    p->set_gid(st.st_gid);
+  }
   return Ok();
 }
 
@@ -55,8 +64,25 @@ Result<void> OpenPipes(const RestorePlan& plan, OpenFiles* out) {
                          << " bytes but its size is " << p.size();
     UniqueFd rd, wr;
     if (p.fifo()) {
+      // An unlinked one is made again, at its path when that is free, and unlinked once
+      // open: its fds' links read "PATH (deleted)" again.
+      std::string path = p.fifo_path();
+      if (p.fifo_deleted()) {
+        for (int i = 0; mknod(path.c_str(), S_IFIFO | 0600, 0) < 0; ++i) {
+          if (errno != EEXIST || i > 100) return ErrnoError() << "make FIFO " << path;
+          path = p.fifo_path() + ".kleap-" + std::to_string(getpid()) + "-" + std::to_string(i);
+        }
+      }
       // O_RDWR holds both ends open, so neither side's open blocks.
-      UniqueFd both(open(p.fifo_path().c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+      UniqueFd both(open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
+      int err = errno;
+      if (p.fifo_deleted()) {
+        if (both &&
+            (fchown(both.get(), p.uid(), p.gid()) < 0 || fchmod(both.get(), p.mode() & 07777) < 0))
+          err = errno, both.reset();
+        unlink(path.c_str());
+      }
+      errno = err;
       if (!both) return ErrnoError() << "open FIFO " << p.fifo_path();
       struct stat st;
       if (fstat(both.get(), &st) < 0 || !S_ISFIFO(st.st_mode))
@@ -89,8 +115,9 @@ Result<void> DumpPipeEnd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo)
   pe->set_pipe_id(pipe_id);
   pe->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));
   pe->set_fifo(fifo);
-  if (fifo) pe->set_fifo_path(d.link);
-  return DumpPipeData(ctx, d.pid, d.fd, pipe_id, fifo, d.link);
+  std::string path = d.deleted ? d.link.substr(0, d.link.size() - strlen(" (deleted)")) : d.link;
+  if (fifo) pe->set_fifo_path(path);
+  return DumpPipeData(ctx, d.pid, d.fd, pipe_id, fifo, path, d.st, d.deleted);
 }
 
 Result<void> ValidatePipeEnd(const img::FileObject& fo) {

@@ -450,13 +450,9 @@ void RestoreSession::ExecFallbackInInit() {
 }
 
 void RestoreSession::KillAll() {
-  if (shared_) {
-    snprintf(shared_->abort_reason, sizeof shared_->abort_reason, "%s",
-             failure_.empty() ? "the restore failed" : failure_.c_str());
-    shared_->abort.store(1);
-  }
   // as_init: PID 1 can't be killed. It goes back to its wait in kleap's code, which
-  // falls back, or execs the fallback init there if that code is gone.
+  // falls back once the abort flag is up, or execs the fallback init there if that code
+  // is gone.
   std::set<pid_t> init_tids;
   if (opts_.as_init && !tasks_.empty())
     init_tids.insert(tasks_[0].ps->tids().begin(), tasks_[0].ps->tids().end());
@@ -466,6 +462,22 @@ void RestoreSession::KillAll() {
       if (shared_->slots[i].pid > 0 && !init_tids.count(shared_->slots[i].pid))
         pids.push_back(shared_->slots[i].pid);
   for (pid_t p : pids) kill(p, SIGKILL);
+  // The fallback starts only once no task of the set runs any more: each is gone, or a
+  // zombie for PID 1 (or the restorer) to reap.
+  for (int i = 0; i < 2000; ++i) {
+    bool running = false;
+    for (pid_t p : pids) {
+      auto st = ReadStat(p);
+      running |= st && st->state != 'Z' && st->state != 'X';
+    }
+    if (!running) break;
+    usleep(1000);
+  }
+  if (shared_) {
+    snprintf(shared_->abort_reason, sizeof shared_->abort_reason, "%s",
+             failure_.empty() ? "the restore failed" : failure_.c_str());
+    shared_->abort.store(1);
+  }
   if (init_replaced_ && threads_.count(1)) ExecFallbackInInit();
   for (auto& [tid, rs] : threads_)
     if (!init_tids.count(tid)) rs->Disarm();

@@ -5,7 +5,10 @@
  *   FIFO STATEDIR/fifo: read end (O_NONBLOCK) and write end in the root,
  *           500 bytes buffered;
  *   pipe C: F_SETPIPE_SZ to 1 MiB, 200 KiB buffered (more than a default
- *           pipe holds), write end O_NONBLOCK.
+ *           pipe holds), write end O_NONBLOCK;
+ *   FIFO STATEDIR/gone (mode 0640): held O_RDWR, 300 bytes buffered, then unlinked.
+ * The unlinked FIFO comes back unlinked, with its mode, its bytes and its link
+ * ("STATEDIR/gone (deleted)"), and still passes data.
  * After the restore: F_GETFL of every end, both ends of A and C are still one
  * pipe, FIONREAD and the buffered bytes are intact, F_GETPIPE_SZ of C is
  * unchanged, the FIFO fd still names STATEDIR/fifo, and more data flows
@@ -131,6 +134,17 @@ int main(int argc, char** argv) {
   ssize_t l = readlink(path, fifo_link, sizeof fifo_link - 1);
   fifo_link[l > 0 ? l : 0] = '\0';
 
+  if (mkfifoat(wl_dirfd, "gone", 0600) != 0 || fchmodat(wl_dirfd, "gone", 0640, 0) != 0)
+    wl_die("root", "mkfifo gone: %s", strerror(errno));
+  int gone = openat(wl_dirfd, "gone", O_RDWR | O_NONBLOCK);
+  if (gone < 0) wl_die("root", "open gone: %s", strerror(errno));
+  fill(gone, 300, 26, "gone");
+  if (unlinkat(wl_dirfd, "gone", 0) != 0) wl_die("root", "unlink gone: %s", strerror(errno));
+  char gone_link[4096];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", gone);
+  l = readlink(path, gone_link, sizeof gone_link - 1);
+  gone_link[l > 0 ? l : 0] = '\0';
+
   pid_t child = wl_fork();
   if (child < 0) wl_die("root", "fork: %s", strerror(errno));
   if (child == 0) return child_main();
@@ -177,6 +191,19 @@ int main(int argc, char** argv) {
   l = readlink(path, link, sizeof link - 1);
   link[l > 0 ? l : 0] = '\0';
   wl_check(&c, strcmp(link, fifo_link) == 0, "fifo: fd links to '%s', was '%s'", link, fifo_link);
+
+  struct stat gs;
+  wl_check(&c,
+           fstat(gone, &gs) == 0 && S_ISFIFO(gs.st_mode) && gs.st_nlink == 0 &&
+               (gs.st_mode & 07777) == 0640,
+           "gone: mode 0%o, %d links, want an unlinked FIFO of mode 0640", (unsigned)gs.st_mode,
+           (int)gs.st_nlink);
+  check_buffered(&c, "gone", gone, 300, 26);
+  check_flow(&c, "gone", gone, gone);
+  snprintf(path, sizeof path, "/proc/self/fd/%d", gone);
+  l = readlink(path, link, sizeof link - 1);
+  link[l > 0 ? l : 0] = '\0';
+  wl_check(&c, strcmp(link, gone_link) == 0, "gone: fd links to '%s', was '%s'", link, gone_link);
 
   if (wl_reap_children(5000, why, sizeof why) != 0) wl_check(&c, 0, "root: %s", why);
   return wl_check_result("root", &c);
