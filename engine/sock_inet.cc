@@ -538,7 +538,8 @@ std::map<uint16_t, int> TimeWaitPorts() {
 }
 
 // The peer a ping socket is connected to, which getpeername doesn't tell (it has no
-// port): its line in /proc/net/icmp or icmp6, found by inode. Empty when it has none.
+// port): its line in /proc/net/icmp or icmp6, found by inode (only bound ones are
+// listed). Empty when it has none.
 Result<std::string> PingPeer(int family, ino_t ino) {
   const char* path = family == AF_INET6 ? "/proc/net/icmp6" : "/proc/net/icmp";
   std::string text = KLEAP_TRY(ReadFileToString(path));
@@ -563,7 +564,8 @@ Result<std::string> PingPeer(int family, ino_t ino) {
     }
     return addr;
   }
-  return Err(ENOENT) << "ping socket inode " << ino << " is not in " << path;
+  // Not listed: never bound, so never connected either (connect() binds it first).
+  return std::string();
 }
 
 // A UDP or UDP-Lite socket's shutdown(2) state (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2), which

@@ -14,8 +14,9 @@
  *      p1 then clears;
  *   ul: UDP-Lite bound to 127.0.0.1: checksum coverage 20 sent and 12 required, a receive
  *      timeout of 1.5 s and a send timeout of 0.25 s (where the kernel has UDP-Lite);
- *   pg: a ping socket (SOCK_DGRAM, IPPROTO_ICMP) connected to 127.0.0.1, where
- *      net.ipv4.ping_group_range lets the test's group make one (said in the log if not).
+ *   pg: a ping socket (SOCK_DGRAM, IPPROTO_ICMP) connected to 127.0.0.1, and pu, one
+ *      never bound, connected or used, where net.ipv4.ping_group_range lets the test's
+ *      group make one (said in the log if not).
  * With the argument `corked`, u holds 7 bytes in its cork: check and dump must refuse it.
  * With `over`, a TCP connection on loopback (to a listener of its own) is shut down by both
  * ends until the accepted
@@ -242,6 +243,7 @@ int main(int argc, char** argv) {
     read_lite(ul, &oul);
   }
   int pg = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_ICMP);
+  int pu = pg < 0 ? -1 : socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_ICMP);
   if (pg < 0) {
     wl_log("pg: no ping socket for this group (%s; net.ipv4.ping_group_range): left out",
            strerror(errno));
@@ -317,5 +319,14 @@ int main(int argc, char** argv) {
              strerror(errno));
   }
   if (pg >= 0) wl_check(&c, ping(pg, 2), "pg: no echo reply after the restore");
+  if (pu >= 0) {
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in no;
+    socklen_t nol = sizeof no;
+    wl_check(&c, getpeername(pu, (struct sockaddr*)&no, &nol) != 0 && errno == ENOTCONN,
+             "pu: connected after the restore");
+    wl_check(&c, connect(pu, (struct sockaddr*)&lo, sizeof lo) == 0 && ping(pu, 3),
+             "pu: no echo reply after the restore");
+  }
   return wl_check_result("main", &c);
 }
