@@ -30,8 +30,21 @@ Result<int> PidOf(const FdInfo& info) {
   return int(v);
 }
 
-// Why the pidfd of `pid` can't be carried in a tree of `leaders` and `threads`, or "".
-std::string Refusal(int pid, const std::set<pid_t>& leaders, const std::set<pid_t>& threads) {
+// The tree's processes and threads, by id.
+struct TreeIds {
+  std::set<pid_t> leaders, threads;
+  explicit TreeIds(const std::vector<TaskInfo>& tasks) {
+    for (auto& t : tasks) {
+      leaders.insert(t.pid);
+      threads.insert(t.tids.begin(), t.tids.end());
+    }
+  }
+};
+
+// Why the pidfd of `pid` can't be carried in the tree, or "".
+std::string Refusal(int pid, const TreeIds& tree) {
+  const std::set<pid_t>& leaders = tree.leaders;
+  const std::set<pid_t>& threads = tree.threads;
   if (pid == -1 || leaders.count(pid)) return "";
   if (pid == 0) return "a pidfd of a process in another pid namespace";
   if (threads.count(pid))
@@ -43,11 +56,7 @@ std::string Refusal(int pid, const std::set<pid_t>& leaders, const std::set<pid_
 }  // namespace
 
 std::vector<Problem> CheckPidfds(const std::vector<TaskInfo>& tasks) {
-  std::set<pid_t> leaders, threads;
-  for (auto& t : tasks) {
-    leaders.insert(t.pid);
-    threads.insert(t.tids.begin(), t.tids.end());
-  }
+  TreeIds tree(tasks);
   std::vector<Problem> out;
   ForEachTreeFd(tasks, [&](const TaskInfo& t, int fd) {
     auto link = ReadLink(ProcPath(t.pid, "fd/" + std::to_string(fd)));
@@ -55,7 +64,7 @@ std::vector<Problem> CheckPidfds(const std::vector<TaskInfo>& tasks) {
     auto info = ReadFdInfo(t.pid, fd);
     if (!info) return;  // closed meanwhile
     auto pid = PidOf(*info);
-    std::string why = pid ? Refusal(*pid, leaders, threads) : pid.error().ToString();
+    std::string why = pid ? Refusal(*pid, tree) : pid.error().ToString();
     if (!why.empty()) out.push_back({t.pid, "fd " + std::to_string(fd), *link, why});
   });
   return out;
@@ -63,12 +72,7 @@ std::vector<Problem> CheckPidfds(const std::vector<TaskInfo>& tasks) {
 
 Result<void> DumpPidfd(DumpContext& ctx, const FdDesc& d, img::FileObject* fo) {
   int pid = KLEAP_TRY_CTX(PidOf(d.info), "pidfd fd " << d.fd << " of task " << d.pid);
-  std::set<pid_t> leaders, threads;
-  for (auto& t : ctx.tree->tasks()) {
-    leaders.insert(t.pid);
-    threads.insert(t.tids.begin(), t.tids.end());
-  }
-  if (std::string why = Refusal(pid, leaders, threads); !why.empty())
+  if (std::string why = Refusal(pid, TreeIds(ctx.tree->tasks())); !why.empty())
     return Err(ENOTSUP) << "pidfd fd " << d.fd << " of task " << d.pid << ": " << why;
   img::Pidfd* p = fo->mutable_pidfd();
   p->set_flags(d.info.flags & ~uint32_t(O_CLOEXEC));

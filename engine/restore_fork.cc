@@ -27,6 +27,7 @@
 #include "engine/base/lookup.h"
 #include "engine/base/page.h"
 #include "engine/core.h"
+#include "engine/files.h"
 #include "engine/ipc.h"
 #include "engine/leaders.h"
 #include "engine/share.h"
@@ -149,11 +150,8 @@ struct Forker : ForkContext {
       if (mode & O_RDWR && created != files.memfd_created.end()) {
         // A memfd's writable shared mapping: of the description memfd_create made, as
         // it was (files.memfd_created), taken from the controller.
-        UniqueFd pidfd(int(syscall(SYS_pidfd_open, files.mem_files_pid, 0)));
-        UniqueFd fd(pidfd ? int(syscall(SYS_pidfd_getfd, pidfd.get(), created->second.get(), 0))
-                          : -1);
-        if (!fd) return ErrnoError() << "take memfd " << v.shmem_id() << " from the controller";
-        return fd;
+        return KLEAP_TRY_CTX(GrabFd(files.mem_files_pid, created->second.get()),
+                             "take memfd " << v.shmem_id() << " from the controller");
       }
       if (v.shmem_id()) {
         // A memfd or unlinked tmpfs file the controller made, a description of its own
@@ -215,11 +213,11 @@ struct Forker : ForkContext {
     std::unique_ptr<BlobReader> blob;
     auto fill = [&](const TaskPlan::CowVma& c, bool inherited) -> Result<void> {
       const img::Vma& v = t.mm->image->vmas(c.vma);
-      if (!blob) blob = KLEAP_TRY(images->OpenBlob(Lookup(plan.pagemaps, t.ps->pid()).blob()));
+      const img::Pagemap& pm = Lookup(plan.pagemaps, t.ps->pid());
+      if (!blob) blob = KLEAP_TRY(images->OpenBlob(pm.blob()));
       UniqueFd file;
       if (!inherited && v.kind() == img::Vma::FILE_PRIVATE) file = KLEAP_TRY(OpenVmaFile(v));
-      KLEAP_TRY(FillCowVma(*t.mm->image, Lookup(plan.pagemaps, t.ps->pid()), c.vma, *blob,
-                           inherited, file ? file.get() : -1));
+      KLEAP_TRY(FillCowVma(*t.mm->image, pm, c.vma, *blob, inherited, file ? file.get() : -1));
       mine.push_back({v.start(), v.end(), c.flag});
       cow_kept[c.flag].store(1);
       return Ok();
